@@ -1,0 +1,18 @@
+"""Emerge: turn raw domain text into curated span datasets for embedding-model training.
+
+The engine has no Dagster dependency; `emerge_assets` wires these same functions into assets.
+"""
+
+from emerge.clustering import ClusteringPipeline
+from emerge.config import (AnalyzerConfig, ClusteringConfig, CuratorConfig, EncoderConfig, IngestConfig,
+                           SelectionConfig, SpanConfig)
+from emerge.curator import Curator, LocalClusterAnalyzer
+from emerge.encoder import TokenEncoder, load_encoder
+from emerge.errors import ConfigError, EmergeError, InputError
+
+__all__ = [
+    "AnalyzerConfig", "ClusteringConfig", "ClusteringPipeline", "ConfigError", "Curator", "CuratorConfig",
+    "EmergeError", "EncoderConfig", "IngestConfig", "InputError", "LocalClusterAnalyzer", "SelectionConfig",
+    "SpanConfig", "TokenEncoder", "load_encoder",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,225 @@
+"""UMAP + HDBSCAN topic discovery that can be saved and applied to new spans without refitting."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from emerge.config import ClusteringConfig
+from emerge.errors import InputError
+
+log = logging.getLogger(__name__)
+
+NOISE = -1
+_MIN_FIT_POINTS = 10
+
+
+def select_fit_sample(spans: pl.DataFrame, config: ClusteringConfig) -> np.ndarray:
+    """Row positions of the spans the clustering is fitted on.
+
+    Per document: the longest spans that tile it without overlap (at most
+    `max_fit_spans_per_doc`, evenly spread), so one long document cannot form a dense blob of
+    near-identical overlapping spans; then a seeded uniform cap at `max_fit_spans`.
+    """
+    if spans.height == 0:
+        return np.empty(0, np.int64)
+    frame = spans.select("doc_id", "tok_start", "tok_end", "n_tokens").with_row_index("_row")
+    frame = frame.sort(["doc_id", "n_tokens", "tok_start"], descending=[False, True, False])
+    chosen: list[int] = []
+    k = config.max_fit_spans_per_doc
+    for rows, starts, ends in frame.group_by("doc_id", maintain_order=True).agg(
+            "_row", "tok_start", "tok_end").select("_row", "tok_start", "tok_end").iter_rows():
+        picked, taken = [], []
+        for row, s, e in zip(rows, starts, ends):
+            if all(e <= a or s >= b for a, b in taken):
+                taken.append((s, e))
+                picked.append((s, row))
+        picked.sort()
+        if len(picked) > k:
+            picked = [picked[i] for i in np.linspace(0, len(picked) - 1, k).round().astype(int)]
+        chosen.extend(row for _, row in picked)
+    chosen_arr = np.array(sorted(chosen), dtype=np.int64)
+    if len(chosen_arr) > config.max_fit_spans:
+        rng = np.random.default_rng(config.random_state)
+        chosen_arr = np.sort(rng.choice(chosen_arr, config.max_fit_spans, replace=False))
+    return chosen_arr
+
+
+class ClusteringPipeline:
+    """A fitted UMAP reducer + HDBSCAN clusterer + per-cluster centroids and titles.
+
+    `predict` labels new span vectors with `umap.transform` + `hdbscan.approximate_predict`,
+    which is how new partitions are labelled between refits.
+    """
+
+    def __init__(self, config: ClusteringConfig | None = None):
+        self.config = config or ClusteringConfig()
+        self.reducer = None
+        self.clusterer = None
+        self.centroids: dict[int, np.ndarray] = {}
+        self.sizes: dict[int, int] = {}
+        self.titles: dict[int, str] = {}
+        self.keyphrases: dict[int, list[str]] = {}
+        self.fit_labels_: np.ndarray | None = None
+        self.fit_embedding_: np.ndarray | None = None
+        self.fit_strengths_: np.ndarray | None = None
+
+    @property
+    def cluster_ids(self) -> list[int]:
+        return sorted(self.centroids)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.reducer is not None and self.clusterer is not None
+
+    def fit(self, vectors: np.ndarray) -> "ClusteringPipeline":
+        """Fit UMAP then HDBSCAN on `vectors` (the fit sample, not every dense span)."""
+        vectors = _check_vectors(vectors)
+        self.fit_reducer(vectors)
+        return self.fit_clusterer(vectors)
+
+    def fit_reducer(self, vectors: np.ndarray) -> "ClusteringPipeline":
+        import umap
+
+        vectors = _check_vectors(vectors)
+        n = len(vectors)
+        if n < _MIN_FIT_POINTS:
+            raise InputError(f"clustering needs at least {_MIN_FIT_POINTS} spans to fit, got {n}; "
+                             "add documents or lower min_len")
+        cfg = self.config
+        n_neighbors = min(cfg.n_neighbors, n - 1)
+        n_components = min(cfg.n_components, n - 2)
+        self.reducer = umap.UMAP(n_neighbors=n_neighbors, n_components=n_components, min_dist=cfg.min_dist,
+                                 metric=cfg.metric, random_state=cfg.random_state,
+                                 init="spectral" if n > 3 * n_components + 10 else "random")
+        self.fit_embedding_ = self.reducer.fit_transform(vectors).astype(np.float32)
+        return self
+
+    def fit_clusterer(self, vectors: np.ndarray, coords: np.ndarray | None = None) -> "ClusteringPipeline":
+        """HDBSCAN on the UMAP coordinates of the fit sample; `vectors` give the centroids."""
+        import hdbscan
+
+        if self.reducer is None:
+            raise RuntimeError("fit_reducer() must run before fit_clusterer()")
+        vectors = _check_vectors(vectors)
+        coords = self.fit_embedding_ if coords is None else np.asarray(coords, np.float32)
+        if coords is None or len(coords) != len(vectors):
+            raise ValueError("coords must be the UMAP coordinates of exactly these vectors")
+        self.fit_embedding_ = coords
+        n = len(vectors)
+        min_cluster_size = min(self.config.auto_min_cluster_size(n), max(2, n // 2))
+        self.clusterer = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=self.config.min_samples,
+                                         prediction_data=True, core_dist_n_jobs=1)
+        self.clusterer.fit(coords)
+        self.fit_labels_ = self.clusterer.labels_.astype(np.int64)
+        self.fit_strengths_ = self.clusterer.probabilities_.astype(np.float32)
+        self._set_centroids(vectors, self.fit_labels_)
+        log.info("clustering fit on %d spans: %d clusters, %.1f%% noise", n, len(self.centroids),
+                 100 * float(np.mean(self.fit_labels_ == NOISE)))
+        return self
+
+    def _set_centroids(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        self.centroids, self.sizes = {}, {}
+        for c in np.unique(labels[labels != NOISE]).tolist():
+            members = vectors[labels == c]
+            mean = members.mean(axis=0)
+            self.centroids[int(c)] = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+            self.sizes[int(c)] = int(len(members))
+
+    def project(self, vectors: np.ndarray, batch_size: int = 20_000) -> np.ndarray:
+        """UMAP coordinates of new vectors (transform, no refit), in batches to bound memory."""
+        if self.reducer is None:
+            raise RuntimeError("ClusteringPipeline has no fitted UMAP: call fit() or ClusteringPipeline.load(path)")
+        vectors = _check_vectors(vectors)
+        parts = [self.reducer.transform(vectors[lo:lo + batch_size]) for lo in range(0, len(vectors), batch_size)]
+        return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, self.reducer.n_components),
+                                                                                 np.float32)
+
+    def predict(self, vectors: np.ndarray, batch_size: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+        """(cluster labels, membership strengths in [0, 1]) for new span vectors."""
+        import hdbscan
+
+        self._require_fitted()
+        if len(vectors) == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        if not self.centroids:
+            return np.full(len(vectors), NOISE, np.int64), np.zeros(len(vectors), np.float32)
+        coords = self.project(vectors, batch_size)
+        labels, strengths = hdbscan.approximate_predict(self.clusterer, coords)
+        return labels.astype(np.int64), np.nan_to_num(strengths.astype(np.float32))
+
+    def centroid_similarity(self, vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Cosine of each vector to its own cluster's centroid (0 for noise)."""
+        sims = np.zeros(len(vectors), np.float32)
+        for c, centroid in self.centroids.items():
+            mask = labels == c
+            if mask.any():
+                sims[mask] = vectors[mask] @ centroid
+        return sims
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError("ClusteringPipeline is not fitted: call fit() or ClusteringPipeline.load(path)")
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write to a directory atomically (temp dir + rename): a killed run leaves the old model."""
+        import joblib
+
+        if self.reducer is None:
+            raise RuntimeError("nothing to save: the pipeline has no fitted UMAP yet")
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        joblib.dump({"reducer": self.reducer, "clusterer": self.clusterer}, tmp / "models.joblib")
+        ids = self.cluster_ids
+        np.save(tmp / "centroids.npy", np.stack([self.centroids[c] for c in ids]) if ids else np.zeros((0, 0)))
+        meta = {"config": asdict(self.config), "cluster_ids": ids, "sizes": {str(c): self.sizes[c] for c in ids},
+                "titles": {str(c): t for c, t in self.titles.items()},
+                "keyphrases": {str(c): k for c, k in self.keyphrases.items()}, "format": 1}
+        (tmp / "pipeline.json").write_text(json.dumps(meta, indent=2))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            tmp.rename(path)
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ClusteringPipeline":
+        import joblib
+
+        path = Path(path)
+        if not (path / "pipeline.json").exists():
+            raise FileNotFoundError(f"no saved ClusteringPipeline at {str(path)!r} (missing pipeline.json)")
+        meta = json.loads((path / "pipeline.json").read_text())
+        pipe = cls(ClusteringConfig(**meta["config"]))
+        models = joblib.load(path / "models.joblib")
+        pipe.reducer, pipe.clusterer = models["reducer"], models["clusterer"]
+        ids = [int(c) for c in meta["cluster_ids"]]
+        cents = np.load(path / "centroids.npy")
+        pipe.centroids = {c: cents[i].astype(np.float32) for i, c in enumerate(ids)}
+        pipe.sizes = {int(c): int(s) for c, s in meta["sizes"].items()}
+        pipe.titles = {int(c): t for c, t in meta["titles"].items()}
+        pipe.keyphrases = {int(c): k for c, k in meta.get("keyphrases", {}).items()}
+        return pipe
+
+
+def _check_vectors(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"expected a 2-D array of span vectors, got shape {vectors.shape}")
+    if len(vectors) and not np.isfinite(vectors).all():
+        bad = int((~np.isfinite(vectors)).any(axis=1).sum())
+        raise ValueError(f"{bad} span vector(s) contain NaN or inf; re-run span_embeddings")
+    return vectors

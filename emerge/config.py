@@ -1,0 +1,246 @@
+"""Typed, validated configuration for every engine stage.
+
+Each config validates itself on construction, so a bad value fails before any model is
+loaded or any file is read, with a message that starts with the field's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from emerge.errors import ConfigError
+
+UNICODE_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
+
+
+def _require(cond: bool, field_name: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(field_name, message)
+
+
+def _positive_int(value, field_name: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+             field_name, f"must be an integer >= 1, got {value!r}")
+
+
+def _unit_interval(value, field_name: str) -> None:
+    _require(isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0,
+             field_name, f"must be within [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How raw files become documents.
+
+    `max_doc_chars` guards the embedding stage: a document longer than this is skipped
+    with reason `too_long` instead of tying up the transformer for minutes.
+    """
+
+    text_field: str = "text"
+    id_field: str | None = "id"
+    normalization: str = "NFC"
+    max_doc_chars: int = 1_000_000
+    min_doc_chars: int = 1
+    deduplicate: bool = True
+
+    def __post_init__(self):
+        _require(bool(self.text_field), "text_field", "must be a non-empty column/field name")
+        _require(self.normalization in UNICODE_FORMS, "normalization",
+                 f"must be one of {UNICODE_FORMS}, got {self.normalization!r}")
+        _positive_int(self.max_doc_chars, "max_doc_chars")
+        _positive_int(self.min_doc_chars, "min_doc_chars")
+
+
+@dataclass(frozen=True)
+class SpanConfig:
+    """Dense overlapping spans, measured in tokens of the embedding model's tokenizer.
+
+    Starts are placed every `stride` tokens and lengths run from `min_len` to `max_len` in
+    steps of `length_step` (default: `stride`); both ends snap to word boundaries, so a span
+    never cuts a word in half.
+    """
+
+    min_len: int = 16
+    max_len: int = 64
+    stride: int = 8
+    length_step: int | None = None
+
+    def __post_init__(self):
+        _positive_int(self.min_len, "min_len")
+        _positive_int(self.max_len, "max_len")
+        _positive_int(self.stride, "stride")
+        _positive_int(self.length_step, "length_step", allow_none=True)
+        _require(self.min_len <= self.max_len, "min_len",
+                 f"must be <= max_len ({self.min_len} > {self.max_len})")
+
+    @property
+    def step(self) -> int:
+        return self.length_step or self.stride
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Which transformer embeds documents and how it is run.
+
+    `model_name_or_path=None` means the packaged all-MiniLM-L6-v2 (loads offline).
+    `window_overlap` tokens are shared by consecutive windows of a long document so every
+    token keeps at least half a window of context.
+    """
+
+    model_name_or_path: str | None = None
+    device: str = "auto"
+    batch_size: int = 16
+    max_seq_length: int | None = None
+    window_overlap: int = 64
+    dtype: Literal["float32", "float16"] = "float32"
+
+    def __post_init__(self):
+        _positive_int(self.batch_size, "batch_size")
+        _positive_int(self.max_seq_length, "max_seq_length", allow_none=True)
+        _require(isinstance(self.window_overlap, int) and self.window_overlap >= 0,
+                 "window_overlap", f"must be an integer >= 0, got {self.window_overlap!r}")
+        _require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+                 "device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        _require(self.dtype in ("float32", "float16"), "dtype", f"must be float32 or float16, got {self.dtype!r}")
+        if self.model_name_or_path is not None:
+            path = Path(self.model_name_or_path).expanduser()
+            _require(path.is_dir(), "model_name_or_path",
+                     f"no model directory at {str(path)!r} (Emerge never downloads models; "
+                     "give a local sentence-transformers/transformers directory or leave it unset "
+                     "for the packaged all-MiniLM-L6-v2)")
+
+
+@dataclass(frozen=True)
+class ClusteringConfig:
+    """UMAP + HDBSCAN settings.
+
+    Dense spans of one document overlap and sit close together; fitting on all of them makes
+    HDBSCAN find documents instead of topics. The fit therefore uses at most
+    `max_fit_spans_per_doc` non-overlapping spans per document and `max_fit_spans` in total;
+    every other span is labelled with `approximate_predict`.
+    """
+
+    n_components: int = 5
+    n_neighbors: int = 15
+    min_dist: float = 0.0
+    metric: str = "cosine"
+    min_cluster_size: int | None = None
+    min_samples: int | None = None
+    max_fit_spans: int = 10_000
+    max_fit_spans_per_doc: int = 8
+    random_state: int | None = 42
+
+    def __post_init__(self):
+        _positive_int(self.n_components, "n_components")
+        _require(isinstance(self.n_neighbors, int) and self.n_neighbors >= 2, "n_neighbors",
+                 f"must be an integer >= 2, got {self.n_neighbors!r}")
+        _require(0.0 <= float(self.min_dist) <= 1.0, "min_dist", f"must be in [0, 1], got {self.min_dist!r}")
+        _require(self.min_cluster_size is None or (isinstance(self.min_cluster_size, int)
+                                                   and self.min_cluster_size >= 2),
+                 "min_cluster_size", f"must be an integer >= 2 or None (auto), got {self.min_cluster_size!r}")
+        _positive_int(self.min_samples, "min_samples", allow_none=True)
+        _require(isinstance(self.max_fit_spans, int) and self.max_fit_spans >= 10, "max_fit_spans",
+                 f"must be an integer >= 10, got {self.max_fit_spans!r}")
+        _positive_int(self.max_fit_spans_per_doc, "max_fit_spans_per_doc")
+
+    def auto_min_cluster_size(self, n_points: int) -> int:
+        """Scale with the sample: ~sqrt(n)/2 keeps tiny corpora clusterable and big ones coarse."""
+        if self.min_cluster_size is not None:
+            return self.min_cluster_size
+        return int(max(5, min(500, round((n_points ** 0.5) / 2))))
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Pareto selection of the spans that go into the dataset.
+
+    `target_len` (tokens) is where the length objective peaks; by default the middle of the
+    span length range. `near_duplicate_threshold` is a cosine similarity above which the
+    lower-ranked of two selected spans in the same cluster is dropped.
+    """
+
+    quality_threshold: float = 0.5
+    min_relevance: float = 0.0
+    target_len: int | None = None
+    max_spans_per_cluster: int | None = None
+    near_duplicate_threshold: float = 0.95
+    include_noise: bool = False
+
+    def __post_init__(self):
+        _unit_interval(self.quality_threshold, "quality_threshold")
+        _unit_interval(self.min_relevance, "min_relevance")
+        _unit_interval(self.near_duplicate_threshold, "near_duplicate_threshold")
+        _positive_int(self.target_len, "target_len", allow_none=True)
+        _positive_int(self.max_spans_per_cluster, "max_spans_per_cluster", allow_none=True)
+
+
+@dataclass(frozen=True)
+class AnalyzerConfig:
+    """The seed API's analyzer settings: which spans an analyzer labels and with which model.
+
+    `min_len`/`max_len` (tokens) bound the spans the analyzer scores; spans outside are
+    dropped before scoring. The encoder fields choose the transformer.
+    """
+
+    min_len: int = 1
+    max_len: int = 512
+    model_name_or_path: str | None = None
+    device: str = "auto"
+    batch_size: int = 16
+
+    def __post_init__(self):
+        _positive_int(self.min_len, "min_len")
+        _positive_int(self.max_len, "max_len")
+        _require(self.min_len <= self.max_len, "min_len",
+                 f"must be <= max_len ({self.min_len} > {self.max_len})")
+
+    def encoder_config(self) -> EncoderConfig:
+        return EncoderConfig(model_name_or_path=self.model_name_or_path, device=self.device,
+                             batch_size=self.batch_size)
+
+
+@dataclass(frozen=True)
+class CuratorConfig:
+    """The seed API's curator settings, mapped onto the stage configs the assets use.
+
+    `min_length`/`max_length`/`stride` shape span generation (tokens); `quality_threshold`
+    and the selection fields shape the final dataset.
+    """
+
+    min_length: int = 16
+    max_length: int = 64
+    stride: int = 8
+    quality_threshold: float = 0.5
+    min_relevance: float = 0.0
+    max_spans_per_cluster: int | None = None
+    near_duplicate_threshold: float = 0.95
+    include_noise: bool = False
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    def __post_init__(self):
+        # Build the stage configs once so their validation runs now, with the seed's names.
+        try:
+            self.span_config()
+        except ConfigError as exc:
+            renamed = {"min_len": "min_length", "max_len": "max_length"}.get(exc.field, exc.field)
+            raise ConfigError(renamed, str(exc).split(": ", 1)[1].replace("max_len", "max_length")) from None
+        self.selection_config()
+
+    def span_config(self) -> SpanConfig:
+        return SpanConfig(min_len=self.min_length, max_len=self.max_length, stride=self.stride)
+
+    def selection_config(self) -> SelectionConfig:
+        return SelectionConfig(quality_threshold=self.quality_threshold, min_relevance=self.min_relevance,
+                               max_spans_per_cluster=self.max_spans_per_cluster,
+                               near_duplicate_threshold=self.near_duplicate_threshold,
+                               include_noise=self.include_noise)
+
+
+def as_dict(config) -> dict:
+    """Plain dict of a config, for dataset cards and run metadata."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,108 @@
+"""The notebook API from the product description, as a thin facade over the engine stages.
+
+`Curator.process_batch` runs ingest -> spans -> late-chunked embeddings -> the analyzer;
+`prepare_final_dataset` runs quality scoring and Pareto selection; `save_dataset` exports.
+The Dagster assets call the same functions, so both paths give identical results.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from emerge.clustering import ClusteringPipeline
+from emerge.config import AnalyzerConfig, ClusteringConfig, CuratorConfig
+from emerge.dataset import add_quality, curate, dataset_card, write_dataset
+from emerge.discovery import fit_clustering, label_spans
+from emerge.embedding import embed_spans, embeddings_frame, vectors_of
+from emerge.encoder import TokenEncoder, load_encoder
+from emerge.errors import InputError
+from emerge.ingest import documents_from_texts
+from emerge.spans import build_spans
+
+log = logging.getLogger(__name__)
+
+
+def _as_encoder(model, tokenizer, analyzer_config: AnalyzerConfig | None) -> TokenEncoder:
+    if isinstance(model, TokenEncoder):
+        return model
+    if model is None:
+        return load_encoder((analyzer_config or AnalyzerConfig()).encoder_config())
+    return TokenEncoder.from_pretrained_objects(model, tokenizer)
+
+
+class LocalClusterAnalyzer:
+    """Labels spans with clusters of a `ClusteringPipeline`.
+
+    With a fitted pipeline (e.g. `ClusteringPipeline.load(...)`) new spans are labelled by
+    `approximate_predict`; with none, the first batch fits one (kept on `self.pipeline`).
+    """
+
+    label_col = "cluster_id"
+
+    def __init__(self, pipeline: ClusteringPipeline | None = None, config: AnalyzerConfig | None = None,
+                 model=None, tokenizer=None, clustering: ClusteringConfig | None = None):
+        self.config = config or AnalyzerConfig()
+        self.pipeline = pipeline
+        self.clustering = clustering or (pipeline.config if pipeline is not None else ClusteringConfig())
+        self.model, self.tokenizer = model, tokenizer
+
+    def analyze(self, spans: pl.DataFrame, vectors: np.ndarray) -> pl.DataFrame:
+        keep = ((spans["n_tokens"] >= self.config.min_len) & (spans["n_tokens"] <= self.config.max_len)).to_numpy()
+        spans, vectors = spans.filter(pl.Series(keep)), vectors[keep]
+        if self.pipeline is None or not self.pipeline.is_fitted:
+            self.pipeline, _ = fit_clustering(spans, vectors, self.clustering)
+        return label_spans(self.pipeline, spans, vectors)
+
+
+class Curator:
+    """Turns raw texts into a curated, labelled span dataset."""
+
+    def __init__(self, model=None, tokenizer=None, config: CuratorConfig | None = None, analyzer=None,
+                 progress: bool = True):
+        self.config = config or CuratorConfig()
+        self.analyzer = analyzer or LocalClusterAnalyzer()
+        self.encoder = _as_encoder(model, tokenizer, getattr(self.analyzer, "config", None))
+        self.progress = progress
+        self.last_report: dict = {}
+        self._texts: dict[str, str] = {}
+
+    def process_batch(self, texts: list[str], source: str = "inline") -> pl.DataFrame:
+        """Every analysed span with its label, relevance, quality components and embedding."""
+        ingest = documents_from_texts(texts, source=source, config=self.config.ingest)
+        if ingest.documents.is_empty():
+            raise InputError(f"no usable text among {len(texts)} input(s); skipped: {ingest.skip_counts}")
+        spans, too_short = build_spans(ingest.documents, self.encoder.tokenizer, self.config.span_config())
+        if spans.is_empty():
+            raise InputError(f"no document is at least min_length={self.config.min_length} tokens long")
+        vectors = embed_spans(ingest.documents, spans, self.encoder, progress=self.progress)
+        labelled = self.analyzer.analyze(spans, vectors)
+        kept_idx = labelled["span_idx"].to_numpy()
+        texts_by_doc = dict(zip(ingest.documents["doc_id"], ingest.documents["text"]))
+        self._texts.update(texts_by_doc)
+        self.last_report = {"inputs": len(texts), "documents": ingest.documents.height,
+                            "skipped": ingest.skip_counts | ({"shorter_than_min_len": too_short.height}
+                                                             if too_short.height else {}),
+                            "spans": labelled.height}
+        labelled = add_quality(labelled, texts_by_doc)
+        return labelled.with_columns(embeddings_frame(labelled, vectors[kept_idx])["embedding"])
+
+    def prepare_final_dataset(self, spans: pl.DataFrame) -> pl.DataFrame:
+        """Pareto-selected, non-overlapping, de-duplicated spans with the export columns."""
+        label_col = getattr(self.analyzer, "label_col", "cluster_id")
+        columns = getattr(self.analyzer, "export_columns", None)
+        return curate(spans, vectors_of(spans), self._texts, self.config.selection_config(),
+                      self.config.span_config(), label_col=label_col, columns=columns)
+
+    def save_dataset(self, df: pl.DataFrame, path: str | Path) -> dict[str, Path]:
+        """Write Parquet + CSV + a dataset card next to `path` (its suffix is ignored)."""
+        label_col = getattr(self.analyzer, "label_col", "cluster_id")
+        title_col = "cluster_title" if label_col == "cluster_id" else "topic_name"
+        card = dataset_card(df, title=f"Emerge dataset: {Path(path).stem}", model=self.encoder.name,
+                            config={"curator": asdict(self.config)}, counts=self.last_report,
+                            label_col=label_col, title_col=title_col)
+        return write_dataset(df, path, card)

@@ -1,0 +1,86 @@
+"""The curated dataset: selection over labelled spans, export as Parquet + CSV + dataset card."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from emerge.config import SelectionConfig, SpanConfig
+from emerge.quality import quality_components
+from emerge.selection import select_spans
+
+CLUSTER_COLUMNS = ["text_span", "doc_id", "source", "start_char", "end_char", "n_tokens", "cluster_id",
+                   "cluster_title", "relevance", "quality", "length_fit", "score"]
+
+
+def add_quality(spans: pl.DataFrame, texts: dict[str, str]) -> pl.DataFrame:
+    return pl.concat([spans, quality_components(spans, texts)], how="horizontal")
+
+
+def curate(labelled: pl.DataFrame, vectors: np.ndarray, texts: dict[str, str], selection: SelectionConfig,
+           span_config: SpanConfig, label_col: str = "cluster_id",
+           columns: list[str] | None = None) -> pl.DataFrame:
+    """Quality-score the labelled spans, run Pareto selection, keep the export columns."""
+    scored = labelled if "quality" in labelled.columns else add_quality(labelled, texts)
+    selected = select_spans(scored, vectors, selection, span_config, label_col=label_col)
+    columns = columns or CLUSTER_COLUMNS
+    return selected.select([c for c in columns if c in selected.columns])
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def label_balance(df: pl.DataFrame, label_col: str) -> float:
+    """Smallest label share over the largest (1 = perfectly balanced, near 0 = one label dominates)."""
+    if df.height == 0:
+        return 0.0
+    counts = df.group_by(label_col).len()["len"]
+    return float(counts.min() / counts.max())
+
+
+def dataset_card(df: pl.DataFrame, *, title: str, config: dict, model: str, counts: dict,
+                 label_col: str = "cluster_id", title_col: str = "cluster_title") -> str:
+    per_label = (df.group_by(label_col, title_col).agg(pl.len().alias("spans"),
+                                                       pl.col("relevance").mean().alias("mean_relevance"),
+                                                       pl.col("quality").mean().alias("mean_quality"))
+                 .sort("spans", descending=True)) if df.height else None
+    lines = [f"# {title}", "", f"Created {datetime.now(timezone.utc).isoformat(timespec='seconds')} by Emerge.", "",
+             "## Counts", ""]
+    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in counts.items()]
+    lines += [f"- rows: {df.height}", f"- label balance (min/max share): {label_balance(df, label_col):.3f}", "",
+              "## Model", "", f"- {model}", "", "## Spans per label", "",
+              f"| {label_col} | title | spans | mean relevance | mean quality |", "|---|---|---|---|---|"]
+    if per_label is not None:
+        for row in per_label.iter_rows(named=True):
+            lines.append(f"| {row[label_col]} | {row[title_col]} | {row['spans']} | "
+                         f"{row['mean_relevance']:.3f} | {row['mean_quality']:.3f} |")
+    lines += ["", "## Columns", "", ", ".join(f"`{c}`" for c in df.columns), "", "## Configuration", "",
+              "```json", json.dumps(config, indent=2, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def write_dataset(df: pl.DataFrame, path: str | Path, card: str | None = None) -> dict[str, Path]:
+    """Write `<stem>.parquet`, `<stem>.csv` and `<stem>.card.md` next to `path` (suffix picks the stem).
+
+    Each file is written to a temp name and renamed, so a killed run never leaves a half file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stem = path.with_suffix("") if path.suffix in (".csv", ".parquet") else path
+    out = {"parquet": stem.with_suffix(".parquet"), "csv": stem.with_suffix(".csv"),
+           "card": stem.with_name(stem.name + ".card.md")}
+    _atomic_write(out["parquet"], lambda p: df.write_parquet(p))
+    _atomic_write(out["csv"], lambda p: df.write_csv(p))
+    if card is not None:
+        _atomic_write(out["card"], lambda p: p.write_text(card))
+    else:
+        out.pop("card")
+    return out

@@ -1,0 +1,65 @@
+"""Unsupervised path: fit the global clustering on a bounded sample, label every span, title clusters."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from emerge.clustering import NOISE, ClusteringPipeline, select_fit_sample
+from emerge.config import ClusteringConfig
+from emerge.titles import ctfidf_keyphrases, title_from_keyphrases
+
+NOISE_TITLE = "Noise (no cluster)"
+
+
+def fit_clustering(spans: pl.DataFrame, vectors: np.ndarray, config: ClusteringConfig) -> tuple[
+        ClusteringPipeline, np.ndarray]:
+    """Fit UMAP+HDBSCAN on the fit sample and title the clusters; returns (pipeline, sample rows)."""
+    sample = select_fit_sample(spans, config)
+    pipeline = ClusteringPipeline(config).fit(vectors[sample])
+    title_clusters(pipeline, spans["text_span"].gather(sample).to_list())
+    return pipeline, sample
+
+
+def title_clusters(pipeline: ClusteringPipeline, fit_texts: list[str]) -> None:
+    """Set keyphrases and titles from the fit sample's texts (non-overlapping, so no word is
+    counted many times over by dense spans)."""
+    by_cluster: dict[int, list[str]] = {}
+    for text, label in zip(fit_texts, pipeline.fit_labels_.tolist()):
+        if label != NOISE:
+            by_cluster.setdefault(int(label), []).append(text)
+    pipeline.keyphrases = ctfidf_keyphrases(by_cluster)
+    pipeline.titles = {c: title_from_keyphrases(k) for c, k in pipeline.keyphrases.items()}
+
+
+def cluster_relevance(membership: np.ndarray, centroid_sim: np.ndarray) -> np.ndarray:
+    """Relevance to the assigned cluster: HDBSCAN membership strength and cosine to the centroid,
+    equally weighted, in [0, 1]. Noise spans get their (zero) membership only."""
+    return (0.5 * np.clip(membership, 0, 1) + 0.5 * np.clip(centroid_sim, 0, 1)).astype(np.float32)
+
+
+def label_spans(pipeline: ClusteringPipeline, spans: pl.DataFrame, vectors: np.ndarray) -> pl.DataFrame:
+    """`spans` plus cluster_id, cluster_title, membership, centroid_sim, relevance."""
+    labels, strengths = pipeline.predict(vectors)
+    sims = pipeline.centroid_similarity(vectors, labels)
+    titles = [pipeline.titles.get(int(c), NOISE_TITLE if c == NOISE else "Untitled") for c in labels.tolist()]
+    return spans.with_columns(
+        pl.Series("cluster_id", labels, dtype=pl.Int64),
+        pl.Series("cluster_title", titles, dtype=pl.String),
+        pl.Series("membership", strengths, dtype=pl.Float32),
+        pl.Series("centroid_sim", sims, dtype=pl.Float32),
+        pl.Series("relevance", cluster_relevance(strengths, sims), dtype=pl.Float32),
+    )
+
+
+def cluster_table(labelled: pl.DataFrame, pipeline: ClusteringPipeline, examples: int = 2) -> pl.DataFrame:
+    """One row per cluster: id, title, size (spans), documents, example spans (most relevant)."""
+    rows = []
+    for c in pipeline.cluster_ids:
+        members = labelled.filter(pl.col("cluster_id") == c)
+        top = members.sort("relevance", descending=True).unique("doc_id", keep="first", maintain_order=True)
+        rows.append({"cluster_id": c, "title": pipeline.titles.get(c, "Untitled"), "spans": members.height,
+                     "documents": members["doc_id"].n_unique(),
+                     "examples": " | ".join(t[:120] for t in top["text_span"].head(examples).to_list())})
+    return pl.DataFrame(rows, schema={"cluster_id": pl.Int64, "title": pl.String, "spans": pl.Int64,
+                                      "documents": pl.Int64, "examples": pl.String})

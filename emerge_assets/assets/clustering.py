@@ -1,0 +1,112 @@
+"""Global stages: UMAP projection and HDBSCAN clusters, fitted across all sources on a bounded sample."""
+
+from typing import Optional
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from emerge.config import ClusteringConfig
+from emerge_assets.metadata import cluster_map, markdown_table
+from emerge_resources import EmergeStorage
+
+ALL_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True})
+
+
+def concat_sources(spans: dict[str, pl.DataFrame], span_embeddings: dict[str, pl.DataFrame]):
+    """All sources' spans and vectors in one aligned order (sorted by source name)."""
+    from emerge.embedding import vectors_of
+
+    sources = sorted(set(spans) & set(span_embeddings))
+    if not sources:
+        raise dg.Failure("no document source has both spans and span_embeddings materialized; "
+                         "materialize the per-source assets first")
+    frames, vecs = [], []
+    for s in sources:
+        emb = span_embeddings[s]
+        if emb.height != spans[s].height or not emb["span_idx"].equals(spans[s]["span_idx"]):
+            raise dg.Failure(f"source {s!r}: span_embeddings are stale relative to spans; re-materialize them")
+        frames.append(spans[s])
+        vecs.append(vectors_of(emb))
+    return sources, pl.concat(frames), np.concatenate(vecs)
+
+
+class UmapConfig(dg.Config):
+    n_components: int = Field(default=5, description="UMAP output dimensions fed to HDBSCAN.")
+    n_neighbors: int = Field(default=15, description="UMAP neighbourhood size.")
+    min_dist: float = Field(default=0.0)
+    metric: str = Field(default="cosine")
+    max_fit_spans: int = Field(default=10_000, description="Upper bound on spans the models are fitted on.")
+    max_fit_spans_per_doc: int = Field(default=8, description="Non-overlapping spans per document in the fit.")
+    random_state: Optional[int] = Field(default=42, description="Seed; null = faster, non-reproducible.")
+
+
+@dg.asset(group_name="clustering", kinds={"umap"}, ins={"spans": ALL_SOURCES, "span_embeddings": ALL_SOURCES},
+          description="UMAP fitted on a bounded, per-document-capped sample of spans from every source.")
+def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans: dict, span_embeddings: dict,
+                    storage: EmergeStorage) -> dg.Output:
+    from emerge.clustering import ClusteringPipeline, select_fit_sample
+
+    cfg = ClusteringConfig(n_components=config.n_components, n_neighbors=config.n_neighbors,
+                           min_dist=config.min_dist, metric=config.metric, max_fit_spans=config.max_fit_spans,
+                           max_fit_spans_per_doc=config.max_fit_spans_per_doc, random_state=config.random_state)
+    sources, all_spans, vectors = concat_sources(spans, span_embeddings)
+    sample = select_fit_sample(all_spans, cfg)
+    pipeline = ClusteringPipeline(cfg).fit_reducer(vectors[sample])
+    path = pipeline.save(storage.models_dir / "umap_projection")
+    coords = pipeline.fit_embedding_
+    frame = all_spans[sample].select("source", "span_idx", "doc_id", "text_span").with_columns(
+        pl.Series("coords", coords, dtype=pl.Array(pl.Float32, coords.shape[1])))
+    return dg.Output(frame, metadata={
+        "dagster/row_count": frame.height, "sources": ", ".join(sources), "total_spans": all_spans.height,
+        "fit_spans": frame.height, "model_path": dg.MetadataValue.path(str(path)),
+    })
+
+
+class HdbscanConfig(dg.Config):
+    min_cluster_size: Optional[int] = Field(default=None, description="null = about sqrt(fit spans)/2, >= 5.")
+    min_samples: Optional[int] = Field(default=None)
+
+
+@dg.asset(group_name="clustering", kinds={"hdbscan", "polars"},
+          ins={"spans": ALL_SOURCES, "span_embeddings": ALL_SOURCES},
+          description="HDBSCAN clusters with c-TF-IDF titles; every span labelled by approximate_predict; "
+                      "the fitted ClusteringPipeline is saved for labelling new data without refitting.")
+def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanConfig, umap_projection: pl.DataFrame,
+                     spans: dict, span_embeddings: dict, storage: EmergeStorage) -> dg.Output:
+    from dataclasses import replace
+
+    from emerge.clustering import ClusteringPipeline
+    from emerge.discovery import cluster_table, label_spans, title_clusters
+
+    sources, all_spans, vectors = concat_sources(spans, span_embeddings)
+    pipeline = ClusteringPipeline.load(storage.models_dir / "umap_projection")
+    pipeline.config = replace(pipeline.config, min_cluster_size=config.min_cluster_size,
+                              min_samples=config.min_samples)
+    keys = all_spans.select("source", "span_idx").with_row_index("_row")
+    rows = umap_projection.select("source", "span_idx").join(keys, on=["source", "span_idx"], how="left",
+                                                             maintain_order="left")["_row"]
+    if rows.null_count():
+        raise dg.Failure("umap_projection refers to spans that no longer exist; re-materialize umap_projection")
+    coords = umap_projection["coords"].to_numpy()
+    pipeline.fit_clusterer(vectors[rows.to_numpy()], coords=coords)
+    title_clusters(pipeline, umap_projection["text_span"].to_list())
+    path = pipeline.save(storage.clustering_path)
+    labelled = label_spans(pipeline, all_spans, vectors)
+    out = labelled.select("source", "span_idx", "doc_id", "cluster_id", "cluster_title", "membership",
+                          "centroid_sim", "relevance")
+    noise = float((out["cluster_id"] < 0).mean())
+    table = cluster_table(labelled, pipeline)
+    context.log.info(f"{len(pipeline.cluster_ids)} clusters, noise fraction {noise:.3f}")
+    return dg.Output(out, metadata={
+        "dagster/row_count": out.height,
+        "clusters": len(pipeline.cluster_ids),
+        "noise_fraction": round(noise, 4),
+        "fit_noise_fraction": round(float((pipeline.fit_labels_ < 0).mean()), 4),
+        "min_cluster_size": pipeline.config.auto_min_cluster_size(len(coords)),
+        "cluster_table": markdown_table(table),
+        "cluster_map": cluster_map(coords, pipeline.fit_labels_, pipeline.titles,
+                                   storage.figures_dir / "cluster_map.png"),
+        "pipeline_path": dg.MetadataValue.path(str(path)),
+    })

@@ -1,0 +1,107 @@
+"""Per-source stages: raw_texts -> spans -> span_embeddings, one partition per document source."""
+
+import time
+from typing import Optional
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from emerge.config import IngestConfig, SpanConfig
+from emerge.ingest import IngestResult, inventory, kept_documents, read_source
+from emerge_assets.metadata import counts_table, markdown_table
+from emerge_assets.partitions import document_source
+from emerge_resources import EmbeddingModelResource, EmergeStorage
+
+
+class RawTextsConfig(dg.Config):
+    text_field: str = Field(default="text", description="Text column/field of .jsonl, .csv and .parquet files.")
+    id_field: Optional[str] = Field(default="id", description="Record id column/field (row number when absent).")
+    normalization: str = Field(default="NFC", description="Unicode normal form: NFC, NFKC, NFD or NFKD.")
+    max_doc_chars: int = Field(default=1_000_000, description="Longer documents are skipped as too_long.")
+    deduplicate: bool = Field(default=True, description="Skip documents whose text repeats an earlier one.")
+
+
+@dg.asset(partitions_def=document_source, group_name="curation", kinds={"polars"},
+          description="Every input file/record of one source folder: kept documents and skips with reasons.")
+def raw_texts(context: dg.AssetExecutionContext, config: RawTextsConfig, storage: EmergeStorage) -> dg.Output:
+    source = context.partition_key
+    ingest_cfg = IngestConfig(text_field=config.text_field, id_field=config.id_field,
+                              normalization=config.normalization, max_doc_chars=config.max_doc_chars,
+                              deduplicate=config.deduplicate)
+    result: IngestResult = read_source(storage.source_dir(source), source=source, config=ingest_cfg)
+    table = inventory(result)
+    docs = result.documents
+    context.log.info(f"{source}: {docs.height} documents kept, {result.skipped.height} inputs skipped")
+    return dg.Output(table, metadata={
+        "dagster/row_count": table.height,
+        "documents": docs.height,
+        "skipped": result.skipped.height,
+        "skipped_by_reason": counts_table(result.skip_counts),
+        "skipped_inputs": markdown_table(result.skipped.select("path", "record", "reason", "detail")),
+        "total_chars": int(docs["n_chars"].sum()),
+        "folder": dg.MetadataValue.path(str(storage.source_dir(source))),
+    })
+
+
+class SpansConfig(dg.Config):
+    min_len: int = Field(default=16, description="Shortest span, in model tokens.")
+    max_len: int = Field(default=64, description="Longest span, in model tokens.")
+    stride: int = Field(default=8, description="Tokens between consecutive span starts.")
+    length_step: Optional[int] = Field(default=None, description="Step between span lengths (default: stride).")
+
+    def to_engine(self) -> SpanConfig:
+        return SpanConfig(min_len=self.min_len, max_len=self.max_len, stride=self.stride,
+                          length_step=self.length_step)
+
+
+@dg.asset(partitions_def=document_source, group_name="curation", kinds={"polars"},
+          description="Dense overlapping spans snapped to word boundaries; text_span == text[start_char:end_char].")
+def spans(context: dg.AssetExecutionContext, config: SpansConfig, raw_texts: pl.DataFrame,
+          embedding_model: EmbeddingModelResource) -> dg.Output:
+    span_cfg = config.to_engine()
+    docs = kept_documents(raw_texts)
+    result, too_short = build_spans_for(docs, embedding_model, span_cfg)
+    per_doc = result.group_by("doc_id").len()["len"] if result.height else pl.Series([0])
+    context.log.info(f"{result.height} spans from {docs.height - too_short.height} documents; "
+                     f"{too_short.height} documents shorter than min_len")
+    return dg.Output(result, metadata={
+        "dagster/row_count": result.height,
+        "documents_with_spans": docs.height - too_short.height,
+        "documents_shorter_than_min_len": too_short.height,
+        "spans_per_document_mean": float(per_doc.mean()),
+        "span_tokens_mean": float(result["n_tokens"].mean()) if result.height else 0.0,
+        "short_documents": markdown_table(too_short.select("doc_id", "detail")),
+        "preview": markdown_table(result.select("doc_id", "n_tokens", "text_span").head(8)),
+    })
+
+
+def build_spans_for(docs: pl.DataFrame, embedding_model: EmbeddingModelResource, span_cfg: SpanConfig):
+    from emerge.spans import build_spans
+
+    return build_spans(docs, embedding_model.get_tokenizer(), span_cfg)
+
+
+@dg.asset(partitions_def=document_source, group_name="curation", kinds={"pytorch", "polars"},
+          description="Late-chunked span vectors: one transformer pass per document, spans mean-pooled "
+                      "from token embeddings via prefix sums.")
+def span_embeddings(context: dg.AssetExecutionContext, raw_texts: pl.DataFrame, spans: pl.DataFrame,
+                    embedding_model: EmbeddingModelResource) -> dg.Output:
+    from emerge.embedding import embed_spans, embeddings_frame
+
+    encoder = embedding_model.get_encoder()
+    docs = kept_documents(raw_texts)
+    t0 = time.perf_counter()
+    vectors = embed_spans(docs.filter(pl.col("doc_id").is_in(spans["doc_id"].unique().implode())), spans,
+                          encoder, progress=True)
+    wall = time.perf_counter() - t0
+    frame = embeddings_frame(spans, vectors)
+    return dg.Output(frame, metadata={
+        "dagster/row_count": frame.height,
+        "dimension": int(vectors.shape[1]),
+        "model": encoder.name,
+        "device": encoder.device,
+        "window_tokens": encoder.max_seq_length,
+        "wall_seconds": round(wall, 3),
+        "spans_per_second": round(frame.height / wall, 1) if wall > 0 else 0.0,
+    })

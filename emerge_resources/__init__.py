@@ -1,0 +1,7 @@
+"""Dagster resources and IO managers wrapping the outside systems Emerge talks to."""
+
+from emerge_resources.io_manager import ParquetIOManager
+from emerge_resources.model import EmbeddingModelResource
+from emerge_resources.storage import EmergeStorage
+
+__all__ = ["EmbeddingModelResource", "EmergeStorage", "ParquetIOManager"]

@@ -1,0 +1,43 @@
+"""Where Emerge writes what users keep: datasets, fitted clustering models, figures."""
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+
+class EmergeStorage(dg.ConfigurableResource):
+    """Root folder for user-facing outputs (the IO manager keeps asset values separately)."""
+
+    root: str = Field(description="Folder for datasets/, models/ and figures/.")
+    input_root: str = Field(description="Folder with one sub-folder per document source.")
+
+    def _dir(self, name: str) -> Path:
+        path = Path(self.root).expanduser() / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self._dir("datasets")
+
+    @property
+    def models_dir(self) -> Path:
+        return self._dir("models")
+
+    @property
+    def figures_dir(self) -> Path:
+        return self._dir("figures")
+
+    @property
+    def clustering_path(self) -> Path:
+        return self.models_dir / "clustering"
+
+    def source_dir(self, source: str) -> Path:
+        return Path(self.input_root).expanduser() / source
+
+    def list_sources(self) -> list[str]:
+        root = Path(self.input_root).expanduser()
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
