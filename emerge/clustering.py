@@ -35,14 +35,18 @@ def select_fit_sample(spans: pl.DataFrame, config: ClusteringConfig) -> np.ndarr
     k = config.max_fit_spans_per_doc
     for rows, starts, ends in frame.group_by("doc_id", maintain_order=True).agg(
             "_row", "tok_start", "tok_end").select("_row", "tok_start", "tok_end").iter_rows():
-        picked, taken = [], []
+        tiles, taken = [], []
         for row, s, e in zip(rows, starts, ends):
             if all(e <= a or s >= b for a, b in taken):
                 taken.append((s, e))
-                picked.append((s, row))
-        picked.sort()
-        if len(picked) > k:
-            picked = [picked[i] for i in np.linspace(0, len(picked) - 1, k).round().astype(int)]
+                tiles.append((e - s, s, row))
+        longest = max(t[0] for t in tiles)
+        primary = sorted((s, row) for n, s, row in tiles if n == longest)
+        if len(primary) > k:  # spread over the document
+            picked = [primary[i] for i in np.linspace(0, len(primary) - 1, k).round().astype(int)]
+        else:  # fill with the longest of the shorter gap-fillers
+            fillers = sorted((t for t in tiles if t[0] < longest), key=lambda t: (-t[0], t[1]))
+            picked = primary + [(s, row) for _, s, row in fillers[:k - len(primary)]]
         chosen.extend(row for _, row in picked)
     chosen_arr = np.array(sorted(chosen), dtype=np.int64)
     if len(chosen_arr) > config.max_fit_spans:

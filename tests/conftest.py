@@ -1,0 +1,58 @@
+"""Shared fixtures: offline mode, a tiny random BERT for fast tests, the packaged MiniLM for e2e."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_CORPUS = REPO / "sample_data" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from emerge.encoder import load_tokenizer
+
+    return load_tokenizer(None)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A 2-layer, 32-wide BERT with random weights and the real MiniLM tokenizer.
+
+    max_position_embeddings=64 makes 62-token windows, so ordinary test documents already
+    exercise the long-document windowing path.
+    """
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    path = tmp_path_factory.mktemp("tiny_bert")
+    BertModel(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model_dir):
+    from emerge.config import EncoderConfig
+    from emerge.encoder import load_encoder
+
+    return load_encoder(EncoderConfig(model_name_or_path=str(tiny_model_dir), device="cpu", batch_size=4,
+                                      window_overlap=16))
+
+
+@pytest.fixture(scope="session")
+def minilm_encoder():
+    from emerge.config import EncoderConfig
+    from emerge.encoder import load_encoder
+
+    return load_encoder(EncoderConfig(device="cpu"))

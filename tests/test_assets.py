@@ -1,0 +1,130 @@
+"""Asset tests: real Dagster materializations on a temporary instance, tiny random BERT."""
+
+import shutil
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from emerge.clustering import ClusteringPipeline
+from emerge_assets.assets.clustering import hdbscan_clusters, umap_projection
+from emerge_assets.assets.dataset import curated_dataset
+from emerge_assets.assets.documents import raw_texts, span_embeddings, spans
+from emerge_assets.definitions import ASSETS, build_resources, defs
+from tests.conftest import SAMPLE_CORPUS
+
+PER_SOURCE = [raw_texts, spans, span_embeddings]
+GLOBAL = [umap_projection, hdbscan_clusters, curated_dataset]
+SOURCES = ["field_notes", "newsletters", "support_tickets"]
+REQUIRED_COLUMNS = {"text_span", "doc_id", "source", "start_char", "end_char", "cluster_id", "cluster_title",
+                    "relevance", "quality"}
+
+
+def metadata_of(result, asset) -> dict:
+    mats = result.asset_materializations_for_node(asset.op.name)
+    return {k: v.value for k, v in mats[-1].metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, tiny_model_dir):
+    home = tmp_path_factory.mktemp("emerge_home")
+    corpus = tmp_path_factory.mktemp("input") / "corpus"
+    shutil.copytree(SAMPLE_CORPUS, corpus)
+    resources = build_resources(str(home), str(corpus), str(tiny_model_dir), device="cpu")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("document_source", SOURCES)
+        per_source = {}
+        for source in SOURCES:
+            per_source[source] = dg.materialize(PER_SOURCE, partition_key=source, instance=instance,
+                                                resources=resources)
+            assert per_source[source].success
+        result = dg.materialize(ASSETS, selection=GLOBAL, instance=instance, resources=resources)
+        assert result.success
+        yield {"home": home, "corpus": corpus, "resources": resources, "instance": instance,
+               "per_source": per_source, "global": result}
+
+
+def test_definitions_load():
+    assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} >= {
+        "raw_texts", "spans", "span_embeddings", "umap_projection", "hdbscan_clusters", "curated_dataset"}
+    assert defs.resolve_job_def("embed_sources") is not None
+
+
+def test_raw_texts_metadata_counts_skips(pipeline_run):
+    meta = metadata_of(pipeline_run["per_source"]["field_notes"], raw_texts)
+    assert meta["documents"] == 20
+    assert meta["skipped"] == 3  # empty.txt, duplicate copy, scan.pdf
+    assert "duplicate" in meta["skipped_by_reason"] and "unsupported_file_type" in meta["skipped_by_reason"]
+
+
+def test_curated_dataset_files_schema_and_provenance(pipeline_run):
+    meta = metadata_of(pipeline_run["global"], curated_dataset)
+    df = pl.read_parquet(meta["parquet_path"])
+    csv = pl.read_csv(meta["csv_path"])
+    assert REQUIRED_COLUMNS <= set(df.columns) and df.height == csv.height == meta["dagster/row_count"] > 0
+    card = open(meta["card_path"]).read()
+    assert "Spans per label" in card and "all-MiniLM" not in card  # tiny model named, not MiniLM
+    texts = {}
+    for source in SOURCES:
+        inv = pl.read_parquet(pipeline_run["home"] / "assets" / "raw_texts" / f"{source}.parquet")
+        texts.update(dict(zip(inv["doc_id"], inv["text"])))
+    for doc_id, a, b, span in df.select("doc_id", "start_char", "end_char", "text_span").iter_rows():
+        assert texts[doc_id][a:b] == span
+
+
+def test_every_input_document_is_accounted_for(pipeline_run):
+    meta = metadata_of(pipeline_run["global"], curated_dataset)
+    inputs = sum(metadata_of(pipeline_run["per_source"][s], raw_texts)["dagster/row_count"] for s in SOURCES)
+    assert meta["inputs"] == inputs == 69
+    outcomes = meta["document_outcomes"]
+    for reason in ("in_dataset", "duplicate", "empty", "malformed_row", "unsupported_file_type"):
+        assert reason in outcomes
+
+
+def test_cluster_metadata_and_saved_pipeline(pipeline_run):
+    meta = metadata_of(pipeline_run["global"], hdbscan_clusters)
+    assert 0.0 <= meta["noise_fraction"] <= 1.0
+    assert meta["cluster_map"].startswith("![cluster map](data:image/png;base64,")
+    assert "| cluster_id | title | spans |" in meta["cluster_table"]
+    pipe = ClusteringPipeline.load(meta["pipeline_path"])
+    emb = pl.read_parquet(pipeline_run["home"] / "assets" / "span_embeddings" / "newsletters.parquet")
+    labels, _ = pipe.predict(emb["embedding"].to_numpy()[:20])
+    assert labels.shape == (20,)
+
+
+def test_rematerializing_a_partition_is_idempotent(pipeline_run):
+    path = pipeline_run["home"] / "assets" / "spans" / "newsletters.parquet"
+    before = pl.read_parquet(path)
+    again = dg.materialize(PER_SOURCE, partition_key="newsletters", instance=pipeline_run["instance"],
+                           resources=pipeline_run["resources"])
+    assert again.success
+    assert pl.read_parquet(path).equals(before)
+    emb = pl.read_parquet(pipeline_run["home"] / "assets" / "span_embeddings" / "newsletters.parquet")
+    assert emb["embedding"].dtype == pl.Array(pl.Float32, 32)
+    assert np.isfinite(emb["embedding"].to_numpy()).all()
+    assert not list((pipeline_run["home"] / "assets" / "spans").glob("*.tmp-*"))
+
+
+def test_invalid_span_config_fails_before_work_naming_the_field(pipeline_run):
+    with pytest.raises(Exception, match="min_len"):
+        dg.materialize([raw_texts, spans], selection=[spans], partition_key="newsletters",
+                       instance=pipeline_run["instance"], resources=pipeline_run["resources"],
+                       run_config={"ops": {"spans": {"config": {"min_len": 80, "max_len": 64}}}})
+
+
+def test_missing_model_path_is_named(pipeline_run, tmp_path):
+    resources = dict(pipeline_run["resources"])
+    resources.update(build_resources(str(pipeline_run["home"]), str(pipeline_run["corpus"]),
+                                     str(tmp_path / "no_model")))
+    with pytest.raises(Exception, match="model_name_or_path"):
+        dg.materialize([raw_texts, spans], selection=[spans], partition_key="newsletters",
+                       instance=pipeline_run["instance"], resources=resources)
+
+
+def test_empty_source_folder_fails_clearly(pipeline_run):
+    (pipeline_run["corpus"] / "empty_source").mkdir()
+    pipeline_run["instance"].add_dynamic_partitions("document_source", ["empty_source"])
+    with pytest.raises(Exception, match="contains no files"):
+        dg.materialize([raw_texts], partition_key="empty_source", instance=pipeline_run["instance"],
+                       resources=pipeline_run["resources"])

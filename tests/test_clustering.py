@@ -1,0 +1,100 @@
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from emerge.clustering import ClusteringPipeline, select_fit_sample
+from emerge.config import ClusteringConfig
+from emerge.errors import InputError
+
+
+def blobs(n_per=60, k=3, dim=32, seed=0, spread=0.15):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, dim))
+    x = np.concatenate([c + spread * rng.normal(size=(n_per, dim)) for c in centres])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), np.repeat(np.arange(k), n_per)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    x, y = blobs()
+    return ClusteringPipeline(ClusteringConfig(random_state=0, min_cluster_size=10)).fit(x), x, y
+
+
+def test_recovers_planted_blobs(fitted):
+    pipe, x, y = fitted
+    assert len(pipe.cluster_ids) == 3
+    assert adjusted_rand_score(y, pipe.fit_labels_) > 0.9
+
+
+def test_predict_new_points_without_refit(fitted):
+    pipe, _, _ = fitted
+    x_new, y_new = blobs(n_per=20, seed=0)  # same centres (same seed), new noise draws
+    rng = np.random.default_rng(5)
+    x_new = x_new + 0.02 * rng.normal(size=x_new.shape).astype(np.float32)
+    x_new /= np.linalg.norm(x_new, axis=1, keepdims=True)
+    labels, strengths = pipe.predict(x_new)
+    assert adjusted_rand_score(y_new, labels) > 0.9
+    assert ((strengths >= 0) & (strengths <= 1)).all()
+
+
+def test_save_load_round_trip_predicts_identically(fitted, tmp_path):
+    pipe, x, _ = fitted
+    pipe.titles = {c: f"topic {c}" for c in pipe.cluster_ids}
+    pipe.save(tmp_path / "clustering")
+    loaded = ClusteringPipeline.load(tmp_path / "clustering")
+    a, sa = pipe.predict(x[:50])
+    b, sb = loaded.predict(x[:50])
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(sa, sb)
+    assert loaded.titles == pipe.titles
+    for c in pipe.cluster_ids:
+        np.testing.assert_allclose(loaded.centroids[c], pipe.centroids[c])
+    pipe.save(tmp_path / "clustering")  # overwriting an existing save works and leaves no temp dirs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clustering"]
+
+
+def test_fit_is_reproducible_with_a_seed():
+    x, _ = blobs(seed=3)
+    a = ClusteringPipeline(ClusteringConfig(random_state=7, min_cluster_size=10)).fit(x)
+    b = ClusteringPipeline(ClusteringConfig(random_state=7, min_cluster_size=10)).fit(x)
+    np.testing.assert_array_equal(a.fit_labels_, b.fit_labels_)
+    np.testing.assert_allclose(a.fit_embedding_, b.fit_embedding_)
+
+
+def test_too_few_points_is_a_clear_error():
+    x, _ = blobs(n_per=3)
+    with pytest.raises(InputError, match="at least 10 spans"):
+        ClusteringPipeline().fit(x)
+
+
+def test_non_finite_vectors_are_rejected():
+    x, _ = blobs()
+    x[4, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ClusteringPipeline().fit(x)
+
+
+def test_load_missing_path_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no saved ClusteringPipeline"):
+        ClusteringPipeline.load(tmp_path / "nope")
+
+
+def test_fit_sample_takes_non_overlapping_spans_per_document():
+    rows = []
+    for doc in ["a", "b"]:
+        for s in range(0, 200, 4):
+            for length in (8, 16, 32):
+                if s + length <= 200:
+                    rows.append({"doc_id": doc, "tok_start": s, "tok_end": s + length, "n_tokens": length})
+    spans = pl.DataFrame(rows)
+    sample = select_fit_sample(spans, ClusteringConfig(max_fit_spans_per_doc=2, max_fit_spans=10))
+    picked = spans[sample]
+    assert picked.group_by("doc_id").len()["len"].to_list() == [2, 2]
+    assert (picked["n_tokens"] == 32).all()
+    for doc in picked.partition_by("doc_id"):
+        (s1, e1), (s2, e2) = sorted(doc.select("tok_start", "tok_end").iter_rows())
+        assert e1 <= s2
+    capped = select_fit_sample(spans, ClusteringConfig(max_fit_spans_per_doc=8, max_fit_spans=10))
+    assert len(capped) == 10

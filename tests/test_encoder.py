@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+import torch
+
+from emerge.embedding import embed_spans
+from emerge.encoder import pool_spans
+from emerge.ingest import documents_from_texts
+from emerge.spans import build_spans
+from emerge.config import SpanConfig
+
+TEXT = ("Revenue grew by fifteen percent year over year. The new product line contributed significantly. "
+        "Supply chain issues from last year have mostly been resolved, and raw materials are on order. ")
+
+
+def direct_token_embeddings(encoder, ids):
+    """Reference: the model run by hand on [CLS] ids [SEP], specials dropped."""
+    tok = encoder.tokenizer
+    seq = torch.tensor([[tok.cls_token_id, *ids.tolist(), tok.sep_token_id]])
+    with torch.inference_mode():
+        out = encoder.model(input_ids=seq, attention_mask=torch.ones_like(seq)).last_hidden_state[0]
+    return out[1:-1].numpy()
+
+
+def test_prefix_sum_pooling_equals_mean():
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(300, 16)).astype(np.float32) * 10
+    s = rng.integers(0, 299, size=200)
+    e = s + rng.integers(1, 300 - s)
+    pooled = pool_spans(t, s, e)
+    expected = np.stack([t[a:b].mean(axis=0) for a, b in zip(s, e)])
+    np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_windows_partition_every_token(tiny_encoder):
+    for n in [1, 10, 62, 63, 100, 500, 1234]:
+        windows = tiny_encoder.windows(n)
+        kept = [i for _, _, ka, kb in windows for i in range(ka, kb)]
+        assert kept == list(range(n))
+        for a, b, ka, kb in windows:
+            assert a <= ka <= kb <= b and b - a <= tiny_encoder.max_seq_length - 2
+
+
+def test_late_chunked_span_vector_is_mean_of_document_token_embeddings(minilm_encoder):
+    docs = documents_from_texts([TEXT]).documents
+    spans, _ = build_spans(docs, minilm_encoder.tokenizer, SpanConfig(min_len=4, max_len=12, stride=3))
+    vectors = embed_spans(docs, spans, minilm_encoder)
+    ids = minilm_encoder.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    tokens = direct_token_embeddings(minilm_encoder, np.asarray(ids))
+    for row, (s, e) in enumerate(spans.select("tok_start", "tok_end").iter_rows()):
+        expected = tokens[s:e].mean(axis=0)
+        expected /= np.linalg.norm(expected)
+        np.testing.assert_allclose(vectors[row], expected, atol=2e-5)
+
+
+def test_long_document_windows_match_direct_passes(tiny_encoder):
+    long_text = TEXT * 6  # ~200 tokens > the tiny model's 62-token windows
+    (ids, _), = [(np.asarray(x), None) for x in [tiny_encoder.tokenizer(long_text, add_special_tokens=False)["input_ids"]]]
+    stitched, = tiny_encoder.token_embeddings([ids])
+    assert stitched.shape == (len(ids), tiny_encoder.dim)
+    for a, b, ka, kb in tiny_encoder.windows(len(ids)):
+        direct = direct_token_embeddings(tiny_encoder, ids[a:b])
+        np.testing.assert_allclose(stitched[ka:kb], direct[ka - a:kb - a], atol=1e-5)
+
+
+def test_padding_in_batches_does_not_change_embeddings(tiny_encoder):
+    texts = [TEXT, "short one", TEXT * 3]
+    ids = [np.asarray(x) for x in tiny_encoder.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    together = tiny_encoder.token_embeddings(ids)
+    for i in range(3):
+        alone, = tiny_encoder.token_embeddings([ids[i]])
+        np.testing.assert_allclose(together[i], alone, atol=1e-5)
+
+
+def test_forward_passes_do_not_scale_with_span_count(tiny_encoder):
+    calls = []
+    hook = tiny_encoder.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        docs = documents_from_texts([TEXT * 2, TEXT]).documents
+        sparse, _ = build_spans(docs, tiny_encoder.tokenizer, SpanConfig(min_len=16, max_len=16, stride=16))
+        embed_spans(docs, sparse, tiny_encoder)
+        sparse_calls = len(calls)
+        calls.clear()
+        dense, _ = build_spans(docs, tiny_encoder.tokenizer, SpanConfig(min_len=2, max_len=40, stride=1))
+        embed_spans(docs, dense, tiny_encoder)
+        assert dense.height > 20 * sparse.height
+        assert len(calls) == sparse_calls
+    finally:
+        hook.remove()
+
+
+def test_embeddings_are_unit_norm_and_finite(tiny_encoder):
+    docs = documents_from_texts([TEXT, TEXT.upper()]).documents
+    spans, _ = build_spans(docs, tiny_encoder.tokenizer, SpanConfig(min_len=4, max_len=20, stride=2))
+    v = embed_spans(docs, spans, tiny_encoder)
+    assert np.isfinite(v).all()
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+
+
+def test_resolve_device_auto_is_cpu_without_gpu():
+    from emerge.encoder import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device("auto") == expected
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_encoder_is_loaded_once_per_process(tiny_model_dir, tiny_encoder):
+    from emerge.config import EncoderConfig
+    from emerge.encoder import load_encoder
+
+    again = load_encoder(EncoderConfig(model_name_or_path=str(tiny_model_dir), device="cpu", batch_size=4,
+                                       window_overlap=16))
+    assert again is tiny_encoder
+
+
+def test_wraps_a_sentence_transformer(minilm_encoder):
+    from sentence_transformers import SentenceTransformer
+
+    from emerge.encoder import TokenEncoder, packaged_model_path
+
+    st_model = SentenceTransformer(str(packaged_model_path()), device="cpu")
+    wrapped = TokenEncoder.from_pretrained_objects(st_model, None)
+    a = wrapped.embed_texts(["the cat sat on the mat"])
+    b = minilm_encoder.embed_texts(["the cat sat on the mat"])
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert wrapped.max_seq_length == 256

@@ -1,0 +1,92 @@
+import json
+import unicodedata
+
+import polars as pl
+import pytest
+
+from emerge.config import IngestConfig
+from emerge.errors import InputError
+from emerge.ingest import inventory, kept_documents, read_source
+
+GOOD = "Plant the tomato seedlings after the last frost when the soil is warm."
+
+
+@pytest.fixture
+def messy_source(tmp_path):
+    src = tmp_path / "messy"
+    src.mkdir()
+    (src / "good.txt").write_text(GOOD)
+    (src / "notes.md").write_text("# Title\n\nWater the roses early in the morning.")
+    (src / "empty.txt").write_text("")
+    (src / "blank.md").write_text("   \n\t\n")
+    (src / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00IHDR")
+    (src / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (src / "huge.txt").write_text("word " * 1_100_000)  # 5.5 MB
+    (src / "dupe.txt").write_text(GOOD)
+    (src / "image.png").write_bytes(b"\x89PNG")
+    (src / "rows.jsonl").write_text("\n".join([
+        json.dumps({"id": "a", "text": "Compost feeds the vegetable beds."}),
+        '{"id": "b", "text": broken',
+        json.dumps({"id": "c", "body": "no text field"}),
+        json.dumps({"id": "d", "text": 42}),
+        json.dumps(["not", "an", "object"]),
+        "",
+        json.dumps({"id": "a", "text": "same id again, different text"}),
+    ]))
+    (src / "table.csv").write_text('id,text\n1,"Bees visited the lavender."\n2,too,many,fields\n3,""\n')
+    (src / "nocol.csv").write_text("id,body\n1,hello\n")
+    pl.DataFrame({"id": ["p1", "p2"], "text": ["Prune apple trees in winter.", None]}).write_parquet(src / "t.parquet")
+    sub = src / "nested"
+    sub.mkdir()
+    (sub / "deep.txt").write_text(unicodedata.normalize("NFD", "Crème brûlée needs a hot grill."))
+    return src
+
+
+def test_every_input_is_accounted_for(messy_source):
+    result = read_source(messy_source)
+    counts = result.skip_counts
+    assert counts == {"binary": 1, "duplicate": 1, "duplicate_id": 1, "empty": 4, "invalid_text_type": 1,
+                      "malformed_row": 3, "missing_text_field": 2, "too_long": 1, "undecodable": 1,
+                      "unsupported_file_type": 1}
+    kept = set(result.documents["path"] + "#" + result.documents["record"])
+    # files are read in sorted order, so dupe.txt is the first copy and good.txt the duplicate
+    assert kept == {"dupe.txt#", "notes.md#", "rows.jsonl#a", "table.csv#1", "t.parquet#p1", "nested/deep.txt#"}
+    inv = inventory(result)
+    assert inv.height == result.n_inputs == 6 + sum(counts.values())
+    assert inv["doc_id"].null_count() == 0
+    assert kept_documents(inv).height == 6
+
+
+def test_unicode_is_normalised_and_ids_are_stable(messy_source):
+    a = read_source(messy_source)
+    b = read_source(messy_source)
+    assert a.documents["doc_id"].to_list() == b.documents["doc_id"].to_list()
+    deep = a.documents.filter(pl.col("path") == "nested/deep.txt")["text"][0]
+    assert deep == unicodedata.normalize("NFC", deep) and "è" in deep
+    assert a.documents["doc_id"].n_unique() == a.documents.height
+
+
+def test_custom_fields_and_limits(tmp_path):
+    src = tmp_path / "s"
+    src.mkdir()
+    (src / "x.jsonl").write_text(json.dumps({"key": "k1", "body": "Hello there, friend."}) + "\n")
+    with pytest.raises(InputError, match=r"no usable document.*too_long"):
+        read_source(src, config=IngestConfig(text_field="body", id_field="key", max_doc_chars=10))
+    ok = read_source(src, config=IngestConfig(text_field="body", id_field="key"))
+    assert ok.documents["record"].to_list() == ["k1"]
+
+
+def test_source_with_nothing_usable_fails_clearly(tmp_path):
+    src = tmp_path / "only_bad"
+    src.mkdir()
+    (src / "empty.txt").write_text("")
+    with pytest.raises(InputError, match=r"no usable document.*'empty': 1"):
+        read_source(src)
+
+
+def test_empty_and_missing_folders_fail_clearly(tmp_path):
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(InputError, match="contains no files"):
+        read_source(tmp_path / "nothing")
+    with pytest.raises(InputError, match="does not exist"):
+        read_source(tmp_path / "missing")
