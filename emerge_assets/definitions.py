@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from emerge_assets.assets.clustering import hdbscan_clusters, umap_projection
+from emerge_assets.assets.clustering import hdbscan_clusters, span_clusters, umap_projection
 from emerge_assets.assets.dataset import curated_dataset
 from emerge_assets.assets.documents import raw_texts, span_embeddings, spans
 from emerge_assets.partitions import document_source
@@ -15,13 +15,20 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMERGE_HOME = os.environ.get("EMERGE_HOME", str(PROJECT_ROOT / ".emerge_home"))
 INPUT_ROOT = os.environ.get("EMERGE_INPUT_ROOT", str(PROJECT_ROOT / "sample_data" / "corpus"))
 
-per_source_job = dg.define_asset_job(
+embed_job = dg.define_asset_job(
     "embed_sources", selection=dg.AssetSelection.assets(raw_texts, spans, span_embeddings),
     partitions_def=document_source,
     description="Read, span and embed one document source (partition) or a backfill of many.")
-discovery_job = dg.define_asset_job(
-    "discover_and_curate", selection=dg.AssetSelection.assets(umap_projection, hdbscan_clusters, curated_dataset),
-    description="Fit global clusters across all embedded sources and export the curated dataset.")
+fit_job = dg.define_asset_job(
+    "fit_clusters", selection=dg.AssetSelection.assets(umap_projection, hdbscan_clusters),
+    description="Fit UMAP + HDBSCAN on a bounded sample drawn from every embedded source.")
+label_job = dg.define_asset_job(
+    "label_sources", selection=dg.AssetSelection.assets(span_clusters), partitions_def=document_source,
+    description="Label a source's spans with the saved clustering (no refit).")
+export_job = dg.define_asset_job(
+    "export_dataset", selection=dg.AssetSelection.assets(curated_dataset),
+    description="Pareto-select spans from all labelled sources and write Parquet, CSV and the card.")
+JOBS = [embed_job, fit_job, label_job, export_job]
 
 
 def build_resources(emerge_home: str = EMERGE_HOME, input_root: str = INPUT_ROOT,
@@ -34,6 +41,6 @@ def build_resources(emerge_home: str = EMERGE_HOME, input_root: str = INPUT_ROOT
     }
 
 
-ASSETS = [raw_texts, spans, span_embeddings, umap_projection, hdbscan_clusters, curated_dataset]
+ASSETS = [raw_texts, spans, span_embeddings, umap_projection, hdbscan_clusters, span_clusters, curated_dataset]
 
-defs = dg.Definitions(assets=ASSETS, jobs=[per_source_job, discovery_job], resources=build_resources())
+defs = dg.Definitions(assets=ASSETS, jobs=JOBS, resources=build_resources())

@@ -27,11 +27,11 @@ def main(argv=None) -> int:
 
     import dagster as dg
 
-    from emerge_assets.definitions import ASSETS, build_resources, discovery_job, per_source_job
+    from emerge_assets.definitions import ASSETS, JOBS, build_resources
     from emerge_assets.partitions import document_source
 
     resources = build_resources(args.emerge_home, args.input_root, args.model)
-    defs = dg.Definitions(assets=ASSETS, jobs=[per_source_job, discovery_job], resources=resources)
+    defs = dg.Definitions(assets=ASSETS, jobs=JOBS, resources=resources)
     storage = resources["storage"]
     sources = storage.list_sources()
     if not sources:
@@ -42,24 +42,30 @@ def main(argv=None) -> int:
     if new:
         instance.add_dynamic_partitions(document_source.name, new)
     t0 = time.perf_counter()
+    meta: dict[str, dict] = {}
+
+    def run(job: str, partition: str | None = None) -> None:
+        result = defs.resolve_job_def(job).execute_in_process(partition_key=partition, instance=instance)
+        for event in result.get_asset_materialization_events():
+            mat = event.event_specific_data.materialization
+            meta[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+
     for source in sources:
-        print(f"[emerge] embedding source {source!r} ...", flush=True)
-        result = defs.resolve_job_def("embed_sources").execute_in_process(
-            partition_key=source, instance=instance, raise_on_error=True)
-        assert result.success
-    print("[emerge] clustering and curating ...", flush=True)
-    result = defs.resolve_job_def("discover_and_curate").execute_in_process(instance=instance)
-    assert result.success
-    meta = {}
-    for event in result.get_asset_materialization_events():
-        mat = event.event_specific_data.materialization
-        meta[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+        print(f"[emerge] reading, spanning and embedding source {source!r} ...", flush=True)
+        run("embed_sources", source)
+    print("[emerge] fitting UMAP + HDBSCAN on a sample of all sources ...", flush=True)
+    run("fit_clusters")
+    for source in sources:
+        print(f"[emerge] labelling spans of {source!r} with the saved clustering ...", flush=True)
+        run("label_sources", source)
+    print("[emerge] selecting and exporting the dataset ...", flush=True)
+    run("export_dataset")
     ds, cl = meta["curated_dataset"], meta["hdbscan_clusters"]
     print(f"\n[emerge] done in {time.perf_counter() - t0:.0f}s")
     print(f"  sources:   {len(sources)} ({', '.join(sources)})")
     print(f"  inputs:    {ds['inputs']} ({ds['documents_in_dataset']} documents in the dataset)")
     print(f"  spans:     {ds['spans_considered']} considered, {ds['dagster/row_count']} selected")
-    print(f"  clusters:  {cl['clusters']} (noise fraction {cl['noise_fraction']:.2f})")
+    print(f"  clusters:  {cl['clusters']} (noise fraction over all spans {ds['noise_fraction_all_spans']:.2f})")
     print(f"  dataset:   {ds['parquet_path']}")
     print(f"             {ds['csv_path']}")
     print(f"  card:      {ds['card_path']}")

@@ -8,14 +8,14 @@ import polars as pl
 import pytest
 
 from emerge.clustering import ClusteringPipeline
-from emerge_assets.assets.clustering import hdbscan_clusters, umap_projection
+from emerge_assets.assets.clustering import hdbscan_clusters, span_clusters, umap_projection
 from emerge_assets.assets.dataset import curated_dataset
 from emerge_assets.assets.documents import raw_texts, span_embeddings, spans
 from emerge_assets.definitions import ASSETS, build_resources, defs
 from tests.conftest import SAMPLE_CORPUS
 
 PER_SOURCE = [raw_texts, spans, span_embeddings]
-GLOBAL = [umap_projection, hdbscan_clusters, curated_dataset]
+FIT = [umap_projection, hdbscan_clusters]
 SOURCES = ["field_notes", "newsletters", "support_tickets"]
 REQUIRED_COLUMNS = {"text_span", "doc_id", "source", "start_char", "end_char", "cluster_id", "cluster_title",
                     "relevance", "quality"}
@@ -39,10 +39,15 @@ def pipeline_run(tmp_path_factory, tiny_model_dir):
             per_source[source] = dg.materialize(PER_SOURCE, partition_key=source, instance=instance,
                                                 resources=resources)
             assert per_source[source].success
-        result = dg.materialize(ASSETS, selection=GLOBAL, instance=instance, resources=resources)
+        fit = dg.materialize(ASSETS, selection=FIT, instance=instance, resources=resources)
+        assert fit.success
+        labels = {s: dg.materialize(ASSETS, selection=[span_clusters], partition_key=s, instance=instance,
+                                    resources=resources) for s in SOURCES}
+        assert all(r.success for r in labels.values())
+        result = dg.materialize(ASSETS, selection=[curated_dataset], instance=instance, resources=resources)
         assert result.success
         yield {"home": home, "corpus": corpus, "resources": resources, "instance": instance,
-               "per_source": per_source, "global": result}
+               "per_source": per_source, "fit": fit, "labels": labels, "global": result}
 
 
 def test_definitions_load():
@@ -83,8 +88,8 @@ def test_every_input_document_is_accounted_for(pipeline_run):
 
 
 def test_cluster_metadata_and_saved_pipeline(pipeline_run):
-    meta = metadata_of(pipeline_run["global"], hdbscan_clusters)
-    assert 0.0 <= meta["noise_fraction"] <= 1.0
+    meta = metadata_of(pipeline_run["fit"], hdbscan_clusters)
+    assert 0.0 <= meta["fit_noise_fraction"] <= 1.0
     assert meta["cluster_map"].startswith("![cluster map](data:image/png;base64,")
     assert "| cluster_id | title | spans |" in meta["cluster_table"]
     pipe = ClusteringPipeline.load(meta["pipeline_path"])
@@ -128,3 +133,23 @@ def test_empty_source_folder_fails_clearly(pipeline_run):
     with pytest.raises(Exception, match="contains no files"):
         dg.materialize([raw_texts], partition_key="empty_source", instance=pipeline_run["instance"],
                        resources=pipeline_run["resources"])
+
+
+def test_span_clusters_label_every_span_with_the_saved_pipeline(pipeline_run):
+    for source in SOURCES:
+        meta = metadata_of(pipeline_run["labels"][source], span_clusters)
+        labels = pl.read_parquet(pipeline_run["home"] / "assets" / "span_clusters" / f"{source}.parquet")
+        n_spans = pl.read_parquet(pipeline_run["home"] / "assets" / "spans" / f"{source}.parquet").height
+        assert labels.height == n_spans == meta["dagster/row_count"]
+        assert labels["relevance"].is_between(0, 1).all()
+        assert 0 <= meta["noise_fraction"] <= 1
+
+
+def test_span_clusters_without_a_fitted_pipeline_fails_clearly(tmp_path, tiny_model_dir):
+    resources = build_resources(str(tmp_path / "fresh_home"), str(SAMPLE_CORPUS), str(tiny_model_dir), device="cpu")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("document_source", ["newsletters"])
+        assert dg.materialize(PER_SOURCE, partition_key="newsletters", instance=instance, resources=resources).success
+        with pytest.raises(Exception, match="materialize hdbscan_clusters first"):
+            dg.materialize(ASSETS, selection=[span_clusters], partition_key="newsletters", instance=instance,
+                           resources=resources)

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from emerge.config import ClusteringConfig
 from emerge_assets.metadata import cluster_map, markdown_table
+from emerge_assets.partitions import document_source
 from emerge_resources import EmergeStorage
 
 ALL_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True})
@@ -56,8 +57,10 @@ def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans
     pipeline = ClusteringPipeline(cfg).fit_reducer(vectors[sample])
     path = pipeline.save(storage.models_dir / "umap_projection")
     coords = pipeline.fit_embedding_
+    fit_vectors = vectors[sample]
     frame = all_spans[sample].select("source", "span_idx", "doc_id", "text_span").with_columns(
-        pl.Series("coords", coords, dtype=pl.Array(pl.Float32, coords.shape[1])))
+        pl.Series("coords", coords, dtype=pl.Array(pl.Float32, coords.shape[1])),
+        pl.Series("embedding", fit_vectors, dtype=pl.Array(pl.Float32, fit_vectors.shape[1])))
     return dg.Output(frame, metadata={
         "dagster/row_count": frame.height, "sources": ", ".join(sources), "total_spans": all_spans.height,
         "fit_spans": frame.height, "model_path": dg.MetadataValue.path(str(path)),
@@ -70,43 +73,61 @@ class HdbscanConfig(dg.Config):
 
 
 @dg.asset(group_name="clustering", kinds={"hdbscan", "polars"},
-          ins={"spans": ALL_SOURCES, "span_embeddings": ALL_SOURCES},
-          description="HDBSCAN clusters with c-TF-IDF titles; every span labelled by approximate_predict; "
-                      "the fitted ClusteringPipeline is saved for labelling new data without refitting.")
+          description="HDBSCAN on the UMAP sample, c-TF-IDF titles; saves the full ClusteringPipeline that "
+                      "span_clusters applies to every source without refitting.")
 def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanConfig, umap_projection: pl.DataFrame,
-                     spans: dict, span_embeddings: dict, storage: EmergeStorage) -> dg.Output:
+                     storage: EmergeStorage) -> dg.Output:
     from dataclasses import replace
 
     from emerge.clustering import ClusteringPipeline
-    from emerge.discovery import cluster_table, label_spans, title_clusters
+    from emerge.discovery import cluster_table, title_clusters
+    from emerge.embedding import vectors_of
 
-    sources, all_spans, vectors = concat_sources(spans, span_embeddings)
     pipeline = ClusteringPipeline.load(storage.models_dir / "umap_projection")
     pipeline.config = replace(pipeline.config, min_cluster_size=config.min_cluster_size,
                               min_samples=config.min_samples)
-    keys = all_spans.select("source", "span_idx").with_row_index("_row")
-    rows = umap_projection.select("source", "span_idx").join(keys, on=["source", "span_idx"], how="left",
-                                                             maintain_order="left")["_row"]
-    if rows.null_count():
-        raise dg.Failure("umap_projection refers to spans that no longer exist; re-materialize umap_projection")
     coords = umap_projection["coords"].to_numpy()
-    pipeline.fit_clusterer(vectors[rows.to_numpy()], coords=coords)
+    pipeline.fit_clusterer(vectors_of(umap_projection), coords=coords)
     title_clusters(pipeline, umap_projection["text_span"].to_list())
     path = pipeline.save(storage.clustering_path)
-    labelled = label_spans(pipeline, all_spans, vectors)
-    out = labelled.select("source", "span_idx", "doc_id", "cluster_id", "cluster_title", "membership",
-                          "centroid_sim", "relevance")
-    noise = float((out["cluster_id"] < 0).mean())
-    table = cluster_table(labelled, pipeline)
-    context.log.info(f"{len(pipeline.cluster_ids)} clusters, noise fraction {noise:.3f}")
+    labels = pipeline.fit_labels_
+    out = umap_projection.select("source", "span_idx", "doc_id", "text_span").with_columns(
+        pl.Series("cluster_id", labels, dtype=pl.Int64),
+        pl.Series("cluster_title", [pipeline.titles.get(int(c), "Noise") for c in labels.tolist()]),
+        pl.Series("membership", pipeline.fit_strengths_, dtype=pl.Float32))
+    noise = float((labels < 0).mean())
+    context.log.info(f"{len(pipeline.cluster_ids)} clusters on {len(labels)} fit spans, noise {noise:.3f}")
     return dg.Output(out, metadata={
         "dagster/row_count": out.height,
         "clusters": len(pipeline.cluster_ids),
-        "noise_fraction": round(noise, 4),
-        "fit_noise_fraction": round(float((pipeline.fit_labels_ < 0).mean()), 4),
+        "fit_noise_fraction": round(noise, 4),
         "min_cluster_size": pipeline.config.auto_min_cluster_size(len(coords)),
-        "cluster_table": markdown_table(table),
-        "cluster_map": cluster_map(coords, pipeline.fit_labels_, pipeline.titles,
-                                   storage.figures_dir / "cluster_map.png"),
+        "cluster_table": markdown_table(cluster_table(out.rename({"membership": "relevance"}), pipeline)),
+        "cluster_map": cluster_map(coords, labels, pipeline.titles, storage.figures_dir / "cluster_map.png"),
         "pipeline_path": dg.MetadataValue.path(str(path)),
+    })
+
+
+@dg.asset(partitions_def=document_source, group_name="clustering", kinds={"hdbscan", "polars"},
+          deps=[hdbscan_clusters],
+          description="Every span of one source labelled by the saved ClusteringPipeline "
+                      "(umap.transform + hdbscan.approximate_predict), with relevance to its cluster.")
+def span_clusters(context: dg.AssetExecutionContext, spans: pl.DataFrame, span_embeddings: pl.DataFrame,
+                  storage: EmergeStorage) -> dg.Output:
+    from emerge.clustering import ClusteringPipeline
+    from emerge.discovery import label_spans
+
+    if not (storage.clustering_path / "pipeline.json").exists():
+        raise dg.Failure(f"no fitted clustering at {storage.clustering_path}; materialize hdbscan_clusters first")
+    pipeline = ClusteringPipeline.load(storage.clustering_path)
+    _, frame, vectors = concat_sources({context.partition_key: spans}, {context.partition_key: span_embeddings})
+    labelled = label_spans(pipeline, frame, vectors)
+    out = labelled.select("span_idx", "doc_id", "cluster_id", "cluster_title", "membership", "centroid_sim",
+                          "relevance")
+    per_cluster = out.group_by("cluster_id", "cluster_title").agg(pl.len().alias("spans")).sort("cluster_id")
+    return dg.Output(out, metadata={
+        "dagster/row_count": out.height,
+        "noise_fraction": round(float((out["cluster_id"] < 0).mean()), 4) if out.height else 0.0,
+        "spans_per_cluster": markdown_table(per_cluster),
+        "pipeline_path": dg.MetadataValue.path(str(storage.clustering_path)),
     })

@@ -35,11 +35,12 @@ def document_accounting(raw_texts: dict[str, pl.DataFrame], spans: pl.DataFrame,
 
 
 @dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={"raw_texts": ALL_SOURCES, "spans": ALL_SOURCES,
-                                                               "span_embeddings": ALL_SOURCES},
+                                                               "span_embeddings": ALL_SOURCES,
+                                                               "span_clusters": ALL_SOURCES},
           description="Pareto-selected, non-overlapping, de-duplicated spans with cluster labels, relevance "
                       "and quality; written as Parquet, CSV and a Markdown dataset card.")
 def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetConfig, raw_texts: dict,
-                    spans: dict, span_embeddings: dict, hdbscan_clusters: pl.DataFrame,
+                    spans: dict, span_embeddings: dict, span_clusters: dict,
                     storage: EmergeStorage, embedding_model: EmbeddingModelResource) -> dg.Output:
     from emerge.config import SelectionConfig
     from emerge.dataset import CLUSTER_COLUMNS, curate, dataset_card, label_balance, write_dataset
@@ -54,12 +55,15 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetCon
     sources, all_spans, vectors = concat_sources(spans, span_embeddings)
     # The length objective spans the lengths actually produced by the spans asset.
     span_cfg = SpanConfig(min_len=int(all_spans["n_tokens"].min()), max_len=int(all_spans["n_tokens"].max()))
-    labels = hdbscan_clusters.select("source", "span_idx", "cluster_id", "cluster_title", "membership",
-                                     "centroid_sim", "relevance")
+    missing = [s for s in sources if s not in span_clusters]
+    if missing:
+        raise dg.Failure(f"sources {missing} have spans but no span_clusters; materialize span_clusters for them")
+    labels = pl.concat([span_clusters[s].select(pl.lit(s).alias("source"), "span_idx", "cluster_id", "cluster_title",
+                                                "membership", "centroid_sim", "relevance") for s in sources])
     labelled = all_spans.join(labels, on=["source", "span_idx"], how="left", maintain_order="left")
     if labelled["cluster_id"].null_count():
         raise dg.Failure(f"{labelled['cluster_id'].null_count()} spans have no cluster label: "
-                         "re-materialize hdbscan_clusters after the per-source assets")
+                         "re-materialize span_clusters after spans changed")
     docs = pl.concat([kept_documents(raw_texts[s]) for s in sources])
     texts = dict(zip(docs["doc_id"].to_list(), docs["text"].to_list()))
     dataset = curate(labelled, vectors, texts, selection, span_cfg, columns=CLUSTER_COLUMNS)
@@ -83,6 +87,7 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetCon
         "document_outcomes": counts_table(outcomes),
         "spans_per_cluster": markdown_table(per_cluster),
         "label_balance": round(label_balance(dataset, "cluster_id"), 4),
+        "noise_fraction_all_spans": round(float((labelled["cluster_id"] < 0).mean()), 4),
         "parquet_path": dg.MetadataValue.path(str(paths["parquet"])),
         "csv_path": dg.MetadataValue.path(str(paths["csv"])),
         "card_path": dg.MetadataValue.path(str(paths["card"])),
