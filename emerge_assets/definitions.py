@@ -14,6 +14,8 @@ from emerge_resources import EmbeddingModelResource, EmergeStorage, ParquetIOMan
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMERGE_HOME = os.environ.get("EMERGE_HOME", str(PROJECT_ROOT / ".emerge_home"))
 INPUT_ROOT = os.environ.get("EMERGE_INPUT_ROOT", str(PROJECT_ROOT / "sample_data" / "corpus"))
+# UMAP's numba kernels cache compiled code; site-packages may be read-only in deployments.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(EMERGE_HOME) / "numba_cache"))
 
 embed_job = dg.define_asset_job(
     "embed_sources", selection=dg.AssetSelection.assets(raw_texts, spans, span_embeddings),

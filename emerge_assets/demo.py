@@ -19,6 +19,8 @@ def main(argv=None) -> int:
     parser.add_argument("--input-root", default=INPUT_ROOT, help="folder with one sub-folder per source")
     parser.add_argument("--emerge-home", default=EMERGE_HOME, help="where datasets, models and asset files go")
     parser.add_argument("--model", default=None, help="local model directory (default: packaged MiniLM)")
+    parser.add_argument("--register-only", action="store_true",
+                        help="only register each source folder as a document_source partition, then exit")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home"))
@@ -41,6 +43,9 @@ def main(argv=None) -> int:
     new = [s for s in sources if not instance.has_dynamic_partition(document_source.name, s)]
     if new:
         instance.add_dynamic_partitions(document_source.name, new)
+    if args.register_only:
+        print(f"[emerge] document_source partitions: {', '.join(sources)} ({len(new)} new)")
+        return 0
     t0 = time.perf_counter()
     meta: dict[str, dict] = {}
 

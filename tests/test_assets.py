@@ -118,6 +118,18 @@ def test_invalid_span_config_fails_before_work_naming_the_field(pipeline_run):
                        run_config={"ops": {"spans": {"config": {"min_len": 80, "max_len": 64}}}})
 
 
+@pytest.mark.parametrize("asset, config, field", [
+    (curated_dataset, {"quality_threshold": 1.5}, "quality_threshold"),
+    (raw_texts, {"normalization": "NFX"}, "normalization"),
+])
+def test_invalid_run_config_names_the_field(pipeline_run, asset, config, field):
+    kwargs = {"partition_key": "newsletters"} if asset is raw_texts else {}
+    with pytest.raises(Exception, match=field):
+        dg.materialize(ASSETS, selection=[asset], instance=pipeline_run["instance"],
+                       resources=pipeline_run["resources"],
+                       run_config={"ops": {asset.op.name: {"config": config}}}, **kwargs)
+
+
 def test_missing_model_path_is_named(pipeline_run, tmp_path):
     resources = dict(pipeline_run["resources"])
     resources.update(build_resources(str(pipeline_run["home"]), str(pipeline_run["corpus"]),

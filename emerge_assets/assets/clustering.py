@@ -1,15 +1,12 @@
 """Global stages: UMAP projection and HDBSCAN clusters, fitted across all sources on a bounded sample."""
 
-from typing import Optional
-
 import dagster as dg
 import numpy as np
 import polars as pl
-from pydantic import Field
 
-from emerge.config import ClusteringConfig
 from emerge_assets.metadata import cluster_map, markdown_table
 from emerge_assets.partitions import document_source
+from emerge_assets.run_config import HdbscanConfig, UmapConfig
 from emerge_resources import EmergeStorage
 
 ALL_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True})
@@ -33,25 +30,13 @@ def concat_sources(spans: dict[str, pl.DataFrame], span_embeddings: dict[str, pl
     return sources, pl.concat(frames), np.concatenate(vecs)
 
 
-class UmapConfig(dg.Config):
-    n_components: int = Field(default=5, description="UMAP output dimensions fed to HDBSCAN.")
-    n_neighbors: int = Field(default=15, description="UMAP neighbourhood size.")
-    min_dist: float = Field(default=0.0)
-    metric: str = Field(default="cosine")
-    max_fit_spans: int = Field(default=10_000, description="Upper bound on spans the models are fitted on.")
-    max_fit_spans_per_doc: int = Field(default=8, description="Non-overlapping spans per document in the fit.")
-    random_state: Optional[int] = Field(default=42, description="Seed; null = faster, non-reproducible.")
-
-
 @dg.asset(group_name="clustering", kinds={"umap"}, ins={"spans": ALL_SOURCES, "span_embeddings": ALL_SOURCES},
           description="UMAP fitted on a bounded, per-document-capped sample of spans from every source.")
 def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans: dict, span_embeddings: dict,
                     storage: EmergeStorage) -> dg.Output:
     from emerge.clustering import ClusteringPipeline, select_fit_sample
 
-    cfg = ClusteringConfig(n_components=config.n_components, n_neighbors=config.n_neighbors,
-                           min_dist=config.min_dist, metric=config.metric, max_fit_spans=config.max_fit_spans,
-                           max_fit_spans_per_doc=config.max_fit_spans_per_doc, random_state=config.random_state)
+    cfg = config.to_engine()
     sources, all_spans, vectors = concat_sources(spans, span_embeddings)
     sample = select_fit_sample(all_spans, cfg)
     pipeline = ClusteringPipeline(cfg).fit_reducer(vectors[sample])
@@ -65,11 +50,6 @@ def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans
         "dagster/row_count": frame.height, "sources": ", ".join(sources), "total_spans": all_spans.height,
         "fit_spans": frame.height, "model_path": dg.MetadataValue.path(str(path)),
     })
-
-
-class HdbscanConfig(dg.Config):
-    min_cluster_size: Optional[int] = Field(default=None, description="null = about sqrt(fit spans)/2, >= 5.")
-    min_samples: Optional[int] = Field(default=None)
 
 
 @dg.asset(group_name="clustering", kinds={"hdbscan", "polars"},

@@ -1,24 +1,12 @@
 """The curated dataset: Pareto selection over all sources, exported as Parquet + CSV + card."""
 
-from typing import Optional
-
 import dagster as dg
 import polars as pl
-from pydantic import Field
 
 from emerge_assets.assets.clustering import ALL_SOURCES, concat_sources
 from emerge_assets.metadata import counts_table, markdown_table
+from emerge_assets.run_config import CuratedDatasetConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage
-
-
-class CuratedDatasetConfig(dg.Config):
-    quality_threshold: float = Field(default=0.5, description="Minimum span quality in [0, 1].")
-    min_relevance: float = Field(default=0.0, description="Minimum relevance in [0, 1].")
-    max_spans_per_cluster: Optional[int] = Field(default=None, description="Cap per cluster (best first).")
-    near_duplicate_threshold: float = Field(default=0.95, description="Cosine above which a span is a duplicate.")
-    include_noise: bool = Field(default=False, description="Keep spans HDBSCAN marks as noise (cluster -1).")
-    target_len: Optional[int] = Field(default=None, description="Preferred span length in tokens.")
-    dataset_name: str = Field(default="curated_spans", description="File stem under <storage>/datasets/.")
 
 
 def document_accounting(raw_texts: dict[str, pl.DataFrame], spans: pl.DataFrame,
@@ -42,14 +30,10 @@ def document_accounting(raw_texts: dict[str, pl.DataFrame], spans: pl.DataFrame,
 def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetConfig, raw_texts: dict,
                     spans: dict, span_embeddings: dict, span_clusters: dict,
                     storage: EmergeStorage, embedding_model: EmbeddingModelResource) -> dg.Output:
-    from emerge.config import SelectionConfig
     from emerge.dataset import CLUSTER_COLUMNS, curate, dataset_card, label_balance, write_dataset
     from emerge.ingest import kept_documents
 
-    selection = SelectionConfig(quality_threshold=config.quality_threshold, min_relevance=config.min_relevance,
-                                target_len=config.target_len, max_spans_per_cluster=config.max_spans_per_cluster,
-                                near_duplicate_threshold=config.near_duplicate_threshold,
-                                include_noise=config.include_noise)
+    selection = config.to_engine()
     from emerge.config import SpanConfig
 
     sources, all_spans, vectors = concat_sources(spans, span_embeddings)

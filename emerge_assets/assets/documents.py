@@ -1,35 +1,22 @@
 """Per-source stages: raw_texts -> spans -> span_embeddings, one partition per document source."""
 
 import time
-from typing import Optional
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
 
-from emerge.config import IngestConfig, SpanConfig
 from emerge.ingest import IngestResult, inventory, kept_documents, read_source
 from emerge_assets.metadata import counts_table, markdown_table
 from emerge_assets.partitions import document_source
+from emerge_assets.run_config import RawTextsConfig, SpansConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage
-
-
-class RawTextsConfig(dg.Config):
-    text_field: str = Field(default="text", description="Text column/field of .jsonl, .csv and .parquet files.")
-    id_field: Optional[str] = Field(default="id", description="Record id column/field (row number when absent).")
-    normalization: str = Field(default="NFC", description="Unicode normal form: NFC, NFKC, NFD or NFKD.")
-    max_doc_chars: int = Field(default=1_000_000, description="Longer documents are skipped as too_long.")
-    deduplicate: bool = Field(default=True, description="Skip documents whose text repeats an earlier one.")
 
 
 @dg.asset(partitions_def=document_source, group_name="curation", kinds={"polars"},
           description="Every input file/record of one source folder: kept documents and skips with reasons.")
 def raw_texts(context: dg.AssetExecutionContext, config: RawTextsConfig, storage: EmergeStorage) -> dg.Output:
     source = context.partition_key
-    ingest_cfg = IngestConfig(text_field=config.text_field, id_field=config.id_field,
-                              normalization=config.normalization, max_doc_chars=config.max_doc_chars,
-                              deduplicate=config.deduplicate)
-    result: IngestResult = read_source(storage.source_dir(source), source=source, config=ingest_cfg)
+    result: IngestResult = read_source(storage.source_dir(source), source=source, config=config.to_engine())
     table = inventory(result)
     docs = result.documents
     context.log.info(f"{source}: {docs.height} documents kept, {result.skipped.height} inputs skipped")
@@ -44,24 +31,15 @@ def raw_texts(context: dg.AssetExecutionContext, config: RawTextsConfig, storage
     })
 
 
-class SpansConfig(dg.Config):
-    min_len: int = Field(default=16, description="Shortest span, in model tokens.")
-    max_len: int = Field(default=64, description="Longest span, in model tokens.")
-    stride: int = Field(default=8, description="Tokens between consecutive span starts.")
-    length_step: Optional[int] = Field(default=None, description="Step between span lengths (default: stride).")
-
-    def to_engine(self) -> SpanConfig:
-        return SpanConfig(min_len=self.min_len, max_len=self.max_len, stride=self.stride,
-                          length_step=self.length_step)
-
-
 @dg.asset(partitions_def=document_source, group_name="curation", kinds={"polars"},
           description="Dense overlapping spans snapped to word boundaries; text_span == text[start_char:end_char].")
 def spans(context: dg.AssetExecutionContext, config: SpansConfig, raw_texts: pl.DataFrame,
           embedding_model: EmbeddingModelResource) -> dg.Output:
     span_cfg = config.to_engine()
+    from emerge.spans import build_spans
+
     docs = kept_documents(raw_texts)
-    result, too_short = build_spans_for(docs, embedding_model, span_cfg)
+    result, too_short = build_spans(docs, embedding_model.get_tokenizer(), span_cfg)
     per_doc = result.group_by("doc_id").len()["len"] if result.height else pl.Series([0])
     context.log.info(f"{result.height} spans from {docs.height - too_short.height} documents; "
                      f"{too_short.height} documents shorter than min_len")
@@ -74,12 +52,6 @@ def spans(context: dg.AssetExecutionContext, config: SpansConfig, raw_texts: pl.
         "short_documents": markdown_table(too_short.select("doc_id", "detail")),
         "preview": markdown_table(result.select("doc_id", "n_tokens", "text_span").head(8)),
     })
-
-
-def build_spans_for(docs: pl.DataFrame, embedding_model: EmbeddingModelResource, span_cfg: SpanConfig):
-    from emerge.spans import build_spans
-
-    return build_spans(docs, embedding_model.get_tokenizer(), span_cfg)
 
 
 @dg.asset(partitions_def=document_source, group_name="curation", kinds={"pytorch", "polars"},

@@ -1,0 +1,82 @@
+"""Run configuration of the assets (what the Dagster launchpad shows), mapped onto engine configs.
+
+Each class builds its engine config as soon as Dagster constructs it, so an invalid value fails
+the step before any input is loaded, with the engine's message naming the field.
+"""
+
+from typing import Optional
+
+import dagster as dg
+from pydantic import Field
+
+from emerge.config import ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig
+
+
+class _ValidatedConfig(dg.Config):
+    def model_post_init(self, __context) -> None:
+        self.to_engine()
+
+    def to_engine(self):  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+
+class RawTextsConfig(_ValidatedConfig):
+    text_field: str = Field(default="text", description="Text column/field of .jsonl, .csv and .parquet files.")
+    id_field: Optional[str] = Field(default="id", description="Record id column/field (row number when absent).")
+    normalization: str = Field(default="NFC", description="Unicode normal form: NFC, NFKC, NFD or NFKD.")
+    max_doc_chars: int = Field(default=1_000_000, description="Longer documents are skipped as too_long.")
+    deduplicate: bool = Field(default=True, description="Skip documents whose text repeats an earlier one.")
+
+    def to_engine(self) -> IngestConfig:
+        return IngestConfig(text_field=self.text_field, id_field=self.id_field, normalization=self.normalization,
+                            max_doc_chars=self.max_doc_chars, deduplicate=self.deduplicate)
+
+
+class SpansConfig(_ValidatedConfig):
+    min_len: int = Field(default=16, description="Shortest span, in model tokens.")
+    max_len: int = Field(default=64, description="Longest span, in model tokens.")
+    stride: int = Field(default=8, description="Tokens between consecutive span starts.")
+    length_step: Optional[int] = Field(default=None, description="Step between span lengths (default: stride).")
+
+    def to_engine(self) -> SpanConfig:
+        return SpanConfig(min_len=self.min_len, max_len=self.max_len, stride=self.stride,
+                          length_step=self.length_step)
+
+
+class UmapConfig(_ValidatedConfig):
+    n_components: int = Field(default=5, description="UMAP output dimensions fed to HDBSCAN.")
+    n_neighbors: int = Field(default=15, description="UMAP neighbourhood size.")
+    min_dist: float = Field(default=0.0)
+    metric: str = Field(default="cosine")
+    max_fit_spans: int = Field(default=10_000, description="Upper bound on spans the models are fitted on.")
+    max_fit_spans_per_doc: int = Field(default=8, description="Non-overlapping spans per document in the fit.")
+    random_state: Optional[int] = Field(default=42, description="Seed; null = faster, non-reproducible.")
+
+    def to_engine(self) -> ClusteringConfig:
+        return ClusteringConfig(n_components=self.n_components, n_neighbors=self.n_neighbors,
+                                min_dist=self.min_dist, metric=self.metric, max_fit_spans=self.max_fit_spans,
+                                max_fit_spans_per_doc=self.max_fit_spans_per_doc, random_state=self.random_state)
+
+
+class HdbscanConfig(_ValidatedConfig):
+    min_cluster_size: Optional[int] = Field(default=None, description="null = about sqrt(fit spans)/2, >= 5.")
+    min_samples: Optional[int] = Field(default=None)
+
+    def to_engine(self) -> ClusteringConfig:
+        return ClusteringConfig(min_cluster_size=self.min_cluster_size, min_samples=self.min_samples)
+
+
+class CuratedDatasetConfig(_ValidatedConfig):
+    quality_threshold: float = Field(default=0.5, description="Minimum span quality in [0, 1].")
+    min_relevance: float = Field(default=0.0, description="Minimum relevance in [0, 1].")
+    max_spans_per_cluster: Optional[int] = Field(default=None, description="Cap per cluster (best first).")
+    near_duplicate_threshold: float = Field(default=0.95, description="Cosine above which a span is a duplicate.")
+    include_noise: bool = Field(default=False, description="Keep spans HDBSCAN marks as noise (cluster -1).")
+    target_len: Optional[int] = Field(default=None, description="Preferred span length in tokens.")
+    dataset_name: str = Field(default="curated_spans", description="File stem under <storage>/datasets/.")
+
+    def to_engine(self) -> SelectionConfig:
+        return SelectionConfig(quality_threshold=self.quality_threshold, min_relevance=self.min_relevance,
+                               target_len=self.target_len, max_spans_per_cluster=self.max_spans_per_cluster,
+                               near_duplicate_threshold=self.near_duplicate_threshold,
+                               include_noise=self.include_noise)
