@@ -130,14 +130,17 @@ def build(root: Path) -> None:
     corpus = root / "corpus"
     topics = sorted(TOPICS)
     labels: list[tuple[str, str, str, str]] = []
+    planted: list[dict] = []
 
     notes = corpus / "field_notes"
     notes.mkdir(parents=True, exist_ok=True)
     for i in range(20):
         topic = topics[i % len(topics)]
         name = f"note_{i:02d}.{'md' if i % 2 else 'txt'}"
-        (notes / name).write_text(make_document(rng, topic, rng.randint(6, 9)) + "\n")
+        text = make_document(rng, topic, rng.randint(6, 9))
+        (notes / name).write_text(text + "\n")
         labels.append(("field_notes", name, "", topic))
+        planted.append({"text": text, "topic": topic})
     # Deliberately bad inputs, so the demo shows how skips are accounted for.
     (notes / "empty.txt").write_text("   \n\n")
     (notes / "copy_of_note_00.txt").write_text((notes / "note_00.txt").read_text())
@@ -148,8 +151,10 @@ def build(root: Path) -> None:
     lines = []
     for i in range(20):
         topic = topics[(i + 2) % len(topics)]
-        lines.append(json.dumps({"id": f"T{i:03d}", "text": make_document(rng, topic, rng.randint(6, 9))}))
+        text = make_document(rng, topic, rng.randint(6, 9))
+        lines.append(json.dumps({"id": f"T{i:03d}", "text": text}))
         labels.append(("support_tickets", "tickets.jsonl", f"T{i:03d}", topic))
+        planted.append({"text": text, "topic": topic})
     lines.insert(7, '{"id": "T999", "text": "this line is cut off')
     (tickets / "tickets.jsonl").write_text("\n".join(lines) + "\n")
 
@@ -160,8 +165,10 @@ def build(root: Path) -> None:
         writer.writerow(["id", "title", "text"])
         for i in range(20):
             topic = topics[(i + 4) % len(topics)]
-            writer.writerow([f"N{i:03d}", f"{topic} digest", make_document(rng, topic, rng.randint(6, 9))])
+            text = make_document(rng, topic, rng.randint(6, 9))
+            writer.writerow([f"N{i:03d}", f"{topic} digest", text])
             labels.append(("newsletters", "issues.csv", f"N{i:03d}", topic))
+            planted.append({"text": text, "topic": topic})
         # multi-topic issues: real newsletters mix subjects; no single label, so not in labels.csv
         for i in range(20, 25):
             a, b = rng.sample(topics, 2)
@@ -172,6 +179,8 @@ def build(root: Path) -> None:
         writer = csv.writer(fh)
         writer.writerow(["source", "path", "record", "topic"])
         writer.writerows(labels)
+    # the single-topic documents as one JSONL, for bench/discovery_quality.py
+    (root / "planted_topics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in planted))
 
 
 if __name__ == "__main__":
