@@ -9,10 +9,12 @@ from emerge.config import (AnalyzerConfig, ClusteringConfig, CuratorConfig, Enco
 from emerge.curator import Curator, LocalClusterAnalyzer
 from emerge.encoder import TokenEncoder, load_encoder
 from emerge.errors import ConfigError, EmergeError, InputError
+from emerge.late_interaction import LateInteractionCrossEncoder
+from emerge.topics import Topic, load_topics
 
 __all__ = [
     "AnalyzerConfig", "ClusteringConfig", "ClusteringPipeline", "ConfigError", "Curator", "CuratorConfig",
-    "EmergeError", "EncoderConfig", "IngestConfig", "InputError", "LocalClusterAnalyzer", "SelectionConfig",
-    "SpanConfig", "TokenEncoder", "load_encoder",
+    "EmergeError", "EncoderConfig", "IngestConfig", "InputError", "LateInteractionCrossEncoder",
+    "LocalClusterAnalyzer", "SelectionConfig", "SpanConfig", "Topic", "TokenEncoder", "load_encoder", "load_topics",
 ]
 __version__ = "0.1.0"

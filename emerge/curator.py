@@ -18,7 +18,7 @@ from emerge.clustering import ClusteringPipeline
 from emerge.config import AnalyzerConfig, ClusteringConfig, CuratorConfig
 from emerge.dataset import add_quality, curate, dataset_card, write_dataset
 from emerge.discovery import fit_clustering, label_spans
-from emerge.embedding import embed_spans, embeddings_frame, vectors_of
+from emerge.embedding import TokenStore, embed_spans, embeddings_frame, vectors_of
 from emerge.encoder import TokenEncoder, load_encoder
 from emerge.errors import InputError
 from emerge.ingest import documents_from_texts
@@ -51,7 +51,7 @@ class LocalClusterAnalyzer:
         self.clustering = clustering or (pipeline.config if pipeline is not None else ClusteringConfig())
         self.model, self.tokenizer = model, tokenizer
 
-    def analyze(self, spans: pl.DataFrame, vectors: np.ndarray) -> pl.DataFrame:
+    def analyze(self, spans: pl.DataFrame, vectors: np.ndarray, **_) -> pl.DataFrame:
         keep = ((spans["n_tokens"] >= self.config.min_len) & (spans["n_tokens"] <= self.config.max_len)).to_numpy()
         spans, vectors = spans.filter(pl.Series(keep)), vectors[keep]
         if self.pipeline is None or not self.pipeline.is_fitted:
@@ -79,8 +79,10 @@ class Curator:
         spans, too_short = build_spans(ingest.documents, self.encoder.tokenizer, self.config.span_config())
         if spans.is_empty():
             raise InputError(f"no document is at least min_length={self.config.min_length} tokens long")
-        vectors = embed_spans(ingest.documents, spans, self.encoder, progress=self.progress)
-        labelled = self.analyzer.analyze(spans, vectors)
+        store = TokenStore() if getattr(self.analyzer, "needs_token_embeddings", False) else None
+        vectors = embed_spans(ingest.documents, spans, self.encoder, progress=self.progress,
+                              on_document=store.add if store is not None else None)
+        labelled = self.analyzer.analyze(spans, vectors, token_store=store, encoder=self.encoder)
         kept_idx = labelled["span_idx"].to_numpy()
         texts_by_doc = dict(zip(ingest.documents["doc_id"], ingest.documents["text"]))
         self._texts.update(texts_by_doc)

@@ -10,10 +10,13 @@ from emerge.tokenize import tokenize_batch
 
 
 def embed_spans(documents: pl.DataFrame, spans: pl.DataFrame, encoder: TokenEncoder,
-                docs_per_chunk: int = 32, progress: bool = False) -> np.ndarray:
+                docs_per_chunk: int = 32, progress: bool = False, on_document=None) -> np.ndarray:
     """L2-normalised late-chunked vector for every row of `spans`, in the same order.
 
     Memory stays bounded by `docs_per_chunk` documents' token matrices plus the output.
+    `on_document(doc_id, token_ids, token_embeddings)` is called once per document, so later
+    stages (late-interaction topic scoring) can reuse the same pass instead of running the
+    transformer again.
     """
     out = np.zeros((spans.height, encoder.dim), dtype=np.float32)
     if spans.height == 0:
@@ -33,9 +36,12 @@ def embed_spans(documents: pl.DataFrame, spans: pl.DataFrame, encoder: TokenEnco
         chunk = doc_rows.slice(lo, docs_per_chunk)
         toks = tokenize_batch(encoder.tokenizer, [texts[d] for d in chunk["doc_id"].to_list()])
         token_embs = encoder.token_embeddings([ids for ids, _ in toks])
-        for t_emb, rows, s, e in zip(token_embs, chunk["_row"].to_list(), chunk["tok_start"].to_list(),
-                                     chunk["tok_end"].to_list()):
+        for doc_id, (ids, _), t_emb, rows, s, e in zip(chunk["doc_id"].to_list(), toks, token_embs,
+                                                       chunk["_row"].to_list(), chunk["tok_start"].to_list(),
+                                                       chunk["tok_end"].to_list()):
             out[np.asarray(rows)] = pool_spans(t_emb, np.asarray(s), np.asarray(e))
+            if on_document is not None:
+                on_document(doc_id, ids, t_emb)
     return l2_normalise(out)
 
 
@@ -52,3 +58,54 @@ def vectors_of(frame: pl.DataFrame) -> np.ndarray:
     if frame.height == 0:
         return np.zeros((0, 0), np.float32)
     return np.ascontiguousarray(frame["embedding"].to_numpy(), dtype=np.float32)
+
+
+class TokenStore:
+    """Token ids and float16 token embeddings per document, kept from the embedding pass.
+
+    Saved as one `.npz` per source (ids, vectors, per-document offsets): compact, memory-mapped
+    friendly, and enough for late-interaction scoring without a second transformer pass.
+    """
+
+    def __init__(self):
+        self.doc_ids: list[str] = []
+        self._ids: list[np.ndarray] = []
+        self._vecs: list[np.ndarray] = []
+        self._index: dict[str, int] = {}
+
+    def add(self, doc_id: str, token_ids: np.ndarray, token_embeddings: np.ndarray) -> None:
+        self._index[doc_id] = len(self.doc_ids)
+        self.doc_ids.append(doc_id)
+        self._ids.append(np.asarray(token_ids, np.int32))
+        self._vecs.append(np.asarray(token_embeddings, np.float16))
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._index
+
+    def get(self, doc_id: str) -> tuple[np.ndarray, np.ndarray]:
+        i = self._index[doc_id]
+        return self._ids[i], self._vecs[i].astype(np.float32)
+
+    def save(self, path) -> None:
+        import os
+        from pathlib import Path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lengths = np.array([len(x) for x in self._ids], dtype=np.int64)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+        dim = self._vecs[0].shape[1] if self._vecs else 0
+        np.savez(tmp, doc_ids=np.array(self.doc_ids, dtype=object).astype(str), lengths=lengths,
+                 ids=np.concatenate(self._ids) if self._ids else np.zeros(0, np.int32),
+                 vectors=np.concatenate(self._vecs) if self._vecs else np.zeros((0, dim), np.float16))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path) -> "TokenStore":
+        data = np.load(path, allow_pickle=False)
+        store = cls()
+        bounds = np.concatenate([[0], np.cumsum(data["lengths"])])
+        ids, vecs = data["ids"], data["vectors"]
+        for i, doc_id in enumerate(data["doc_ids"].tolist()):
+            store.add(doc_id, ids[bounds[i]:bounds[i + 1]], vecs[bounds[i]:bounds[i + 1]])
+        return store

@@ -65,8 +65,11 @@ def select_spans(candidates: pl.DataFrame, vectors: np.ndarray, config: Selectio
                                     ((pl.col("relevance") + pl.col("quality") + pl.Series(fit)) / 3)
                                     .cast(pl.Float32).alias("score")).with_row_index("_pos")
     eligible = (pl.col("quality") >= config.quality_threshold) & (pl.col("relevance") >= config.min_relevance)
-    if not config.include_noise:
-        eligible = eligible & (pl.col(label_col) >= 0)
+    if not config.include_noise:  # noise = cluster -1 or no topic (null)
+        label = pl.col(label_col)
+        eligible = eligible & label.is_not_null()
+        if candidates.schema[label_col].is_numeric():
+            eligible = eligible & (label >= 0)
     frame = frame.filter(eligible)
     chosen: list[int] = []
     for doc in frame.partition_by("doc_id", maintain_order=True):

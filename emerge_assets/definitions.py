@@ -6,14 +6,16 @@ from pathlib import Path
 import dagster as dg
 
 from emerge_assets.assets.clustering import hdbscan_clusters, span_clusters, umap_projection
-from emerge_assets.assets.dataset import curated_dataset
+from emerge_assets.assets.dataset import curated_dataset, curated_topic_dataset
 from emerge_assets.assets.documents import raw_texts, span_embeddings, spans
+from emerge_assets.assets.topics import topic_scores
 from emerge_assets.partitions import document_source
-from emerge_resources import EmbeddingModelResource, EmergeStorage, ParquetIOManager
+from emerge_resources import EmbeddingModelResource, EmergeStorage, ParquetIOManager, TopicsResource
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMERGE_HOME = os.environ.get("EMERGE_HOME", str(PROJECT_ROOT / ".emerge_home"))
 INPUT_ROOT = os.environ.get("EMERGE_INPUT_ROOT", str(PROJECT_ROOT / "sample_data" / "corpus"))
+TOPICS_FILE = os.environ.get("EMERGE_TOPICS_FILE", str(PROJECT_ROOT / "sample_data" / "topics.yaml"))
 # UMAP's numba kernels cache compiled code; site-packages may be read-only in deployments.
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(EMERGE_HOME) / "numba_cache"))
 
@@ -30,19 +32,28 @@ label_job = dg.define_asset_job(
 export_job = dg.define_asset_job(
     "export_dataset", selection=dg.AssetSelection.assets(curated_dataset),
     description="Pareto-select spans from all labelled sources and write Parquet, CSV and the card.")
-JOBS = [embed_job, fit_job, label_job, export_job]
+topics_job = dg.define_asset_job(
+    "score_topics", selection=dg.AssetSelection.assets(topic_scores), partitions_def=document_source,
+    description="Score a source's spans against the topics file (late interaction, no extra model pass).")
+export_topics_job = dg.define_asset_job(
+    "export_topic_dataset", selection=dg.AssetSelection.assets(curated_topic_dataset),
+    description="Pareto-select topic-labelled spans from all scored sources and export them.")
+JOBS = [embed_job, fit_job, label_job, export_job, topics_job, export_topics_job]
 
 
 def build_resources(emerge_home: str = EMERGE_HOME, input_root: str = INPUT_ROOT,
-                    model_name_or_path: str | None = None, device: str = "auto") -> dict:
+                    model_name_or_path: str | None = None, device: str = "auto",
+                    topics_file: str = TOPICS_FILE) -> dict:
     """Resources with embedded defaults; tests and the demo pass their own folders/model."""
     return {
         "io_manager": ParquetIOManager(base_path=str(Path(emerge_home) / "assets")),
         "storage": EmergeStorage(root=emerge_home, input_root=input_root),
         "embedding_model": EmbeddingModelResource(model_name_or_path=model_name_or_path, device=device),
+        "topics": TopicsResource(topics_file=topics_file),
     }
 
 
-ASSETS = [raw_texts, spans, span_embeddings, umap_projection, hdbscan_clusters, span_clusters, curated_dataset]
+ASSETS = [raw_texts, spans, span_embeddings, umap_projection, hdbscan_clusters, span_clusters, curated_dataset,
+          topic_scores, curated_topic_dataset]
 
 defs = dg.Definitions(assets=ASSETS, jobs=JOBS, resources=build_resources())

@@ -19,6 +19,8 @@ def main(argv=None) -> int:
     parser.add_argument("--input-root", default=INPUT_ROOT, help="folder with one sub-folder per source")
     parser.add_argument("--emerge-home", default=EMERGE_HOME, help="where datasets, models and asset files go")
     parser.add_argument("--model", default=None, help="local model directory (default: packaged MiniLM)")
+    parser.add_argument("--topics", default=None, help="topics file for the topic-guided path "
+                        "(default: sample_data/topics.yaml)")
     parser.add_argument("--register-only", action="store_true",
                         help="only register each source folder as a document_source partition, then exit")
     args = parser.parse_args(argv)
@@ -32,7 +34,8 @@ def main(argv=None) -> int:
     from emerge_assets.definitions import ASSETS, JOBS, build_resources
     from emerge_assets.partitions import document_source
 
-    resources = build_resources(args.emerge_home, args.input_root, args.model)
+    resources = build_resources(args.emerge_home, args.input_root, args.model,
+                                **({"topics_file": args.topics} if args.topics else {}))
     defs = dg.Definitions(assets=ASSETS, jobs=JOBS, resources=resources)
     storage = resources["storage"]
     sources = storage.list_sources()
@@ -65,15 +68,24 @@ def main(argv=None) -> int:
         run("label_sources", source)
     print("[emerge] selecting and exporting the dataset ...", flush=True)
     run("export_dataset")
+    for source in sources:
+        print(f"[emerge] scoring spans of {source!r} against the topics file ...", flush=True)
+        run("score_topics", source)
+    print("[emerge] exporting the topic-labelled dataset ...", flush=True)
+    run("export_topic_dataset")
     ds, cl = meta["curated_dataset"], meta["hdbscan_clusters"]
     print(f"\n[emerge] done in {time.perf_counter() - t0:.0f}s")
     print(f"  sources:   {len(sources)} ({', '.join(sources)})")
     print(f"  inputs:    {ds['inputs']} ({ds['documents_in_dataset']} documents in the dataset)")
     print(f"  spans:     {ds['spans_considered']} considered, {ds['dagster/row_count']} selected")
-    print(f"  clusters:  {cl['clusters']} (noise fraction over all spans {ds['noise_fraction_all_spans']:.2f})")
+    print(f"  clusters:  {cl['clusters']} (noise fraction over all spans {ds['unlabelled_fraction_all_spans']:.2f})")
     print(f"  dataset:   {ds['parquet_path']}")
     print(f"             {ds['csv_path']}")
     print(f"  card:      {ds['card_path']}")
+    tds = meta["curated_topic_dataset"]
+    print(f"  topics:    {tds['dagster/row_count']} spans from {tds['documents_in_dataset']} documents, "
+          f"{tds['labels']} topics used (unlabelled share {tds['unlabelled_fraction_all_spans']:.2f})")
+    print(f"  dataset:   {tds['parquet_path']}")
     print(f"  Dagster UI: DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -m emerge_assets.definitions")
     return 0
 

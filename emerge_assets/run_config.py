@@ -80,3 +80,27 @@ class CuratedDatasetConfig(_ValidatedConfig):
                                target_len=self.target_len, max_spans_per_cluster=self.max_spans_per_cluster,
                                near_duplicate_threshold=self.near_duplicate_threshold,
                                include_noise=self.include_noise)
+
+
+class TopicScoresConfig(_ValidatedConfig):
+    relevance_threshold: float = Field(default=0.4, description="Calibrated score below which a span has no topic.")
+    prediction_mode: str = Field(default="late_chunking", description="late_chunking (document context, no extra "
+                                 "transformer pass) or independent (each span encoded alone).")
+    direction: str = Field(default="both", description="MaxSim direction: both, topic_to_span or span_to_topic.")
+    prototype_weight: float = Field(default=0.5, description="Weight of cosine to the topic prototype vs MaxSim.")
+    min_len: int = Field(default=1, description="Shortest span (tokens) to score.")
+    max_len: int = Field(default=512, description="Longest span (tokens) to score.")
+
+    def to_engine(self):
+        from emerge.config import AnalyzerConfig
+        from emerge.errors import ConfigError
+
+        if not 0.0 <= self.relevance_threshold <= 1.0:
+            raise ConfigError("relevance_threshold", f"must be within [0, 1], got {self.relevance_threshold!r}")
+        if self.prediction_mode not in ("late_chunking", "independent"):
+            raise ConfigError("prediction_mode", f"must be late_chunking or independent, got {self.prediction_mode!r}")
+        if self.direction not in ("both", "topic_to_span", "span_to_topic"):
+            raise ConfigError("direction", f"must be both, topic_to_span or span_to_topic, got {self.direction!r}")
+        if not 0.0 <= self.prototype_weight <= 1.0:
+            raise ConfigError("prototype_weight", f"must be within [0, 1], got {self.prototype_weight!r}")
+        return AnalyzerConfig(min_len=self.min_len, max_len=self.max_len)

@@ -3,5 +3,6 @@
 from emerge_resources.io_manager import ParquetIOManager
 from emerge_resources.model import EmbeddingModelResource
 from emerge_resources.storage import EmergeStorage
+from emerge_resources.topics import TopicsResource
 
-__all__ = ["EmbeddingModelResource", "EmergeStorage", "ParquetIOManager"]
+__all__ = ["EmbeddingModelResource", "EmergeStorage", "ParquetIOManager", "TopicsResource"]

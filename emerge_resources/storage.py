@@ -29,6 +29,10 @@ class EmergeStorage(dg.ConfigurableResource):
     def figures_dir(self) -> Path:
         return self._dir("figures")
 
+    def token_store_path(self, source: str) -> Path:
+        """Token ids + float16 token embeddings of one source, kept from the embedding pass."""
+        return self._dir("token_embeddings") / f"{source}.npz"
+
     @property
     def clustering_path(self) -> Path:
         return self.models_dir / "clustering"

@@ -9,7 +9,8 @@ import pytest
 
 from emerge.clustering import ClusteringPipeline
 from emerge_assets.assets.clustering import hdbscan_clusters, span_clusters, umap_projection
-from emerge_assets.assets.dataset import curated_dataset
+from emerge_assets.assets.dataset import curated_dataset, curated_topic_dataset
+from emerge_assets.assets.topics import topic_scores
 from emerge_assets.assets.documents import raw_texts, span_embeddings, spans
 from emerge_assets.definitions import ASSETS, build_resources, defs
 from tests.conftest import SAMPLE_CORPUS
@@ -46,8 +47,14 @@ def pipeline_run(tmp_path_factory, tiny_model_dir):
         assert all(r.success for r in labels.values())
         result = dg.materialize(ASSETS, selection=[curated_dataset], instance=instance, resources=resources)
         assert result.success
+        scores = {s: dg.materialize(ASSETS, selection=[topic_scores], partition_key=s, instance=instance,
+                                    resources=resources) for s in SOURCES}
+        topic_result = dg.materialize(ASSETS, selection=[curated_topic_dataset], instance=instance,
+                                      resources=resources)
+        assert topic_result.success
         yield {"home": home, "corpus": corpus, "resources": resources, "instance": instance,
-               "per_source": per_source, "fit": fit, "labels": labels, "global": result}
+               "per_source": per_source, "fit": fit, "labels": labels, "global": result, "scores": scores,
+               "topics": topic_result}
 
 
 def test_definitions_load():
@@ -165,3 +172,38 @@ def test_span_clusters_without_a_fitted_pipeline_fails_clearly(tmp_path, tiny_mo
         with pytest.raises(Exception, match="materialize hdbscan_clusters first"):
             dg.materialize(ASSETS, selection=[span_clusters], partition_key="newsletters", instance=instance,
                            resources=resources)
+
+
+def test_topic_path_materializes_with_ui_metadata(pipeline_run):
+    meta = metadata_of(pipeline_run["scores"]["newsletters"], topic_scores)
+    assert meta["topics"] == 4
+    for key in ("spans_per_topic", "relevance_histograms", "top_spans_per_topic", "calibration"):
+        assert meta[key].startswith("|"), key
+    assert 0.0 <= meta["unlabelled_fraction"] <= 1.0
+    ds = metadata_of(pipeline_run["topics"], curated_topic_dataset)
+    df = pl.read_parquet(ds["parquet_path"])
+    assert {"topic_id", "topic_name", "topic_description", "relevance", "quality", "text_span"} <= set(df.columns)
+    assert df["topic_id"].null_count() == 0
+    assert ds["inputs"] == 69
+
+
+def test_topic_scores_need_the_token_embeddings(pipeline_run):
+    path = pipeline_run["home"] / "token_embeddings" / "newsletters.npz"
+    moved = path.with_suffix(".bak")
+    path.rename(moved)
+    try:
+        with pytest.raises(Exception, match="re-materialize span_embeddings"):
+            dg.materialize(ASSETS, selection=[topic_scores], partition_key="newsletters",
+                           instance=pipeline_run["instance"], resources=pipeline_run["resources"])
+    finally:
+        moved.rename(path)
+
+
+def test_bad_topics_file_names_the_topic(pipeline_run, tmp_path):
+    bad = tmp_path / "topics.yaml"
+    bad.write_text("- {id: x, name: A}\n- {id: x, name: B}\n")
+    resources = dict(pipeline_run["resources"])
+    resources.update({"topics": build_resources(topics_file=str(bad))["topics"]})
+    with pytest.raises(Exception, match="duplicate topic id 'x'"):
+        dg.materialize(ASSETS, selection=[topic_scores], partition_key="newsletters",
+                       instance=pipeline_run["instance"], resources=resources)

@@ -112,3 +112,32 @@ def test_dagster_definitions_validate():
                            "emerge_assets.definitions"], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, DAGSTER_HOME=""))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_seed_topic_guided_example_labels_planted_topics(minilm_encoder):
+    """The product description's second example, on the bundled corpus with its topics file."""
+    import json
+
+    from emerge import LateInteractionCrossEncoder, load_topics
+
+    rows = [json.loads(line) for line in (REPO / "sample_data" / "planted_topics.jsonl").read_text().splitlines()]
+    texts = [r["text"] for r in rows]
+    analyzer = LateInteractionCrossEncoder(config=AnalyzerConfig(min_len=10, max_len=100),
+                                           topics=load_topics(REPO / "sample_data" / "topics.yaml"),
+                                           relevance_threshold=0.4, prediction_mode="late_chunking")
+    curator = Curator(minilm_encoder, None, CuratorConfig(min_length=15, max_length=64, quality_threshold=0.4,
+                                                          stride=4), analyzer, progress=False)
+    labelled = curator.process_batch(texts)
+    final = curator.prepare_final_dataset(labelled)
+    from emerge.ingest import documents_from_texts
+
+    planted = dict(zip(documents_from_texts(texts).documents["doc_id"], [r["topic"] for r in rows]))
+    labelled = labelled.with_columns(pl.col("doc_id").replace_strict(planted).alias("planted"))
+    expected = {"astronomy": "space", "cooking": "food", "finance": "money"}
+    for planted_topic, topic_id in expected.items():
+        spans = labelled.filter(pl.col("planted") == planted_topic)
+        assert (spans["topic_id"] == topic_id).mean() > 0.9, planted_topic
+    football = labelled.filter(pl.col("planted") == "football")  # no football topic in the file
+    assert football["topic_id"].is_null().mean() > 0.9
+    assert {"topic_id", "topic_name", "topic_description", "relevance", "quality"} <= set(final.columns)
+    assert final["topic_id"].null_count() == 0 and (final["quality"] >= 0.4).all()

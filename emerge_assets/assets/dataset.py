@@ -1,4 +1,8 @@
-"""The curated dataset: Pareto selection over all sources, exported as Parquet + CSV + card."""
+"""The curated datasets: Pareto selection over all sources, exported as Parquet + CSV + card.
+
+`curated_dataset` uses discovered clusters, `curated_topic_dataset` the user's topics; both
+run the same engine selection, only the label columns differ.
+"""
 
 import dagster as dg
 import polars as pl
@@ -7,6 +11,8 @@ from emerge_assets.assets.clustering import ALL_SOURCES, concat_sources
 from emerge_assets.metadata import counts_table, markdown_table
 from emerge_assets.run_config import CuratedDatasetConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage
+
+LABEL_INPUTS = {"raw_texts": ALL_SOURCES, "spans": ALL_SOURCES, "span_embeddings": ALL_SOURCES}
 
 
 def document_accounting(raw_texts: dict[str, pl.DataFrame], spans: pl.DataFrame,
@@ -22,58 +28,89 @@ def document_accounting(raw_texts: dict[str, pl.DataFrame], spans: pl.DataFrame,
         .otherwise(pl.lit("shorter_than_min_len")).alias("outcome"))
 
 
-@dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={"raw_texts": ALL_SOURCES, "spans": ALL_SOURCES,
-                                                               "span_embeddings": ALL_SOURCES,
-                                                               "span_clusters": ALL_SOURCES},
+def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans: dict, span_embeddings: dict,
+                  labels: dict, label_columns: list[str], label_col: str, title_col: str, columns: list[str],
+                  storage: EmergeStorage, model_name: str, labels_asset: str) -> dg.Output:
+    """Join per-source labels onto spans, select, export, and describe every input's outcome."""
+    from emerge.config import SpanConfig
+    from emerge.dataset import curate, dataset_card, label_balance, write_dataset
+    from emerge.ingest import kept_documents
+
+    selection = config.to_engine()
+    sources, all_spans, vectors = concat_sources(spans, span_embeddings)
+    missing = [s for s in sources if s not in labels]
+    if missing:
+        raise dg.Failure(f"sources {missing} have spans but no {labels_asset}; materialize {labels_asset} for them")
+    label_frame = pl.concat([labels[s].select(pl.lit(s).alias("source"), "span_idx", *label_columns) for s in sources])
+    # inner join: spans outside the analyzer's length bounds carry no label and are not candidates
+    labelled = all_spans.join(label_frame, on=["source", "span_idx"], how="inner", maintain_order="left")
+    if labelled.height == 0 and all_spans.height:
+        raise dg.Failure(f"no span has a {labels_asset} row; re-materialize {labels_asset} after spans changed")
+    positions = all_spans.with_row_index("_pos").join(label_frame.select("source", "span_idx"),
+                                                      on=["source", "span_idx"], how="semi",
+                                                      maintain_order="left")["_pos"].to_numpy()
+    # The length objective spans the lengths actually produced by the spans asset.
+    span_cfg = SpanConfig(min_len=int(all_spans["n_tokens"].min()), max_len=int(all_spans["n_tokens"].max()))
+    docs = pl.concat([kept_documents(raw_texts[s]) for s in sources])
+    texts = dict(zip(docs["doc_id"].to_list(), docs["text"].to_list()))
+    dataset = curate(labelled, vectors[positions], texts, selection, span_cfg, label_col=label_col, columns=columns)
+    accounting = document_accounting(raw_texts, all_spans, dataset)
+    outcomes = dict(accounting.group_by("outcome").len().sort("outcome").iter_rows())
+    counts = {"sources": len(sources), "inputs": accounting.height,
+              "documents_in_dataset": outcomes.get("in_dataset", 0), "spans_considered": labelled.height,
+              "labels": int(dataset[label_col].n_unique()) if dataset.height else 0}
+    card = dataset_card(dataset, title=f"Emerge dataset: {config.dataset_name}", model=model_name,
+                        config={"selection": selection.__dict__, "spans": span_cfg.__dict__},
+                        counts=counts | {f"inputs_{k}": v for k, v in outcomes.items()},
+                        label_col=label_col, title_col=title_col)
+    paths = write_dataset(dataset, storage.datasets_dir / config.dataset_name, card)
+    per_label = dataset.group_by(label_col, title_col).agg(
+        pl.len().alias("spans"), pl.col("relevance").mean().alias("mean_relevance"),
+        pl.col("quality").mean().alias("mean_quality")).sort(label_col)
+    unlabelled = labelled.filter(pl.col(label_col).is_null() | (pl.col(label_col).cast(pl.String) == "-1")).height
+    context.log.info(f"{config.dataset_name}: {dataset.height} spans from {counts['documents_in_dataset']} "
+                     f"documents -> {paths['parquet']}")
+    return dg.Output(dataset, metadata={
+        "dagster/row_count": dataset.height,
+        **counts,
+        "document_outcomes": counts_table(outcomes),
+        "spans_per_label": markdown_table(per_label),
+        "label_balance": round(label_balance(dataset, label_col), 4),
+        "unlabelled_fraction_all_spans": round(unlabelled / labelled.height, 4) if labelled.height else 0.0,
+        "parquet_path": dg.MetadataValue.path(str(paths["parquet"])),
+        "csv_path": dg.MetadataValue.path(str(paths["csv"])),
+        "card_path": dg.MetadataValue.path(str(paths["card"])),
+        "preview": markdown_table(dataset.select(title_col, "relevance", "quality", "text_span").head(10)),
+    })
+
+
+@dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={**LABEL_INPUTS, "span_clusters": ALL_SOURCES},
           description="Pareto-selected, non-overlapping, de-duplicated spans with cluster labels, relevance "
                       "and quality; written as Parquet, CSV and a Markdown dataset card.")
 def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetConfig, raw_texts: dict,
                     spans: dict, span_embeddings: dict, span_clusters: dict,
                     storage: EmergeStorage, embedding_model: EmbeddingModelResource) -> dg.Output:
-    from emerge.dataset import CLUSTER_COLUMNS, curate, dataset_card, label_balance, write_dataset
-    from emerge.ingest import kept_documents
+    from emerge.dataset import CLUSTER_COLUMNS
 
-    selection = config.to_engine()
-    from emerge.config import SpanConfig
+    return build_dataset(context, config, raw_texts, spans, span_embeddings, span_clusters,
+                         ["cluster_id", "cluster_title", "membership", "centroid_sim", "relevance"],
+                         "cluster_id", "cluster_title", CLUSTER_COLUMNS, storage,
+                         embedding_model.get_encoder().name, "span_clusters")
 
-    sources, all_spans, vectors = concat_sources(spans, span_embeddings)
-    # The length objective spans the lengths actually produced by the spans asset.
-    span_cfg = SpanConfig(min_len=int(all_spans["n_tokens"].min()), max_len=int(all_spans["n_tokens"].max()))
-    missing = [s for s in sources if s not in span_clusters]
-    if missing:
-        raise dg.Failure(f"sources {missing} have spans but no span_clusters; materialize span_clusters for them")
-    labels = pl.concat([span_clusters[s].select(pl.lit(s).alias("source"), "span_idx", "cluster_id", "cluster_title",
-                                                "membership", "centroid_sim", "relevance") for s in sources])
-    labelled = all_spans.join(labels, on=["source", "span_idx"], how="left", maintain_order="left")
-    if labelled["cluster_id"].null_count():
-        raise dg.Failure(f"{labelled['cluster_id'].null_count()} spans have no cluster label: "
-                         "re-materialize span_clusters after spans changed")
-    docs = pl.concat([kept_documents(raw_texts[s]) for s in sources])
-    texts = dict(zip(docs["doc_id"].to_list(), docs["text"].to_list()))
-    dataset = curate(labelled, vectors, texts, selection, span_cfg, columns=CLUSTER_COLUMNS)
-    accounting = document_accounting({s: raw_texts[s] for s in raw_texts}, all_spans, dataset)
-    outcomes = dict(accounting.group_by("outcome").len().sort("outcome").iter_rows())
-    counts = {"sources": len(sources), "inputs": accounting.height, "documents_in_dataset":
-              outcomes.get("in_dataset", 0), "spans_considered": labelled.height,
-              "clusters": int(dataset["cluster_id"].n_unique()) if dataset.height else 0}
-    card = dataset_card(dataset, title=f"Emerge dataset: {config.dataset_name}", model=embedding_model.get_encoder().name,
-                        config={"selection": selection.__dict__, "spans": span_cfg.__dict__}, counts=counts | {
-                            f"inputs_{k}": v for k, v in outcomes.items()})
-    paths = write_dataset(dataset, storage.datasets_dir / config.dataset_name, card)
-    per_cluster = dataset.group_by("cluster_id", "cluster_title").agg(
-        pl.len().alias("spans"), pl.col("relevance").mean().alias("mean_relevance"),
-        pl.col("quality").mean().alias("mean_quality")).sort("cluster_id")
-    context.log.info(f"curated dataset: {dataset.height} spans from {counts['documents_in_dataset']} documents "
-                     f"-> {paths['parquet']}")
-    return dg.Output(dataset, metadata={
-        "dagster/row_count": dataset.height,
-        **{k: v for k, v in counts.items()},
-        "document_outcomes": counts_table(outcomes),
-        "spans_per_cluster": markdown_table(per_cluster),
-        "label_balance": round(label_balance(dataset, "cluster_id"), 4),
-        "noise_fraction_all_spans": round(float((labelled["cluster_id"] < 0).mean()), 4),
-        "parquet_path": dg.MetadataValue.path(str(paths["parquet"])),
-        "csv_path": dg.MetadataValue.path(str(paths["csv"])),
-        "card_path": dg.MetadataValue.path(str(paths["card"])),
-        "preview": markdown_table(dataset.select("cluster_title", "relevance", "quality", "text_span").head(10)),
-    })
+
+class CuratedTopicDatasetConfig(CuratedDatasetConfig):
+    dataset_name: str = "topic_spans"
+
+
+@dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={**LABEL_INPUTS, "topic_scores": ALL_SOURCES},
+          description="The curated dataset in topic mode: spans labelled with the user's topics (topic_id, "
+                      "topic_name, topic_description), same Pareto selection; spans that fit no topic are out.")
+def curated_topic_dataset(context: dg.AssetExecutionContext, config: CuratedTopicDatasetConfig, raw_texts: dict,
+                          spans: dict, span_embeddings: dict, topic_scores: dict,
+                          storage: EmergeStorage, embedding_model: EmbeddingModelResource) -> dg.Output:
+    from emerge.late_interaction import TOPIC_COLUMNS
+
+    return build_dataset(context, config, raw_texts, spans, span_embeddings, topic_scores,
+                         ["topic_id", "topic_name", "topic_description", "relevance"],
+                         "topic_id", "topic_name", TOPIC_COLUMNS, storage,
+                         embedding_model.get_encoder().name, "topic_scores")

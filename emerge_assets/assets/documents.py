@@ -56,17 +56,21 @@ def spans(context: dg.AssetExecutionContext, config: SpansConfig, raw_texts: pl.
 
 @dg.asset(partitions_def=document_source, group_name="curation", kinds={"pytorch", "polars"},
           description="Late-chunked span vectors: one transformer pass per document, spans mean-pooled "
-                      "from token embeddings via prefix sums.")
+                      "from token embeddings via prefix sums. The token embeddings are kept (float16) for "
+                      "topic scoring.")
 def span_embeddings(context: dg.AssetExecutionContext, raw_texts: pl.DataFrame, spans: pl.DataFrame,
-                    embedding_model: EmbeddingModelResource) -> dg.Output:
-    from emerge.embedding import embed_spans, embeddings_frame
+                    embedding_model: EmbeddingModelResource, storage: EmergeStorage) -> dg.Output:
+    from emerge.embedding import TokenStore, embed_spans, embeddings_frame
 
     encoder = embedding_model.get_encoder()
     docs = kept_documents(raw_texts)
+    store = TokenStore()
     t0 = time.perf_counter()
     vectors = embed_spans(docs.filter(pl.col("doc_id").is_in(spans["doc_id"].unique().implode())), spans,
-                          encoder, progress=True)
+                          encoder, progress=True, on_document=store.add)
     wall = time.perf_counter() - t0
+    token_path = storage.token_store_path(context.partition_key)
+    store.save(token_path)  # reused by topic_scores: no second transformer pass
     frame = embeddings_frame(spans, vectors)
     return dg.Output(frame, metadata={
         "dagster/row_count": frame.height,
@@ -76,4 +80,5 @@ def span_embeddings(context: dg.AssetExecutionContext, raw_texts: pl.DataFrame, 
         "window_tokens": encoder.max_seq_length,
         "wall_seconds": round(wall, 3),
         "spans_per_second": round(frame.height / wall, 1) if wall > 0 else 0.0,
+        "token_embeddings_path": dg.MetadataValue.path(str(token_path)),
     })

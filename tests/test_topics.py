@@ -1,0 +1,174 @@
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from emerge import ConfigError, LateInteractionCrossEncoder, Topic, load_topics
+from emerge.config import SpanConfig
+from emerge.embedding import TokenStore, embed_spans
+from emerge.ingest import documents_from_texts
+from emerge.late_interaction import PartIndex, range_max
+from emerge.spans import build_spans
+
+TOPICS = [
+    Topic(id=1, name="Customer Issues", description="Complaints/support requests",
+          examples=["My product stopped working", "I can't access my account"]),
+    Topic(id=2, name="Feature Requests", description="New features or improvements",
+          examples=["Add dark mode", "Integrate with Slack"]),
+]
+
+
+# -- topic definitions ------------------------------------------------------------------------------
+@pytest.mark.parametrize("topics, message", [
+    ([], "at least one topic"),
+    ([Topic(1, "a"), Topic(1, "b")], "duplicate topic id 1"),
+    ([{"id": 3, "name": "  "}], "topic 3 has an empty name"),
+    ([{"id": 4, "name": "x", "examples": "not a list"}], "topic 4: examples must be a list"),
+])
+def test_topic_validation_names_the_topic(topics, message):
+    with pytest.raises(ConfigError, match=message):
+        LateInteractionCrossEncoder(topics=topics)
+
+
+def test_topics_load_from_yaml_and_json_alike(tmp_path):
+    data = [{"id": "a", "name": "Alpha", "description": "first", "examples": ["one", "two"]},
+            {"id": "b", "name": "Beta"}]
+    (tmp_path / "t.json").write_text(json.dumps({"topics": data}))
+    import yaml
+
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(data))
+    assert load_topics(tmp_path / "t.json") == load_topics(tmp_path / "t.yaml")
+    assert load_topics(tmp_path / "t.yaml")[1].examples == []
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("t.txt", "topics: []", "unknown topic file format '.txt'"),
+    ("t.yaml", "topics: []", "at least one topic"),
+    ("t.yaml", "- {id: 1, name: A}\n- {id: 1, name: B}", "duplicate topic id 1"),
+    ("t.yaml", "- {id: 1, name: A, colour: red}", "unknown keys"),
+    ("t.yaml", "- {id: 7}", "topic 7 has no name"),
+    ("t.json", "{not json", "cannot parse"),
+])
+def test_bad_topic_files_fail_clearly(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_topics(tmp_path / name)
+
+
+def test_invalid_analyzer_settings_name_the_field():
+    with pytest.raises(ConfigError, match="relevance_threshold"):
+        LateInteractionCrossEncoder(topics=TOPICS, relevance_threshold=1.5)
+    with pytest.raises(ConfigError, match="prediction_mode"):
+        LateInteractionCrossEncoder(topics=TOPICS, prediction_mode="colbert")
+
+
+# -- scoring primitives -----------------------------------------------------------------------------
+@settings(max_examples=80, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 40), st.integers(1, 5)),
+              elements=st.floats(-1, 1, width=32)), st.data())
+def test_range_max_matches_brute_force(matrix, data):
+    n = len(matrix)
+    starts = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=20)))
+    ends = np.array([data.draw(st.integers(s + 1, n)) for s in starts])
+    expected = np.stack([matrix[s:e].max(axis=0) for s, e in zip(starts, ends)])
+    np.testing.assert_array_equal(range_max(matrix, starts, ends), expected)
+
+
+def unit(rng, n, d=8):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_maxsim_is_mean_over_topic_tokens_of_best_span_token():
+    rng = np.random.default_rng(0)
+    parts = [unit(rng, 3), unit(rng, 5)]
+    index = PartIndex(vectors=np.concatenate(parts), offsets=np.array([0, 3]), lengths=np.array([3, 5]),
+                      part_topic=np.array([0, 1]), part_kind=["name", "name"])
+    doc = unit(rng, 30)
+    starts, ends = np.array([0, 5, 10]), np.array([30, 9, 11])
+    got = index.maxsim(doc, starts, ends)
+    for k, (s, e) in enumerate(zip(starts, ends)):
+        for p, q in enumerate(parts):
+            assert got[k, p] == pytest.approx(float((q @ doc[s:e].T).max(axis=1).mean()), abs=1e-6)
+    # normalised over topic tokens: repeating a part's tokens does not change its score
+    doubled = PartIndex(vectors=np.concatenate([parts[0], parts[0]]), offsets=np.array([0]), lengths=np.array([6]),
+                        part_topic=np.array([0]), part_kind=["name"])
+    np.testing.assert_allclose(doubled.maxsim(doc, starts, ends)[:, 0], got[:, 0], atol=1e-6)
+
+
+# -- the analyzer, tiny random model (fast) ---------------------------------------------------------
+DOCS = ["My product stopped working after the update and support never answered.",
+        "Please add dark mode and an integration with Slack, that would be great.",
+        "The weather was mild and we walked along the river in the afternoon."]
+
+
+@pytest.fixture(scope="module")
+def tiny_scored(tiny_encoder):
+    docs = documents_from_texts(DOCS).documents
+    spans, _ = build_spans(docs, tiny_encoder.tokenizer, SpanConfig(min_len=3, max_len=12, stride=2))
+    store = TokenStore()
+    vectors = embed_spans(docs, spans, tiny_encoder, on_document=store.add)
+    analyzer = LateInteractionCrossEncoder(topics=TOPICS, relevance_threshold=0.5).prepare(tiny_encoder)
+    return docs, spans, vectors, store, analyzer
+
+
+def test_calibrated_relevance_is_bounded(tiny_scored, tiny_encoder):
+    _, spans, vectors, store, analyzer = tiny_scored
+    raw = analyzer.score_spans(spans, vectors, token_store=store, encoder=tiny_encoder)
+    cal = analyzer.calibrate(raw)
+    assert raw.shape == (spans.height, 2) and np.isfinite(raw).all()
+    assert cal.min() >= 0.0 and cal.max() <= 1.0
+    # calibration is monotone within a topic
+    for t in range(2):
+        order = np.argsort(raw[:, t])
+        assert (np.diff(cal[order, t]) >= -1e-7).all()
+    assert (analyzer.calibration.hi > analyzer.calibration.lo).all()
+
+
+def test_late_chunking_and_independent_agree_on_whole_document_spans(tiny_encoder):
+    text = "Add dark mode please"  # shorter than one window, so context == the text itself
+    docs = documents_from_texts([text]).documents
+    spans, _ = build_spans(docs, tiny_encoder.tokenizer, SpanConfig(min_len=1, max_len=64, stride=1))
+    whole = spans.filter((pl.col("start_char") == 0) & (pl.col("end_char") == len(text)))
+    assert whole.height == 1
+    store = TokenStore()
+    vectors = embed_spans(docs, whole, tiny_encoder, on_document=store.add)
+    late = LateInteractionCrossEncoder(topics=TOPICS).prepare(tiny_encoder)
+    indep = LateInteractionCrossEncoder(topics=TOPICS, prediction_mode="independent").prepare(tiny_encoder)
+    a = late.score_spans(whole, vectors, token_store=store, encoder=tiny_encoder)
+    b = indep.score_spans(whole, vectors, encoder=tiny_encoder)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_late_chunking_mode_runs_no_transformer_pass(tiny_scored, tiny_encoder):
+    _, spans, vectors, store, analyzer = tiny_scored
+    calls = []
+    hook = tiny_encoder.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        analyzer.score_spans(spans, vectors, token_store=store, encoder=tiny_encoder)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_unfitting_spans_are_left_unlabelled(tiny_scored, tiny_encoder):
+    _, spans, vectors, store, _ = tiny_scored
+    strict = LateInteractionCrossEncoder(topics=TOPICS, relevance_threshold=1.0).prepare(tiny_encoder)
+    labelled = strict.analyze(spans, vectors, token_store=store, encoder=tiny_encoder)
+    unlabelled = labelled.filter(pl.col("topic_id").is_null())
+    assert unlabelled.height > 0 and unlabelled["topic_name"].null_count() == unlabelled.height
+    assert (labelled.filter(pl.col("topic_id").is_not_null())["relevance"] >= 1.0).all()
+    assert labelled["best_topic_id"].null_count() == 0
+
+
+def test_very_long_examples_are_truncated_and_reported(tiny_encoder):
+    long_example = "refund please " * 400
+    analyzer = LateInteractionCrossEncoder(topics=[Topic(1, "Refunds", examples=[long_example, "money back"]),
+                                                   Topic(2, "Shipping")]).prepare(tiny_encoder)
+    assert analyzer.truncated_parts == 1
+    assert analyzer.index.lengths.max() <= tiny_encoder.max_seq_length - 2
+    assert np.isfinite(analyzer.score_texts(["where is my refund"], tiny_encoder)).all()
