@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from emerge.encoder import TokenEncoder, l2_normalise, pool_spans
+from emerge.encoder import TokenEncoder, pool_spans
 from emerge.tokenize import tokenize_batch
 
 
@@ -39,10 +39,14 @@ def embed_spans(documents: pl.DataFrame, spans: pl.DataFrame, encoder: TokenEnco
         for doc_id, (ids, _), t_emb, rows, s, e in zip(chunk["doc_id"].to_list(), toks, token_embs,
                                                        chunk["_row"].to_list(), chunk["tok_start"].to_list(),
                                                        chunk["tok_end"].to_list()):
-            out[np.asarray(rows)] = pool_spans(t_emb, np.asarray(s), np.asarray(e))
+            pooled = pool_spans(t_emb, np.asarray(s), np.asarray(e), normalise=True)
+            if rows[-1] - rows[0] + 1 == len(rows):  # spans of a document are contiguous rows
+                out[rows[0]:rows[-1] + 1] = pooled
+            else:
+                out[np.asarray(rows)] = pooled
             if on_document is not None:
                 on_document(doc_id, ids, t_emb)
-    return l2_normalise(out)
+    return out
 
 
 def embeddings_frame(spans: pl.DataFrame, vectors: np.ndarray) -> pl.DataFrame:

@@ -14,6 +14,11 @@ from pydantic import Field
 from upath import UPath
 
 
+# Float vectors barely compress (zstd saves ~8 % on span embeddings) but zstd costs seconds per
+# GB on writes; lz4 keeps text columns small at a fraction of the time.
+PARQUET_COMPRESSION = "lz4"
+
+
 class _ParquetUPathIOManager(dg.UPathIOManager):
     extension = ".parquet"
 
@@ -25,11 +30,11 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
             local = str(path.path if hasattr(path, "path") else path)
             os.makedirs(os.path.dirname(local), exist_ok=True)
             tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
-            obj.write_parquet(tmp)
+            obj.write_parquet(tmp, compression=PARQUET_COMPRESSION)
             os.replace(tmp, local)
         else:  # object stores: a PUT is atomic already
             with path.open("wb") as fh:
-                obj.write_parquet(fh)
+                obj.write_parquet(fh, compression=PARQUET_COMPRESSION)
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame:
         with path.open("rb") as fh:

@@ -21,14 +21,17 @@ def direct_token_embeddings(encoder, ids):
     return out[1:-1].numpy()
 
 
-def test_prefix_sum_pooling_equals_mean():
+@pytest.mark.parametrize("n", [300, 6000])  # float32 and float64 prefix-sum paths
+def test_prefix_sum_pooling_equals_mean(n):
     rng = np.random.default_rng(0)
-    t = rng.normal(size=(300, 16)).astype(np.float32) * 10
-    s = rng.integers(0, 299, size=200)
-    e = s + rng.integers(1, 300 - s)
+    t = rng.normal(size=(n, 16)).astype(np.float32) * 10
+    s = rng.integers(0, n - 1, size=200)
+    e = s + rng.integers(1, np.minimum(n - s, 64) + 1)
     pooled = pool_spans(t, s, e)
     expected = np.stack([t[a:b].mean(axis=0) for a, b in zip(s, e)])
-    np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pooled, expected, rtol=1e-4, atol=1e-4)
+    unit = pool_spans(t, s, e, normalise=True)
+    np.testing.assert_allclose(unit, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
 
 
 def test_windows_partition_every_token(tiny_encoder):
