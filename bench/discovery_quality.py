@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, machine  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,7 +38,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import numpy as np
-    import polars as pl
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     from emerge.config import ClusteringConfig, EncoderConfig, IngestConfig, SelectionConfig, SpanConfig
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     result = {
         "config": {"docs": args.docs, "limit": args.limit, "span": vars(span_cfg), "seed": args.seed,
                    "model": encoder.name, "device": encoder.device},
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine(),
         "documents": docs.height, "skipped_inputs": ingest.skip_counts, "spans": spans.height,
         "fit_spans": int(len(sample)), "selected_spans": dataset.height, "tokens_embedded": tokens,
         "n_clusters": len(pipeline.cluster_ids),
@@ -113,11 +113,7 @@ def main(argv=None) -> int:
         inl = [i for i, p_ in enumerate(pred) if p_ != -1]
         result["nmi_non_outliers"] = round(float(normalized_mutual_info_score(
             [doc_gold[i] for i in inl], [pred[i] for i in inl])), 4) if inl else 0.0
-    text = json.dumps(result)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    print(text)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

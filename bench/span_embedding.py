@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, machine  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -44,7 +45,6 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
-    import numpy as np
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -92,9 +92,7 @@ def main(argv=None) -> int:
         "config": {"docs": args.docs, "limit": args.limit, "span": [args.min_len, args.max_len, args.stride],
                    "batch_size": args.batch_size, "naive_sample": len(sample), "model": encoder.name,
                    "device": encoder.device, "torch_threads": torch.get_num_threads()},
-        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": machine(),
         "documents": docs.height, "tokens": tokens, "windows": len(chunks), "spans": spans.height,
         "emerge_wall_s": round(emerge_s, 2), "forward_wall_s": round(forward_s, 2),
         "naive_wall_s_for_sample": round(naive_s, 2),
@@ -103,11 +101,7 @@ def main(argv=None) -> int:
         "overhead_vs_forward": round(emerge_s / forward_s, 3),
         "naive_projected_wall_s_all_spans": round(spans.height / naive_rate, 0),
     }
-    text = json.dumps(result)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    print(text)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import platform
 import random
 import sys
 import time
@@ -25,6 +23,8 @@ from collections import defaultdict
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, machine  # noqa: E402
 
 
 def read_rows(path: str, label_column: str) -> list[tuple[str, str]]:
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
                          "none_label": args.none_label, "threshold": args.threshold, "model": encoder.name,
                          "device": encoder.device, "topics": len(labels), "eval_texts": len(texts),
                          "eval_in_scope": int(in_scope.sum())},
-              "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+              "machine": machine(),
               **results, "ablations": ablations, "wall_s": {k: round(v, 2) for k, v in timings.items()}}
     if args.none_label:
         sweep = {}
@@ -152,10 +152,7 @@ def main(argv=None) -> int:
             "in_scope_accuracy", round(float(((top >= args.threshold) & (np.array([labels[i] for i in best]) == np.array(gold)))[in_scope].mean()), 4))
         result["emerge"]["oos_recall_at_threshold"] = round(float((top < args.threshold)[~in_scope].mean()), 4)
         result["emerge"]["threshold_sweep"] = sweep
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

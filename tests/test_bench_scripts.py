@@ -1,0 +1,49 @@
+"""The benchmark scripts keep their contract: they run on small data and their last stdout line
+is a JSON result with the documented keys (the real numbers live in BENCHMARKS.md)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+PLANTED = REPO / "sample_data" / "planted_topics.jsonl"
+
+
+def run_script(name: str, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / name), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_discovery_quality_script():
+    r = run_script("discovery_quality.py", "--docs", str(PLANTED), "--label-field", "topic")
+    assert {"nmi", "ari", "n_clusters", "wall_s", "doc_outlier_fraction", "tokens_embedded"} <= set(r)
+    assert r["ari"] > 0.8
+
+
+def test_span_embedding_script(tmp_path):
+    out = tmp_path / "r.json"
+    r = run_script("span_embedding.py", "--docs", str(PLANTED), "--limit", "4", "--naive-sample", "40",
+                   "--out", str(out))
+    assert {"emerge_spans_per_s", "naive_spans_per_s", "speedup", "overhead_vs_forward"} <= set(r)
+    assert json.loads(out.read_text()) == r
+
+
+def test_topic_labelling_script(tmp_path):
+    rows = [json.loads(line) for line in PLANTED.read_text().splitlines()]
+    with open(tmp_path / "train.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "category"])
+        writer.writerows((r["text"], r["topic"]) for r in rows)
+    r = run_script("topic_labelling.py", "--train", str(tmp_path / "train.csv"), "--k", "3", "--seed", "0",
+                   "--none-label", "football")
+    for method in ("zero_shot_name", "prototype_plus_name", "emerge"):
+        assert 0.0 <= r[method]["accuracy"] <= 1.0 and "macro_f1" in r[method]
+    assert "oos_recall_at_threshold" in r["emerge"] and r["config"]["topics"] == 4
