@@ -122,7 +122,8 @@ class ClusteringConfig:
     Dense spans of one document overlap and sit close together; fitting on all of them makes
     HDBSCAN find documents instead of topics. The fit therefore uses at most
     `max_fit_spans_per_doc` non-overlapping spans per document and `max_fit_spans` in total;
-    every other span is labelled with `approximate_predict`.
+    every other span is labelled with `approximate_predict` after `transform` places it in
+    UMAP space (`knn`: weighted mean of its nearest fit spans; `umap`: UMAP.transform).
     """
 
     n_components: int = 5
@@ -134,9 +135,11 @@ class ClusteringConfig:
     max_fit_spans: int = 10_000
     max_fit_spans_per_doc: int = 8
     random_state: int | None = 42
+    transform: str = "knn"
 
     def __post_init__(self):
         _positive_int(self.n_components, "n_components")
+        _require(self.transform in ("knn", "umap"), "transform", f"must be knn or umap, got {self.transform!r}")
         _require(isinstance(self.n_neighbors, int) and self.n_neighbors >= 2, "n_neighbors",
                  f"must be an integer >= 2, got {self.n_neighbors!r}")
         _require(0.0 <= float(self.min_dist) <= 1.0, "min_dist", f"must be in [0, 1], got {self.min_dist!r}")

@@ -51,11 +51,14 @@ class UmapConfig(_ValidatedConfig):
     max_fit_spans: int = Field(default=10_000, description="Upper bound on spans the models are fitted on.")
     max_fit_spans_per_doc: int = Field(default=8, description="Non-overlapping spans per document in the fit.")
     random_state: Optional[int] = Field(default=42, description="Seed; null = faster, non-reproducible.")
+    transform: str = Field(default="knn", description="How span_clusters places new spans in UMAP space: knn "
+                           "(weighted mean of nearest fit spans, fast) or umap (UMAP.transform).")
 
     def to_engine(self) -> ClusteringConfig:
         return ClusteringConfig(n_components=self.n_components, n_neighbors=self.n_neighbors,
                                 min_dist=self.min_dist, metric=self.metric, max_fit_spans=self.max_fit_spans,
-                                max_fit_spans_per_doc=self.max_fit_spans_per_doc, random_state=self.random_state)
+                                max_fit_spans_per_doc=self.max_fit_spans_per_doc, random_state=self.random_state,
+                                transform=self.transform)
 
 
 class HdbscanConfig(_ValidatedConfig):

@@ -98,3 +98,17 @@ def test_fit_sample_takes_non_overlapping_spans_per_document():
         assert e1 <= s2
     capped = select_fit_sample(spans, ClusteringConfig(max_fit_spans_per_doc=8, max_fit_spans=10))
     assert len(capped) == 10
+
+
+def test_knn_projection_agrees_with_umap_transform(fitted):
+    from dataclasses import replace
+
+    pipe, x, y = fitted
+    x_new, _ = blobs(n_per=20, seed=0)
+    knn_labels, _ = pipe.predict(x_new)
+    exact = ClusteringPipeline(replace(pipe.config, transform="umap"))
+    exact.reducer, exact.clusterer, exact.centroids = pipe.reducer, pipe.clusterer, pipe.centroids
+    umap_labels, _ = exact.predict(x_new)
+    assert (knn_labels == umap_labels).mean() >= 0.9
+    own, _ = pipe.predict(x)  # the fit points themselves land in their own clusters
+    assert (own == pipe.fit_labels_)[pipe.fit_labels_ >= 0].mean() >= 0.95
