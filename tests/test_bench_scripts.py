@@ -24,7 +24,7 @@ def run_script(name: str, *args: str) -> dict:
 
 def test_discovery_quality_script():
     r = run_script("discovery_quality.py", "--docs", str(PLANTED), "--label-field", "topic")
-    assert {"nmi", "ari", "n_clusters", "wall_s", "doc_outlier_fraction", "tokens_embedded"} <= set(r)
+    assert {"nmi", "ari", "n_clusters", "wall_s", "outlier_fraction", "tokens_embedded"} <= set(r)
     assert r["ari"] > 0.8
 
 
