@@ -27,7 +27,8 @@ from _common import emit, machine  # noqa: E402
 
 def load_corpus(path: str, text_field: str, label_field: str | None, limit: int | None):
     """(texts, labels) with exact duplicates and non-text rows dropped, first `limit` rows."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    # split on "\n" only: str.splitlines() also splits on U+2028, \x0c, ... inside JSON strings
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
     rows = rows[:limit] if limit else rows
     seen, texts, labels = set(), [], []
     for r in rows:

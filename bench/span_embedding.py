@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     from emerge.spans import build_spans
     from emerge.tokenize import tokenize_batch
 
-    rows = [json.loads(x) for x in Path(args.docs).read_text().splitlines() if x.strip()][:args.limit]
+    lines = Path(args.docs).read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 in texts
+    rows = [json.loads(x) for x in lines if x.strip()][:args.limit]
     docs = documents_from_texts([r[args.text_field] for r in rows], source="bench").documents
     encoder = load_encoder(EncoderConfig(device="auto", batch_size=args.batch_size))
     spans, _ = build_spans(docs, encoder.tokenizer, SpanConfig(args.min_len, args.max_len, args.stride))

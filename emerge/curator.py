@@ -19,20 +19,12 @@ from emerge.config import AnalyzerConfig, ClusteringConfig, CuratorConfig
 from emerge.dataset import add_quality, curate, dataset_card, write_dataset
 from emerge.discovery import fit_clustering, label_spans
 from emerge.embedding import TokenStore, embed_spans, embeddings_frame, vectors_of
-from emerge.encoder import TokenEncoder, load_encoder
+from emerge.encoder import as_encoder
 from emerge.errors import InputError
 from emerge.ingest import documents_from_texts
 from emerge.spans import build_spans
 
 log = logging.getLogger(__name__)
-
-
-def _as_encoder(model, tokenizer, analyzer_config: AnalyzerConfig | None) -> TokenEncoder:
-    if isinstance(model, TokenEncoder):
-        return model
-    if model is None:
-        return load_encoder((analyzer_config or AnalyzerConfig()).encoder_config())
-    return TokenEncoder.from_pretrained_objects(model, tokenizer)
 
 
 class LocalClusterAnalyzer:
@@ -66,7 +58,7 @@ class Curator:
                  progress: bool = True):
         self.config = config or CuratorConfig()
         self.analyzer = analyzer or LocalClusterAnalyzer()
-        self.encoder = _as_encoder(model, tokenizer, getattr(self.analyzer, "config", None))
+        self.encoder = as_encoder(model, tokenizer, getattr(self.analyzer, "config", None))
         self.progress = progress
         self.last_report: dict = {}
         self._texts: dict[str, str] = {}

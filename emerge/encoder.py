@@ -234,6 +234,19 @@ def pool_spans(token_emb: np.ndarray, tok_start: np.ndarray, tok_end: np.ndarray
     return sums.astype(np.float32, copy=False)
 
 
+def as_encoder(model=None, tokenizer=None, analyzer_config=None) -> TokenEncoder:
+    """What the Python API accepts as a model: a TokenEncoder, a SentenceTransformer, a
+    transformers model + fast tokenizer, or None (the analyzer config's model, by default the
+    packaged MiniLM)."""
+    if isinstance(model, TokenEncoder):
+        return model
+    if model is None:
+        from emerge.config import AnalyzerConfig
+
+        return load_encoder((analyzer_config or AnalyzerConfig()).encoder_config())
+    return TokenEncoder.from_pretrained_objects(model, tokenizer)
+
+
 _CACHE: dict[tuple, TokenEncoder] = {}
 _CACHE_LOCK = threading.Lock()
 

@@ -310,9 +310,9 @@ class LateInteractionCrossEncoder:
 
     def _resolve_encoder(self, encoder: TokenEncoder | None) -> TokenEncoder:
         if encoder is None:
-            from emerge.curator import _as_encoder
+            from emerge.encoder import as_encoder
 
-            encoder = self._encoder or _as_encoder(self.model, self.tokenizer, self.config)
+            encoder = self._encoder or as_encoder(self.model, self.tokenizer, self.config)
         self.prepare(encoder)
         return encoder
 

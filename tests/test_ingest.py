@@ -90,3 +90,14 @@ def test_empty_and_missing_folders_fail_clearly(tmp_path):
         read_source(tmp_path / "nothing")
     with pytest.raises(InputError, match="does not exist"):
         read_source(tmp_path / "missing")
+
+
+def test_jsonl_strings_may_contain_unicode_line_separators(tmp_path):
+    src = tmp_path / "s"
+    src.mkdir()
+    text = "first part\u2028second part\x85third part"
+    (src / "x.jsonl").write_text(json.dumps({"id": "a", "text": text}, ensure_ascii=False) + "\r\n"
+                                 + json.dumps({"id": "b", "text": "plain"}) + "\n", encoding="utf-8")
+    result = read_source(src)
+    assert result.skip_counts == {}
+    assert result.documents["text"].to_list() == [text, "plain"]
