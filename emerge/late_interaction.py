@@ -75,14 +75,16 @@ class PartIndex:
     @classmethod
     def build(cls, encoder: TokenEncoder, parts: list[tuple[int, str, str]]) -> "PartIndex":
         """parts: (topic index, kind, text)."""
+        from emerge.errors import ConfigError
+
         vecs, truncated = text_token_vectors(encoder, [p[2] for p in parts])
-        keep = [i for i, v in enumerate(vecs) if len(v)]
-        if len(keep) < len(parts):
-            log.warning("%d topic part(s) have no tokens and are ignored", len(parts) - len(keep))
-        lengths = np.array([len(vecs[i]) for i in keep], dtype=np.int64)
-        return cls(vectors=np.concatenate([vecs[i] for i in keep]), offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
-                   lengths=lengths, part_topic=np.array([parts[i][0] for i in keep], dtype=np.int64),
-                   part_kind=[parts[i][1] for i in keep], truncated=truncated)
+        for (topic, kind, text), v in zip(parts, vecs):
+            if len(v) == 0:  # e.g. only zero-width characters: nothing the model can see
+                raise ConfigError("topics", f"the {kind} {text!r} of topic #{topic} has no tokens")
+        lengths = np.array([len(v) for v in vecs], dtype=np.int64)
+        return cls(vectors=np.concatenate(vecs), offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+                   lengths=lengths, part_topic=np.array([p[0] for p in parts], dtype=np.int64),
+                   part_kind=[p[1] for p in parts], truncated=truncated)
 
     def maxsim(self, doc_tokens: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """(spans, parts) MaxSim of each part's tokens over each span's tokens (unit vectors)."""
@@ -205,8 +207,7 @@ class LateInteractionCrossEncoder:
             weights = np.ones(encoder.tokenizer.vocab_size, np.float32)
         weights[punct] = 0.0
         self._vocab_weights = weights.astype(np.float32)
-        keep = [j for j, p in enumerate(parts) if len(ids_per_part[j])]
-        cols = np.concatenate([self._vocab_weights[ids_per_part[j]] for j in keep])
+        cols = np.concatenate([self._vocab_weights[ids] for ids in ids_per_part])
         self._col_weights = cols
         sums = np.add.reduceat(cols, self.index.offsets)
         # a part made only of punctuation keeps uniform weights rather than dividing by zero

@@ -172,3 +172,9 @@ def test_very_long_examples_are_truncated_and_reported(tiny_encoder):
     assert analyzer.truncated_parts == 1
     assert analyzer.index.lengths.max() <= tiny_encoder.max_seq_length - 2
     assert np.isfinite(analyzer.score_texts(["where is my refund"], tiny_encoder)).all()
+
+
+def test_topic_part_without_tokens_is_a_clear_error(tiny_encoder):
+    analyzer = LateInteractionCrossEncoder(topics=[Topic(1, "\u200b\u200b"), Topic(2, "Shipping")])
+    with pytest.raises(ConfigError, match="has no tokens"):
+        analyzer.prepare(tiny_encoder)
