@@ -26,7 +26,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine  # noqa: E402
+from _common import emit, machine, warm_up_numba  # noqa: E402
 from discovery_quality import agreement, load_corpus, run_emerge  # noqa: E402
 
 
@@ -55,16 +55,6 @@ def run_bertopic(texts: list[str], seed: int) -> tuple[list[int], dict]:
             "wall_s": round(wall, 2), "tokens_embedded": tokens, "tokens_per_s": round(tokens / wall, 1),
             "max_seq_length": st.max_seq_length}
     return [int(t) for t in topics], info
-
-
-def warm_up_numba(seed: int) -> None:
-    import hdbscan
-    import numpy as np
-    from umap import UMAP
-
-    x = np.random.default_rng(seed).normal(size=(300, 16)).astype(np.float32)
-    coords = UMAP(n_components=5, metric="cosine", random_state=seed).fit_transform(x)
-    hdbscan.HDBSCAN(min_cluster_size=10, prediction_data=True).fit(coords)
 
 
 def main(argv=None) -> int:

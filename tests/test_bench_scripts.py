@@ -47,3 +47,10 @@ def test_topic_labelling_script(tmp_path):
     for method in ("zero_shot_name", "prototype_plus_name", "emerge"):
         assert 0.0 <= r[method]["accuracy"] <= 1.0 and "macro_f1" in r[method]
     assert "oos_recall_at_threshold" in r["emerge"] and r["config"]["topics"] == 4
+
+
+def test_scale_script():
+    r = run_script("scale.py", "--sizes", "20", "40")
+    assert [run["documents"] for run in r["runs"]] == [20, 40]
+    assert {"time_exponent", "peak_rss_exponent"} <= set(r)
+    assert set(r["runs"][0]["wall_s"]) == {"ingest", "spans", "embed", "fit_clustering", "label_all_spans", "select"}
