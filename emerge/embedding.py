@@ -83,9 +83,6 @@ class TokenStore:
         self._ids.append(np.asarray(token_ids, np.int32))
         self._vecs.append(np.asarray(token_embeddings, np.float16))
 
-    def __contains__(self, doc_id: str) -> bool:
-        return doc_id in self._index
-
     def get(self, doc_id: str) -> tuple[np.ndarray, np.ndarray]:
         i = self._index[doc_id]
         return self._ids[i], self._vecs[i].astype(np.float32)

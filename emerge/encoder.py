@@ -58,6 +58,11 @@ def _model_max_length(path: Path, tokenizer, model) -> int:
     return int(min(limits))
 
 
+def model_display_name(model_name_or_path: str | None) -> str:
+    """How datasets and metadata name the model; needs no weights loaded."""
+    return "all-MiniLM-L6-v2 (packaged)" if model_name_or_path is None else Path(model_name_or_path).name
+
+
 def _transformer_dir(path: Path) -> Path:
     """sentence-transformers directories may keep the transformer in a sub-folder (modules.json)."""
     modules = path / "modules.json"
@@ -111,7 +116,7 @@ class TokenEncoder:
             max_len = min(max_len, config.max_seq_length)
         return cls(model=model, tokenizer=tokenizer, device=device, max_seq_length=max_len,
                    batch_size=config.batch_size, window_overlap=config.window_overlap,
-                   name=root.name if config.model_name_or_path else "all-MiniLM-L6-v2 (packaged)")
+                   name=model_display_name(config.model_name_or_path))
 
     @classmethod
     def from_pretrained_objects(cls, model, tokenizer, batch_size: int = 16) -> "TokenEncoder":

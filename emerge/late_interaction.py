@@ -15,28 +15,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emerge.encoder import TokenEncoder
+from emerge.encoder import TokenEncoder, l2_normalise
 from emerge.tokenize import tokenize_batch
 
 log = logging.getLogger(__name__)
 
 
-def normalise_rows(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+def encode_alone(encoder: TokenEncoder, texts: list[str]) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """(token ids, token embeddings, number truncated) of each text encoded on its own.
 
-
-def text_token_vectors(encoder: TokenEncoder, texts: list[str]) -> tuple[list[np.ndarray], int]:
-    """Unit token vectors of each text encoded alone, truncated to one model window.
-
-    Returns (vectors, number of texts truncated). Topic parts longer than the model's window
-    keep their first `max_seq_length - 2` tokens; the caller reports how many were cut.
+    Texts longer than one model window keep their first `max_seq_length - 2` tokens; the caller
+    reports how many were cut.
     """
     width = encoder.max_seq_length - 2
     toks = tokenize_batch(encoder.tokenizer, list(texts))
     ids = [t[:width] for t, _ in toks]
     truncated = sum(len(t) > width for t, _ in toks)
-    embs = encoder.token_embeddings(ids)
-    return [normalise_rows(e) if len(e) else np.zeros((0, encoder.dim), np.float32) for e in embs], truncated
+    return ids, encoder.token_embeddings(ids), truncated
 
 
 def range_max(matrix: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -66,6 +61,7 @@ class PartIndex:
     """Token vectors of every topic part, concatenated column-wise for one matrix product."""
 
     vectors: np.ndarray          # (m, d) unit token vectors of all parts
+    token_ids: np.ndarray        # (m,) vocabulary id of each column
     offsets: np.ndarray          # (P,) first column of each part
     lengths: np.ndarray          # (P,) tokens per part
     part_topic: np.ndarray       # (P,) topic index of each part
@@ -77,20 +73,27 @@ class PartIndex:
         """parts: (topic index, kind, text)."""
         from emerge.errors import ConfigError
 
-        vecs, truncated = text_token_vectors(encoder, [p[2] for p in parts])
+        ids, vecs, truncated = encode_alone(encoder, [p[2] for p in parts])
         for (topic, kind, text), v in zip(parts, vecs):
             if len(v) == 0:  # e.g. only zero-width characters: nothing the model can see
                 raise ConfigError("topics", f"the {kind} {text!r} of topic #{topic} has no tokens")
         lengths = np.array([len(v) for v in vecs], dtype=np.int64)
-        return cls(vectors=np.concatenate(vecs), offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+        return cls(vectors=l2_normalise(np.concatenate(vecs)), token_ids=np.concatenate(ids),
+                   offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
                    lengths=lengths, part_topic=np.array([p[0] for p in parts], dtype=np.int64),
                    part_kind=[p[1] for p in parts], truncated=truncated)
 
     def maxsim(self, doc_tokens: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """(spans, parts) MaxSim of each part's tokens over each span's tokens (unit vectors)."""
-        sims = doc_tokens @ self.vectors.T                    # (n, m) cosines
-        best = range_max(sims, starts, ends)                  # (k, m) best span token per topic token
-        return np.add.reduceat(best, self.offsets, axis=1) / self.lengths
+        return self.topic_to_span(doc_tokens @ self.vectors.T, starts, ends, np.ones(len(self.vectors), np.float32))
+
+    def topic_to_span(self, sims: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                      weights: np.ndarray) -> np.ndarray:
+        """Weighted mean over each part's tokens of their best cosine within each span.
+
+        `sims` is (doc tokens, columns); `weights` is one weight per column."""
+        best = range_max(sims, starts, ends) * weights        # (k, m) best span token per topic token
+        return np.add.reduceat(best, self.offsets, axis=1) / np.add.reduceat(weights, self.offsets)
 
 
 # Neutral sentences that belong to no user topic: the "unrelated text" reference of calibration,
@@ -182,39 +185,35 @@ class LateInteractionCrossEncoder:
         if self.truncated_parts:
             log.warning("%d topic part(s) exceed the model window (%d tokens) and were truncated",
                         self.truncated_parts, encoder.max_seq_length - 2)
-        self._set_token_weights(encoder, parts)
+        self._set_token_weights(encoder)
         n_topics = len(self.topics)
         part_vecs = [self.index.vectors[o:o + n] for o, n in zip(self.index.offsets, self.index.lengths)]
-        self._part_pooled = normalise_rows(np.stack([v.mean(axis=0) for v in part_vecs]))
+        self._part_pooled = l2_normalise(np.stack([v.mean(axis=0) for v in part_vecs]))
         self._topic_parts = [np.flatnonzero(self.index.part_topic == t) for t in range(n_topics)]
         self.prototypes = np.stack([self._prototype(t) for t in range(n_topics)])
         self.calibration = self._fit_calibration(encoder)
         return self
 
-    def _set_token_weights(self, encoder: TokenEncoder, parts) -> None:
-        ids_per_part = [ids[:encoder.max_seq_length - 2] for ids, _ in
-                        tokenize_batch(encoder.tokenizer, [p[2] for p in parts])]
+    def _set_token_weights(self, encoder: TokenEncoder) -> None:
         vocab = encoder.tokenizer.convert_ids_to_tokens(list(range(encoder.tokenizer.vocab_size)))
         punct = np.array([not any(ch.isalnum() for ch in tok) for tok in vocab])
         n_topics = len(self.topics)
         if self.token_weighting == "topic_idf":
+            column_topic = np.repeat(self.index.part_topic, self.index.lengths)
             df = np.zeros(encoder.tokenizer.vocab_size, np.float32)
             for t in range(n_topics):
-                seen = {int(i) for j, p in enumerate(parts) if p[0] == t for i in ids_per_part[j]}
-                df[list(seen)] += 1
+                df[np.unique(self.index.token_ids[column_topic == t])] += 1
             weights = np.log((n_topics + 1) / (df + 1)) + 1.0
         else:
             weights = np.ones(encoder.tokenizer.vocab_size, np.float32)
         weights[punct] = 0.0
         self._vocab_weights = weights.astype(np.float32)
-        cols = np.concatenate([self._vocab_weights[ids] for ids in ids_per_part])
-        self._col_weights = cols
-        sums = np.add.reduceat(cols, self.index.offsets)
+        cols = self._vocab_weights[self.index.token_ids]
         # a part made only of punctuation keeps uniform weights rather than dividing by zero
-        for p in np.flatnonzero(sums == 0):
+        for p in np.flatnonzero(np.add.reduceat(cols, self.index.offsets) == 0):
             o, n = self.index.offsets[p], self.index.lengths[p]
             cols[o:o + n] = 1.0
-        self._col_weight_sums = np.add.reduceat(cols, self.index.offsets)
+        self._col_weights = cols
 
     def _prototype(self, t: int, exclude_part: int | None = None) -> np.ndarray:
         idx = [p for p in self._topic_parts[t]
@@ -226,12 +225,10 @@ class LateInteractionCrossEncoder:
     def part_scores(self, token_ids: np.ndarray, token_vecs: np.ndarray, starts: np.ndarray,
                     ends: np.ndarray) -> np.ndarray:
         """(spans, parts) weighted MaxSim for spans [s, e) of one token sequence."""
-        tokens = normalise_rows(token_vecs)
-        sims = tokens @ self.index.vectors.T                     # (n, m)
+        sims = l2_normalise(token_vecs) @ self.index.vectors.T   # (n, m)
         out = []
         if self.direction in ("both", "topic_to_span"):
-            best = range_max(sims, starts, ends) * self._col_weights
-            out.append(np.add.reduceat(best, self.index.offsets, axis=1) / self._col_weight_sums)
+            out.append(self.index.topic_to_span(sims, starts, ends, self._col_weights))
         if self.direction in ("both", "span_to_topic"):
             w = self._vocab_weights[token_ids]
             per_token = np.maximum.reduceat(sims, self.index.offsets, axis=1) * w[:, None]   # (n, P)
@@ -265,10 +262,7 @@ class LateInteractionCrossEncoder:
 
     def _score_texts(self, encoder: TokenEncoder, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Part scores and pooled vectors of texts each encoded alone (spans = whole texts)."""
-        toks = tokenize_batch(encoder.tokenizer, texts)
-        width = encoder.max_seq_length - 2
-        ids = [t[:width] for t, _ in toks]
-        embs = encoder.token_embeddings(ids)
+        ids, embs, _ = encode_alone(encoder, texts)
         parts = np.zeros((len(texts), len(self.index.lengths)), np.float32)
         pooled = np.zeros((len(texts), encoder.dim), np.float32)
         for i, (tid, emb) in enumerate(zip(ids, embs)):
@@ -276,7 +270,7 @@ class LateInteractionCrossEncoder:
                 continue
             parts[i] = self.part_scores(tid, emb, np.array([0]), np.array([len(tid)]))[0]
             pooled[i] = emb.mean(axis=0)
-        return parts, normalise_rows(pooled)
+        return parts, l2_normalise(pooled)
 
     def _fit_calibration(self, encoder: TokenEncoder) -> _Calibration:
         n_topics = len(self.topics)

@@ -32,6 +32,13 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
         return load_encoder(self.encoder_config())
 
+    @property
+    def display_name(self) -> str:
+        """The model's name for metadata and dataset cards, without loading it."""
+        from emerge.encoder import model_display_name
+
+        return model_display_name(self.model_name_or_path)
+
     def get_tokenizer(self):
         """Tokenizer only (no weights), for stages that never run the model."""
         from emerge.encoder import load_tokenizer

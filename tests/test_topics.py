@@ -86,7 +86,8 @@ def unit(rng, n, d=8):
 def test_maxsim_is_mean_over_topic_tokens_of_best_span_token():
     rng = np.random.default_rng(0)
     parts = [unit(rng, 3), unit(rng, 5)]
-    index = PartIndex(vectors=np.concatenate(parts), offsets=np.array([0, 3]), lengths=np.array([3, 5]),
+    index = PartIndex(vectors=np.concatenate(parts), token_ids=np.zeros(8, np.int64), offsets=np.array([0, 3]),
+                      lengths=np.array([3, 5]),
                       part_topic=np.array([0, 1]), part_kind=["name", "name"])
     doc = unit(rng, 30)
     starts, ends = np.array([0, 5, 10]), np.array([30, 9, 11])
@@ -95,7 +96,8 @@ def test_maxsim_is_mean_over_topic_tokens_of_best_span_token():
         for p, q in enumerate(parts):
             assert got[k, p] == pytest.approx(float((q @ doc[s:e].T).max(axis=1).mean()), abs=1e-6)
     # normalised over topic tokens: repeating a part's tokens does not change its score
-    doubled = PartIndex(vectors=np.concatenate([parts[0], parts[0]]), offsets=np.array([0]), lengths=np.array([6]),
+    doubled = PartIndex(vectors=np.concatenate([parts[0], parts[0]]), token_ids=np.zeros(6, np.int64),
+                        offsets=np.array([0]), lengths=np.array([6]),
                         part_topic=np.array([0]), part_kind=["name"])
     np.testing.assert_allclose(doubled.maxsim(doc, starts, ends)[:, 0], got[:, 0], atol=1e-6)
 

@@ -95,7 +95,7 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetCon
     return build_dataset(context, config, raw_texts, spans, span_embeddings, span_clusters,
                          ["cluster_id", "cluster_title", "membership", "centroid_sim", "relevance"],
                          "cluster_id", "cluster_title", CLUSTER_COLUMNS, storage,
-                         embedding_model.get_encoder().name, "span_clusters")
+                         embedding_model.display_name, "span_clusters")
 
 
 class CuratedTopicDatasetConfig(CuratedDatasetConfig):
@@ -113,4 +113,4 @@ def curated_topic_dataset(context: dg.AssetExecutionContext, config: CuratedTopi
     return build_dataset(context, config, raw_texts, spans, span_embeddings, topic_scores,
                          ["topic_id", "topic_name", "topic_description", "relevance"],
                          "topic_id", "topic_name", TOPIC_COLUMNS, storage,
-                         embedding_model.get_encoder().name, "topic_scores")
+                         embedding_model.display_name, "topic_scores")
