@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from emerge.atomic import atomic_write_dir, recover_dir
+from emerge.cluster_ids import DEFAULT_MIN_SIMILARITY, IdAssignment, match_cluster_ids
 from emerge.config import ClusteringConfig
 from emerge.errors import InputError
 
@@ -61,6 +62,10 @@ class ClusteringPipeline:
     `predict` places new span vectors in UMAP space (see `project`) and labels them with
     `hdbscan.approximate_predict`,
     which is how new partitions are labelled between refits.
+
+    Cluster ids are *stable ids*: `label_map` translates HDBSCAN's raw labels of this fit, and
+    `assign_stable_ids` sets it so a refit keeps the previous fit's ids for the same topics
+    (see `emerge.cluster_ids`). `next_cluster_id` is the smallest id no fit has used yet.
     """
 
     def __init__(self, config: ClusteringConfig | None = None):
@@ -74,6 +79,9 @@ class ClusteringPipeline:
         self.fit_labels_: np.ndarray | None = None
         self.fit_embedding_: np.ndarray | None = None
         self.fit_strengths_: np.ndarray | None = None
+        self.label_map: dict[int, int] = {}
+        self.next_cluster_id: int = 0
+        self.id_assignment: IdAssignment | None = None
 
     @property
     def cluster_ids(self) -> list[int]:
@@ -125,6 +133,9 @@ class ClusteringPipeline:
         self.fit_labels_ = self.clusterer.labels_.astype(np.int64)
         self.fit_strengths_ = self.clusterer.probabilities_.astype(np.float32)
         self._set_centroids(vectors, self.fit_labels_)
+        self.label_map = {c: c for c in self.centroids}  # raw labels until assign_stable_ids
+        self.next_cluster_id = len(self.centroids)
+        self.id_assignment = None
         log.info("clustering fit on %d spans: %d clusters, %.1f%% noise", n, len(self.centroids),
                  100 * float(np.mean(self.fit_labels_ == NOISE)))
         return self
@@ -136,6 +147,42 @@ class ClusteringPipeline:
             mean = members.mean(axis=0)
             self.centroids[int(c)] = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
             self.sizes[int(c)] = int(len(members))
+
+    def assign_stable_ids(self, previous: "ClusteringPipeline | None" = None,
+                          min_similarity: float = DEFAULT_MIN_SIMILARITY) -> IdAssignment:
+        """Renumber this fit's clusters to match `previous` (call once, right after fitting).
+
+        Centroids, sizes, titles, keyphrases and `fit_labels_` are renumbered; `predict`
+        translates HDBSCAN's raw labels through `label_map` from now on.
+        """
+        if self.clusterer is None:
+            raise RuntimeError("assign_stable_ids() needs a fitted clusterer")
+        if self.id_assignment is not None:
+            raise RuntimeError("stable ids are already assigned for this fit")
+        raw_to_stable = match_cluster_ids(
+            self.centroids, previous.centroids if previous is not None else None,
+            next_id=previous.next_cluster_id if previous is not None else 0, min_similarity=min_similarity)
+        m = raw_to_stable.mapping
+        self.centroids = {m[c]: v for c, v in self.centroids.items()}
+        self.sizes = {m[c]: v for c, v in self.sizes.items()}
+        self.titles = {m[c]: v for c, v in self.titles.items() if c in m}
+        self.keyphrases = {m[c]: v for c, v in self.keyphrases.items() if c in m}
+        if self.fit_labels_ is not None:
+            self.fit_labels_ = self._to_stable(self.fit_labels_, m)
+        self.label_map = dict(m)
+        self.next_cluster_id = raw_to_stable.next_id
+        self.id_assignment = raw_to_stable
+        return raw_to_stable
+
+    @staticmethod
+    def _to_stable(raw: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
+        raw = np.asarray(raw, np.int64)
+        if not label_map or all(k == v for k, v in label_map.items()):
+            return raw
+        lut = np.full(max(max(label_map), int(raw.max(initial=NOISE))) + 2, NOISE, np.int64)  # index = raw + 1
+        for r, sid in label_map.items():
+            lut[r + 1] = sid
+        return lut[raw + 1]
 
     def project(self, vectors: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """UMAP coordinates of new vectors without refitting.
@@ -190,7 +237,7 @@ class ClusteringPipeline:
             return np.full(len(vectors), NOISE, np.int64), np.zeros(len(vectors), np.float32)
         coords = self.project(vectors, batch_size)
         labels, strengths = hdbscan.approximate_predict(self.clusterer, coords)
-        return labels.astype(np.int64), np.nan_to_num(strengths.astype(np.float32))
+        return self._to_stable(labels, self.label_map), np.nan_to_num(strengths.astype(np.float32))
 
     def centroid_similarity(self, vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Cosine of each vector to its own cluster's centroid (0 for noise)."""
@@ -212,32 +259,27 @@ class ClusteringPipeline:
 
         if self.reducer is None:
             raise RuntimeError("nothing to save: the pipeline has no fitted UMAP yet")
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        joblib.dump({"reducer": self.reducer, "clusterer": self.clusterer}, tmp / "models.joblib")
         ids = self.cluster_ids
-        np.save(tmp / "centroids.npy", np.stack([self.centroids[c] for c in ids]) if ids else np.zeros((0, 0)))
         meta = {"config": asdict(self.config), "cluster_ids": ids, "sizes": {str(c): self.sizes[c] for c in ids},
                 "titles": {str(c): t for c, t in self.titles.items()},
-                "keyphrases": {str(c): k for c, k in self.keyphrases.items()}, "format": 1}
-        (tmp / "pipeline.json").write_text(json.dumps(meta, indent=2))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            import shutil
+                "keyphrases": {str(c): k for c, k in self.keyphrases.items()},
+                "label_map": {str(r): s for r, s in self.label_map.items()},
+                "next_cluster_id": self.next_cluster_id,
+                "id_assignment": self.id_assignment.rows() if self.id_assignment else None, "format": 2}
 
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-        return path
+        def write(tmp: Path) -> None:
+            joblib.dump({"reducer": self.reducer, "clusterer": self.clusterer}, tmp / "models.joblib")
+            np.save(tmp / "centroids.npy", np.stack([self.centroids[c] for c in ids]) if ids else np.zeros((0, 0)))
+            (tmp / "pipeline.json").write_text(json.dumps(meta, indent=2))
+
+        return atomic_write_dir(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> "ClusteringPipeline":
         import joblib
 
         path = Path(path)
+        recover_dir(path)
         if not (path / "pipeline.json").exists():
             raise FileNotFoundError(f"no saved ClusteringPipeline at {str(path)!r} (missing pipeline.json)")
         meta = json.loads((path / "pipeline.json").read_text())
@@ -250,6 +292,9 @@ class ClusteringPipeline:
         pipe.sizes = {int(c): int(s) for c, s in meta["sizes"].items()}
         pipe.titles = {int(c): t for c, t in meta["titles"].items()}
         pipe.keyphrases = {int(c): k for c, k in meta.get("keyphrases", {}).items()}
+        # format 1 (before stable ids): raw labels were the ids
+        pipe.label_map = {int(r): int(s) for r, s in meta.get("label_map", {c: c for c in ids}).items()}
+        pipe.next_cluster_id = int(meta.get("next_cluster_id", max(ids, default=-1) + 1))
         return pipe
 
 

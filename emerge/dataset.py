@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from emerge.atomic import atomic_write, atomic_write_text
 from emerge.config import SelectionConfig, SpanConfig
 from emerge.quality import quality_components
 from emerge.selection import select_spans
@@ -30,12 +30,6 @@ def curate(labelled: pl.DataFrame, vectors: np.ndarray, texts: dict[str, str], s
     selected = select_spans(scored, vectors, selection, span_config, label_col=label_col)
     columns = columns or CLUSTER_COLUMNS
     return selected.select([c for c in columns if c in selected.columns])
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def label_balance(df: pl.DataFrame, label_col: str) -> float:
@@ -77,10 +71,10 @@ def write_dataset(df: pl.DataFrame, path: str | Path, card: str | None = None) -
     stem = path.with_suffix("") if path.suffix in (".csv", ".parquet") else path
     out = {"parquet": stem.with_suffix(".parquet"), "csv": stem.with_suffix(".csv"),
            "card": stem.with_name(stem.name + ".card.md")}
-    _atomic_write(out["parquet"], lambda p: df.write_parquet(p))
-    _atomic_write(out["csv"], lambda p: df.write_csv(p))
+    atomic_write(out["parquet"], lambda p: df.write_parquet(p))
+    atomic_write(out["csv"], lambda p: df.write_csv(p))
     if card is not None:
-        _atomic_write(out["card"], lambda p: p.write_text(card))
+        atomic_write_text(out["card"], card)
     else:
         out.pop("card")
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from emerge.cluster_ids import DEFAULT_MIN_SIMILARITY
 from emerge.clustering import NOISE, ClusteringPipeline, select_fit_sample
 from emerge.config import ClusteringConfig
 from emerge.titles import ctfidf_keyphrases, title_from_keyphrases
@@ -12,11 +13,16 @@ from emerge.titles import ctfidf_keyphrases, title_from_keyphrases
 NOISE_TITLE = "Noise (no cluster)"
 
 
-def fit_clustering(spans: pl.DataFrame, vectors: np.ndarray, config: ClusteringConfig) -> tuple[
-        ClusteringPipeline, np.ndarray]:
-    """Fit UMAP+HDBSCAN on the fit sample and title the clusters; returns (pipeline, sample rows)."""
+def fit_clustering(spans: pl.DataFrame, vectors: np.ndarray, config: ClusteringConfig,
+                   previous: ClusteringPipeline | None = None,
+                   min_similarity: float = DEFAULT_MIN_SIMILARITY) -> tuple[ClusteringPipeline, np.ndarray]:
+    """Fit UMAP+HDBSCAN on the fit sample and title the clusters; returns (pipeline, sample rows).
+
+    With `previous` (the last saved fit) clusters keep their ids where a centroid matches.
+    """
     sample = select_fit_sample(spans, config)
     pipeline = ClusteringPipeline(config).fit(vectors[sample])
+    pipeline.assign_stable_ids(previous, min_similarity)
     title_clusters(pipeline, spans["text_span"].gather(sample).to_list())
     return pipeline, sample
 

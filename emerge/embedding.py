@@ -88,18 +88,15 @@ class TokenStore:
         return self._ids[i], self._vecs[i].astype(np.float32)
 
     def save(self, path) -> None:
-        import os
-        from pathlib import Path
+        """Atomic: a killed run leaves the previous store (or none), never a truncated .npz."""
+        from emerge.atomic import atomic_write
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         lengths = np.array([len(x) for x in self._ids], dtype=np.int64)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
         dim = self._vecs[0].shape[1] if self._vecs else 0
-        np.savez(tmp, doc_ids=np.array(self.doc_ids, dtype=object).astype(str), lengths=lengths,
-                 ids=np.concatenate(self._ids) if self._ids else np.zeros(0, np.int32),
-                 vectors=np.concatenate(self._vecs) if self._vecs else np.zeros((0, dim), np.float16))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: np.savez(
+            tmp, doc_ids=np.array(self.doc_ids, dtype=object).astype(str), lengths=lengths,
+            ids=np.concatenate(self._ids) if self._ids else np.zeros(0, np.int32),
+            vectors=np.concatenate(self._vecs) if self._vecs else np.zeros((0, dim), np.float16)), suffix=".npz")
 
     @classmethod
     def load(cls, path) -> "TokenStore":

@@ -8,6 +8,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from emerge.atomic import atomic_write_bytes
+
 
 def markdown_table(frame: pl.DataFrame, max_rows: int = 30, max_chars: int = 160) -> dg.MarkdownMetadataValue:
     if frame.height == 0:
@@ -57,6 +59,6 @@ def cluster_map(coords: np.ndarray, labels: np.ndarray, titles: dict[int, str], 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    path.write_bytes(buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     encoded = base64.b64encode(buf.getvalue()).decode()
     return dg.MetadataValue.md(f"![cluster map](data:image/png;base64,{encoded})")

@@ -1,0 +1,143 @@
+"""Stable cluster ids across refits, the saved mapping, and atomic writes of the pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+
+from emerge.atomic import atomic_write, atomic_write_dir, leftover_temps
+from emerge.cluster_ids import match_cluster_ids
+from emerge.clustering import NOISE, ClusteringPipeline
+from emerge.config import ClusteringConfig
+
+
+def unit_rows(rng, n, d):
+    x = rng.normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_matched_clusters_keep_their_ids_and_new_ones_get_fresh_ids():
+    rng = np.random.default_rng(0)
+    base = unit_rows(rng, 4, 16)
+    previous = {10: base[0], 11: base[1], 12: base[2]}           # a 4th topic never existed before
+    # the refit finds the same three topics (slightly moved) in another order, plus a new one
+    noisy = base + 0.05 * rng.normal(size=base.shape)
+    new = {0: noisy[2], 1: noisy[3], 2: noisy[0], 3: noisy[1]}
+    out = match_cluster_ids(new, previous, next_id=13)
+    assert out.mapping == {0: 12, 2: 10, 3: 11, 1: 13}
+    assert out.new_ids == [13] and out.retired_ids == [] and out.next_id == 14
+    assert all(s > 0.9 for s in out.similarity.values())
+
+
+def test_retired_ids_are_never_reused_and_threshold_applies():
+    rng = np.random.default_rng(1)
+    base = unit_rows(rng, 3, 16)
+    previous = {0: base[0], 1: base[1]}
+    out = match_cluster_ids({0: base[0], 1: base[2]}, previous, next_id=5)   # id 1's topic vanished
+    assert out.mapping[0] == 0
+    assert out.mapping[1] == 5                      # not 1 (retired), not 2 (below next_id)
+    assert out.retired_ids == [1]
+    strict = match_cluster_ids({0: base[0] + 0.5 * base[1]}, previous, next_id=5, min_similarity=0.99)
+    assert strict.mapping == {0: 5} and strict.retired_ids == [0, 1]
+
+
+def test_first_fit_and_other_model_dimension_number_from_next_id():
+    rng = np.random.default_rng(2)
+    assert match_cluster_ids({0: rng.normal(size=8), 1: rng.normal(size=8)}, None).mapping == {0: 0, 1: 1}
+    out = match_cluster_ids({0: rng.normal(size=8)}, {3: rng.normal(size=16)}, next_id=4)
+    assert out.mapping == {0: 4} and out.retired_ids == [3]
+    with pytest.raises(ValueError, match="min_similarity"):
+        match_cluster_ids({}, None, min_similarity=1.5)
+
+
+def blobs(rng, centres, per=40, spread=0.05):
+    d = centres.shape[1]
+    vecs = np.concatenate([c + spread * rng.normal(size=(per, d)) for c in centres])
+    return (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def two_fits(tmp_path_factory):
+    """Fit on three topics; refit on the same topics in another order plus a new one."""
+    rng = np.random.default_rng(3)
+    centres = unit_rows(rng, 4, 24) * 3
+    cfg = ClusteringConfig(n_neighbors=10, min_cluster_size=15, random_state=7)
+    first = ClusteringPipeline(cfg).fit(blobs(rng, centres[:3]))
+    first.assign_stable_ids(None)
+    path = tmp_path_factory.mktemp("clustering") / "clustering"
+    first.save(path)
+    previous = ClusteringPipeline.load(path)
+    refit_vectors = blobs(rng, centres[[3, 2, 0, 1]])
+    second = ClusteringPipeline(cfg).fit(refit_vectors)
+    assignment = second.assign_stable_ids(previous)
+    second.save(path)
+    return {"first": first, "second": second, "assignment": assignment, "path": path, "centres": centres,
+            "rng": rng}
+
+
+def test_refit_keeps_ids_of_the_same_topics(two_fits):
+    first, second = two_fits["first"], two_fits["second"]
+    assert len(first.cluster_ids) == 3 and len(second.cluster_ids) == 4
+    rng = two_fits["rng"]
+    probe = blobs(rng, two_fits["centres"][:3], per=10)
+    labels_first, _ = first.predict(probe)
+    labels_second, _ = second.predict(probe)
+    assert (labels_first != NOISE).mean() > 0.9
+    both = (labels_first != NOISE) & (labels_second != NOISE)
+    assert (labels_first[both] == labels_second[both]).all()   # same topic, same id after the refit
+    new_topic, _ = second.predict(blobs(rng, two_fits["centres"][3:], per=10))
+    assert set(new_topic[new_topic != NOISE].tolist()) == {3}   # the fresh id, not a reused one
+    assert two_fits["assignment"].new_ids == [3] and second.next_cluster_id == 4
+    assert set(np.unique(second.fit_labels_).tolist()) <= {NOISE, 0, 1, 2, 3}
+
+
+def test_saved_pipeline_keeps_the_mapping(two_fits):
+    loaded = ClusteringPipeline.load(two_fits["path"])
+    assert loaded.label_map == two_fits["second"].label_map and loaded.next_cluster_id == 4
+    meta = json.loads((two_fits["path"] / "pipeline.json").read_text())
+    statuses = sorted(r["status"] for r in meta["id_assignment"])
+    assert statuses == ["matched", "matched", "matched", "new"]
+    probe = blobs(two_fits["rng"], two_fits["centres"], per=5)
+    assert (loaded.predict(probe)[0] == two_fits["second"].predict(probe)[0]).all()
+    assert not leftover_temps(two_fits["path"].parent)
+
+
+def test_killed_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "out" / "data.parquet"
+
+    def dies_mid_write(tmp):
+        tmp.write_bytes(b"PAR1 half a file")
+        raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, dies_mid_write)
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    atomic_write(target, lambda p: p.write_bytes(b"v1"))
+    with pytest.raises(RuntimeError):
+        atomic_write(target, lambda p: (p.write_bytes(b"v2-partial"), (_ for _ in ()).throw(RuntimeError())))
+    assert target.read_bytes() == b"v1" and list(target.parent.iterdir()) == [target]
+
+
+def test_killed_folder_write_keeps_the_old_folder(tmp_path):
+    target = tmp_path / "clustering"
+    atomic_write_dir(target, lambda d: (d / "pipeline.json").write_text("old"))
+
+    def dies(d):
+        (d / "models.joblib").write_bytes(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_dir(target, dies)
+    assert (target / "pipeline.json").read_text() == "old" and not (target / "models.joblib").exists()
+    assert not leftover_temps(tmp_path)
+
+
+def test_interrupted_folder_swap_is_recovered_on_load(two_fits, tmp_path):
+    import shutil
+
+    target = tmp_path / "clustering"
+    shutil.copytree(two_fits["path"], target)
+    # a crash between "old folder renamed aside" and "new folder renamed in"
+    target.rename(tmp_path / ".clustering.old-99999-deadbeef")
+    loaded = ClusteringPipeline.load(target)
+    assert loaded.next_cluster_id == 4 and target.exists() and not leftover_temps(tmp_path)
