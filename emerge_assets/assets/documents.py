@@ -8,6 +8,7 @@ import polars as pl
 from emerge.ingest import IngestResult, inventory, kept_documents, read_source
 from emerge_assets.metadata import counts_table, markdown_table
 from emerge_assets.partitions import document_source
+from emerge_assets.pools import GPU_POOL
 from emerge_assets.run_config import RawTextsConfig, SpansConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage
 
@@ -54,7 +55,7 @@ def spans(context: dg.AssetExecutionContext, config: SpansConfig, raw_texts: pl.
     })
 
 
-@dg.asset(partitions_def=document_source, group_name="curation", kinds={"pytorch", "polars"},
+@dg.asset(partitions_def=document_source, group_name="curation", kinds={"pytorch", "polars"}, pool=GPU_POOL,
           description="Late-chunked span vectors: one transformer pass per document, spans mean-pooled "
                       "from token embeddings via prefix sums. The token embeddings are kept (float16) for "
                       "topic scoring.")

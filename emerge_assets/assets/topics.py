@@ -6,6 +6,7 @@ import polars as pl
 
 from emerge_assets.metadata import markdown_table
 from emerge_assets.partitions import document_source
+from emerge_assets.pools import GPU_POOL
 from emerge_assets.run_config import TopicScoresConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage, TopicsResource
 
@@ -21,7 +22,7 @@ def score_histograms(frame: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
     return pl.DataFrame(rows).sort("topic") if rows else pl.DataFrame()
 
 
-@dg.asset(partitions_def=document_source, group_name="topics", kinds={"pytorch", "polars"},
+@dg.asset(partitions_def=document_source, group_name="topics", kinds={"pytorch", "polars"}, pool=GPU_POOL,
           description="Every span of one source scored against the topics file by late interaction "
                       "(MaxSim, calibrated to [0, 1]); late_chunking mode reuses the token embeddings of "
                       "span_embeddings, so no second transformer pass.")
