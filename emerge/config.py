@@ -247,3 +247,46 @@ class CuratorConfig:
 def as_dict(config) -> dict:
     """Plain dict of a config, for dataset cards and run metadata."""
     return dataclasses.asdict(config)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Fine-tuning a sentence-transformers model on a curated dataset.
+
+    `pairing` decides what counts as a positive pair (see `emerge.pairs`): `same_document`
+    pairs two non-overlapping spans of one document that share a label (the retrieval-style
+    signal; in-batch negatives come from other documents, also of the same cluster), while
+    `same_cluster` pairs spans of different documents in one cluster (a coarser, topical
+    signal; no two pairs of a cluster share a batch). Topic datasets always pair the topic's
+    text with its spans. `pairs_per_label` caps pairs per label (highest relevance first);
+    `eval_fraction` of documents is held out entirely for evaluation.
+    """
+
+    pairing: Literal["same_document", "same_cluster"] = "same_document"
+    pairs_per_label: int = 2000
+    min_pairs: int = 16
+    eval_fraction: float = 0.2
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.1
+    max_seq_length: int = 128
+    scale: float = 20.0
+    hard_negatives: bool = False
+    hard_negative_margin: float = 0.1
+    seed: int = 42
+
+    def __post_init__(self):
+        _require(self.pairing in ("same_document", "same_cluster"), "pairing",
+                 f"must be 'same_document' or 'same_cluster', got {self.pairing!r}")
+        for name in ("pairs_per_label", "min_pairs", "epochs", "max_seq_length"):
+            _positive_int(getattr(self, name), name)
+        _require(isinstance(self.batch_size, int) and self.batch_size >= 2, "batch_size",
+                 f"must be an integer >= 2 (in-batch negatives need company), got {self.batch_size!r}")
+        _require(isinstance(self.eval_fraction, (int, float)) and 0.0 < self.eval_fraction < 1.0,
+                 "eval_fraction", f"must be within (0, 1), got {self.eval_fraction!r}")
+        _require(isinstance(self.learning_rate, (int, float)) and 0.0 < self.learning_rate < 1.0,
+                 "learning_rate", f"must be within (0, 1), got {self.learning_rate!r}")
+        _unit_interval(self.warmup_ratio, "warmup_ratio")
+        _unit_interval(self.hard_negative_margin, "hard_negative_margin")
+        _require(isinstance(self.scale, (int, float)) and self.scale > 0, "scale", f"must be > 0, got {self.scale!r}")

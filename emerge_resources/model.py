@@ -39,6 +39,18 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
         return model_display_name(self.model_name_or_path)
 
+    def model_path(self):
+        """The base model's local directory (the packaged MiniLM when unset), for training."""
+        from emerge.encoder import resolve_model_path
+
+        self.encoder_config()
+        return resolve_model_path(self.model_name_or_path)
+
+    def resolved_device(self) -> str:
+        from emerge.encoder import resolve_device
+
+        return resolve_device(self.device)
+
     def get_tokenizer(self):
         """Tokenizer only (no weights), for stages that never run the model."""
         from emerge.encoder import load_tokenizer

@@ -1,0 +1,174 @@
+"""Fine-tuning with sentence-transformers' `SentenceTransformerTrainer` and MNRL.
+
+The loss is MultipleNegativesRankingLoss: every other positive in the batch is a negative.
+That is only right when no other row of the batch belongs with the anchor, so batches are
+drawn by `GroupExclusiveBatchSampler` (one row per group per batch; groups come from
+`emerge.pairs`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from emerge.config import TrainingConfig
+from emerge.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def group_exclusive_batches(groups: np.ndarray, batch_size: int, seed: int) -> list[list[int]]:
+    """Batches in which no group appears twice, draining large groups first so few rows are left over.
+
+    Each batch takes one row from each of up to `batch_size` groups, drawn with probability
+    proportional to the rows a group has left. Rows that can only form a batch of one (the
+    last group standing) are dropped: a batch of one has no negative.
+    """
+    rng = np.random.default_rng(seed)
+    _, inverse = np.unique(groups, return_inverse=True)
+    queues = [list(rng.permutation(np.flatnonzero(inverse == g))) for g in range(inverse.max() + 1)] \
+        if len(groups) else []
+    left = np.array([len(q) for q in queues], dtype=np.int64)
+    batches = []
+    while (left > 0).sum() >= 2:
+        live = np.flatnonzero(left > 0)
+        take = rng.choice(live, size=min(batch_size, len(live)), replace=False, p=left[live] / left[live].sum())
+        batches.append([int(queues[g][left[g] - 1]) for g in take])
+        left[take] -= 1
+    return batches
+
+
+class GroupExclusiveBatchSampler:
+    """A batch sampler for the trainer: `functools.partial(GroupExclusiveBatchSampler, groups=...)`.
+
+    Planned once per epoch with seed + epoch, so runs are reproducible and epochs differ.
+    """
+
+    def __init__(self, dataset, batch_size: int, drop_last: bool = False, valid_label_columns=None,
+                 generator=None, seed: int = 0, *, groups: np.ndarray):
+        if len(groups) != len(dataset):
+            raise ValueError(f"{len(groups)} groups for {len(dataset)} rows")
+        self.groups, self.batch_size, self.seed, self.epoch = np.asarray(groups), batch_size, seed, 0
+        self._plan = group_exclusive_batches(self.groups, batch_size, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._plan = group_exclusive_batches(self.groups, self.batch_size, self.seed + epoch)
+
+    def __iter__(self):
+        return iter(self._plan)
+
+    def __len__(self) -> int:
+        return len(self._plan)
+
+
+@dataclass
+class TrainingResult:
+    model_dir: Path
+    train_pairs: int
+    steps: int
+    train_loss: float | None
+    wall_s: float
+    log_history: list[dict] = field(default_factory=list)
+
+
+def load_sentence_transformer(model_path: str | Path, device: str, max_seq_length: int | None = None):
+    """A SentenceTransformer from a local directory only (no hub lookup, no remote code)."""
+    from sentence_transformers import SentenceTransformer
+
+    path = Path(model_path)
+    if not path.is_dir():
+        raise InputError(f"base model directory {str(path)!r} does not exist")
+    model = SentenceTransformer(str(path), device=device, local_files_only=True, trust_remote_code=False)
+    if max_seq_length is not None:
+        model.max_seq_length = min(max_seq_length, model.max_seq_length or max_seq_length)
+    return model
+
+
+def mine_cross_group_negatives(model, pairs: pl.DataFrame, margin: float, batch_size: int = 64) -> pl.DataFrame:
+    """Add a `negative` column: the most anchor-like positive of another group, below a margin.
+
+    A candidate whose similarity to the anchor is within `margin` of the true positive's is
+    skipped as a likely false negative (the usual margin filter of hard-negative mining).
+    Rows without a candidate keep their pair and get an empty negative removed later.
+    """
+    anchors = model.encode(pairs["anchor"].to_list(), batch_size=batch_size, normalize_embeddings=True,
+                           convert_to_numpy=True)
+    positives = model.encode(pairs["positive"].to_list(), batch_size=batch_size, normalize_embeddings=True,
+                             convert_to_numpy=True)
+    groups = pairs["group"].to_numpy()
+    pos_sim = np.einsum("ij,ij->i", anchors, positives)
+    negatives = []
+    for start in range(0, len(anchors), 1024):
+        sims = anchors[start:start + 1024] @ positives.T
+        block = slice(start, start + len(sims))
+        sims[groups[block][:, None] == groups[None, :]] = -np.inf
+        sims[sims > (pos_sim[block] - margin)[:, None]] = -np.inf
+        best = sims.argmax(axis=1)
+        ok = np.isfinite(sims[np.arange(len(sims)), best])
+        negatives += [pairs["positive"][int(b)] if o else None for b, o in zip(best, ok)]
+    return pairs.with_columns(pl.Series("negative", negatives, dtype=pl.String))
+
+
+def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, config: TrainingConfig,
+          device: str = "cpu", on_log: Callable[[dict], None] | None = None) -> TrainingResult:
+    """Fine-tune `base_model` on (anchor, positive[, negative]) pairs; save to `output_dir`.
+
+    The model is written to a temporary sibling directory and renamed into place at the end,
+    so a killed run never leaves a half-written model where a finished one is expected.
+    """
+    import functools
+    import time
+
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback, set_seed
+
+    set_seed(config.seed)
+    started = time.perf_counter()
+    model = load_sentence_transformer(base_model, device, config.max_seq_length)
+    if config.hard_negatives:
+        pairs = mine_cross_group_negatives(model, pairs, config.hard_negative_margin)
+        pairs = pairs.filter(pl.col("negative").is_not_null())
+        if pairs.height < config.min_pairs:
+            raise InputError(f"only {pairs.height} pairs kept a hard negative; min_pairs={config.min_pairs}")
+    columns = ["anchor", "positive"] + (["negative"] if "negative" in pairs.columns else [])
+    dataset = Dataset.from_dict({c: pairs[c].to_list() for c in columns})
+    groups = pairs["group"].to_numpy()
+
+    output_dir = Path(output_dir)
+    work = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+
+    class _Relay(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if on_log and logs:
+                on_log({"step": state.global_step, "max_steps": state.max_steps, **logs})
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work / "checkpoints"), num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+        warmup_ratio=config.warmup_ratio, seed=config.seed, data_seed=config.seed,
+        batch_sampler=functools.partial(GroupExclusiveBatchSampler, groups=groups),
+        save_strategy="no", report_to="none", logging_steps=max(1, len(dataset) // config.batch_size // 10),
+        use_cpu=device == "cpu", disable_tqdm=False, dataloader_num_workers=0)
+    loss = MultipleNegativesRankingLoss(model, scale=config.scale)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                         callbacks=[_Relay()])
+    out = trainer.train()
+    model.save(str(work / "model"))
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(work / "model", output_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    return TrainingResult(model_dir=output_dir, train_pairs=len(dataset), steps=out.global_step,
+                          train_loss=float(out.training_loss) if out.training_loss is not None else None,
+                          wall_s=time.perf_counter() - started, log_history=list(trainer.state.log_history))

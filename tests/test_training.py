@@ -1,0 +1,214 @@
+"""Fine-tuning: pair construction, the group-exclusive sampler, retrieval metrics, BEIR loading,
+and a real training run of a tiny random BERT through SentenceTransformerTrainer."""
+
+import json
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emerge.config import TrainingConfig
+from emerge.errors import ConfigError, InputError
+from emerge.pairs import build_pairs, split_by_document
+from emerge.retrieval import load_beir, retrieval_metrics, top_k
+from emerge.training import group_exclusive_batches
+
+WORDS = {
+    0: "rotor blade stall lift wing airfoil pressure",
+    1: "soup onion garlic simmer broth pepper salt",
+    2: "invoice refund payment card charge bank fee",
+}
+
+
+def make_dataset(n_docs: int = 12, spans_per_doc: int = 3, n_labels: int = 3, seed: int = 0) -> pl.DataFrame:
+    """A curated-dataset-shaped frame: each document about one label, spans in order, no overlap."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d in range(n_docs):
+        label = d % n_labels
+        vocab = WORDS[label % 3].split()
+        for s in range(spans_per_doc):
+            text = " ".join(rng.choice(vocab, size=8)) + f" doc{d} part{s}"
+            rows.append({"text_span": text, "doc_id": f"d{d:03d}", "source": "src", "start_char": s * 100,
+                         "end_char": s * 100 + 60, "cluster_id": label, "cluster_title": f"t{label}",
+                         "relevance": float(rng.uniform(0.5, 1.0)), "quality": 0.9})
+    return pl.DataFrame(rows)
+
+
+def test_training_config_names_the_bad_field():
+    with pytest.raises(ConfigError, match="^batch_size"):
+        TrainingConfig(batch_size=1)
+    with pytest.raises(ConfigError, match="^pairing"):
+        TrainingConfig(pairing="random")
+    with pytest.raises(ConfigError, match="^eval_fraction"):
+        TrainingConfig(eval_fraction=1.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_docs=st.integers(2, 40), fraction=st.floats(0.05, 0.95), seed=st.integers(0, 10))
+def test_split_by_document_never_shares_a_document(n_docs, fraction, seed):
+    data = make_dataset(n_docs=n_docs, spans_per_doc=2)
+    train, held = split_by_document(data, fraction, seed)
+    assert train.height + held.height == data.height
+    assert set(train["doc_id"]).isdisjoint(set(held["doc_id"]))
+    assert train.height and held.height
+
+
+def test_split_needs_two_documents():
+    with pytest.raises(InputError, match="at least 2 documents"):
+        split_by_document(make_dataset(n_docs=1), 0.2, 0)
+
+
+def test_same_document_pairs_are_two_spans_of_one_document_and_label():
+    data = make_dataset()
+    pairs = build_pairs(data, "cluster_id", TrainingConfig(min_pairs=1))
+    by_text = {r["text_span"]: r for r in data.iter_rows(named=True)}
+    for row in pairs.iter_rows(named=True):
+        a, p = by_text[row["anchor"]], by_text[row["positive"]]
+        assert a["doc_id"] == p["doc_id"] == row["group"]
+        assert a["cluster_id"] == p["cluster_id"]
+        assert a["text_span"] != p["text_span"]
+    # 3 spans per document -> 2 neighbouring pairs per document
+    assert pairs.height == 2 * data["doc_id"].n_unique()
+
+
+def test_same_cluster_pairs_cross_documents_and_group_by_cluster():
+    data = make_dataset()
+    pairs = build_pairs(data, "cluster_id", TrainingConfig(pairing="same_cluster", min_pairs=1))
+    label_of = dict(zip(data["text_span"], data["cluster_id"]))
+    doc_of = dict(zip(data["text_span"], data["doc_id"]))
+    assert pairs.height > 0
+    for row in pairs.iter_rows(named=True):
+        assert label_of[row["anchor"]] == label_of[row["positive"]] == int(row["group"])
+        assert doc_of[row["anchor"]] != doc_of[row["positive"]]
+
+
+def test_noise_spans_never_enter_pairs():
+    data = make_dataset().with_columns(pl.when(pl.col("doc_id") < "d004").then(-1).otherwise(pl.col("cluster_id"))
+                                       .alias("cluster_id"))
+    pairs = build_pairs(data, "cluster_id", TrainingConfig(min_pairs=1))
+    noise_texts = set(data.filter(pl.col("cluster_id") == -1)["text_span"])
+    assert noise_texts.isdisjoint(set(pairs["anchor"]) | set(pairs["positive"]))
+
+
+def test_pairs_per_label_keeps_the_most_relevant():
+    data = make_dataset(n_docs=30)
+    all_pairs = build_pairs(data, "cluster_id", TrainingConfig(min_pairs=1))
+    capped = build_pairs(data, "cluster_id", TrainingConfig(min_pairs=1, pairs_per_label=3))
+    assert capped.group_by("label").len()["len"].max() == 3
+    for label, part in capped.group_by("label"):
+        pool = all_pairs.filter(pl.col("label") == label[0])["relevance"].sort(descending=True)
+        assert sorted(part["relevance"], reverse=True) == pytest.approx(pool.head(3).to_list())
+
+
+def test_topic_pairs_use_the_topic_text_as_anchor():
+    data = make_dataset().with_columns(pl.col("cluster_id").cast(pl.String).alias("topic_id"),
+                                       pl.format("Topic {}", pl.col("cluster_id")).alias("topic_name"),
+                                       pl.lit("about things").alias("topic_description"))
+    pairs = build_pairs(data, "topic_id", TrainingConfig(min_pairs=1))
+    assert pairs.height == data.height
+    assert set(pairs["anchor"]) == {f"Topic {i}: about things" for i in range(3)}
+
+
+@pytest.mark.parametrize("data, config, match", [
+    (make_dataset(n_docs=2, spans_per_doc=2), TrainingConfig(min_pairs=16), "min_pairs=16"),
+    (make_dataset(n_labels=1), TrainingConfig(pairing="same_cluster", min_pairs=1), "single-cluster"),
+    (make_dataset().with_columns(pl.lit(-1).alias("cluster_id")), TrainingConfig(), "all noise"),
+])
+def test_datasets_that_cannot_train_fail_clearly(data, config, match):
+    with pytest.raises(InputError, match=match):
+        build_pairs(data, "cluster_id", config)
+
+
+@settings(max_examples=40, deadline=None)
+@given(groups=st.lists(st.integers(0, 6), min_size=0, max_size=120), batch=st.integers(2, 9), seed=st.integers(0, 5))
+def test_group_exclusive_batches(groups, batch, seed):
+    groups = np.array(groups)
+    batches = group_exclusive_batches(groups, batch, seed)
+    used = [i for b in batches for i in b]
+    assert len(used) == len(set(used))  # each row at most once
+    for b in batches:
+        assert 2 <= len(b) <= batch
+        assert len(set(groups[b])) == len(b)  # no group twice in a batch
+    # rows are only left out once a single group remains
+    left = np.setdiff1d(np.arange(len(groups)), used)
+    assert len(set(groups[left])) <= 1
+
+
+def test_retrieval_metrics_by_hand():
+    # ranking a, b, c; b is grade 2, c grade 1, d (not retrieved) grade 1
+    m = retrieval_metrics([["a", "b", "c"]], [{"b": 2, "c": 1, "d": 1, "e": 0}])
+    dcg = 2 / math.log2(3) + 1 / math.log2(4)
+    idcg = 2 / math.log2(2) + 1 / math.log2(3) + 1 / math.log2(4)
+    assert m["ndcg@10"] == pytest.approx(dcg / idcg)
+    assert m["mrr@10"] == pytest.approx(0.5)
+    assert m["recall@100"] == pytest.approx(2 / 3)
+    assert (m["hits@1"], m["hits@5"]) == (0.0, 1.0)
+
+
+def test_top_k_is_best_first():
+    scores = np.array([[0.1, 0.9, 0.5, 0.7]])
+    assert top_k(scores, 3).tolist() == [[1, 3, 2]]
+
+
+def write_beir(root, qrels: str):
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("\n".join(json.dumps({"_id": str(i), "title": f"t{i}", "text": f"text {i}"})
+                                                 for i in range(4)))
+    (root / "queries.jsonl").write_text("\n".join(json.dumps({"_id": q, "text": f"query {q}"}) for q in "123"))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
+
+
+def test_beir_queries_without_judgments_are_skipped_and_counted(tmp_path):
+    write_beir(tmp_path, "1\t0\t1\n2\t1\t0\n1\t99\t1\n")
+    coll = load_beir(tmp_path)
+    assert coll.query_ids == ["1"]
+    assert coll.skipped == {"queries_without_judgments": 2, "judgments_unknown_doc": 1}
+    assert coll.corpus_texts[0] == "t0 text 0"
+
+
+def test_beir_without_any_judgment_or_file_fails(tmp_path):
+    write_beir(tmp_path / "a", "2\t1\t0\n")
+    with pytest.raises(InputError, match="no query has a positive judgment"):
+        load_beir(tmp_path / "a")
+    with pytest.raises(InputError, match="missing qrels"):
+        load_beir(tmp_path / "a", split="dev")
+
+
+def test_fine_tune_changes_the_model_and_reports_base_and_tuned(tiny_model_dir, tmp_path):
+    """A real SentenceTransformerTrainer run on the tiny random BERT; the saved folder loads again."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from emerge.finetune import fine_tune_and_evaluate
+
+    data = make_dataset(n_docs=24)
+    config = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, epochs=2,
+                            eval_fraction=0.25)
+    logged = []
+    report = fine_tune_and_evaluate(data, "cluster_id", tiny_model_dir, tmp_path / "model", config,
+                                    on_log=logged.append)
+    tuned = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    base = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    w_tuned = tuned[0].auto_model.embeddings.word_embeddings.weight
+    w_base = base[0].auto_model.embeddings.word_embeddings.weight
+    assert not torch.allclose(w_tuned, w_base)
+    assert report.training.steps > 0 and logged
+    for metric in ("ndcg@10", "mrr@10", "hits@1", "hits@10"):
+        delta = report.metrics[f"heldout.fine_tuned.{metric}"] - report.metrics[f"heldout.base.{metric}"]
+        assert report.metrics[f"heldout.delta.{metric}"] == pytest.approx(delta, abs=1e-4)
+    stats = report.dataset_stats
+    assert stats["train_documents"] + stats["eval_documents"] == 24
+    assert not list(tmp_path.glob(".model.tmp-*"))  # the temporary training folder is gone
+    assert set(report.sanity.columns) >= {"query", "model", "span", "same_label"}
+
+
+def test_missing_base_model_is_named(tmp_path):
+    from emerge.finetune import fine_tune_and_evaluate
+
+    with pytest.raises(InputError, match="does not exist"):
+        fine_tune_and_evaluate(make_dataset(n_docs=24), "cluster_id", tmp_path / "nope", tmp_path / "m",
+                               TrainingConfig(min_pairs=4))
