@@ -9,7 +9,10 @@ from emerge_assets.assets.clustering import hdbscan_clusters, span_clusters, uma
 from emerge_assets.assets.dataset import curated_dataset, curated_topic_dataset
 from emerge_assets.assets.documents import raw_texts, span_embeddings, spans
 from emerge_assets.assets.topics import topic_scores
+from emerge_assets.automation import automation_sensor
+from emerge_assets.checks import CHECKS
 from emerge_assets.partitions import document_source
+from emerge_assets.sensors import source_inbox
 from emerge_resources import EmbeddingModelResource, EmergeStorage, ParquetIOManager, TopicsResource
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -56,4 +59,6 @@ def build_resources(emerge_home: str = EMERGE_HOME, input_root: str = INPUT_ROOT
 ASSETS = [raw_texts, spans, span_embeddings, umap_projection, hdbscan_clusters, span_clusters, curated_dataset,
           topic_scores, curated_topic_dataset]
 
-defs = dg.Definitions(assets=ASSETS, jobs=JOBS, resources=build_resources())
+SENSORS = [source_inbox, automation_sensor]
+
+defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=JOBS, sensors=SENSORS, resources=build_resources())

@@ -3,8 +3,12 @@
 import dagster as dg
 import numpy as np
 import polars as pl
+from pydantic import Field
 
+from emerge.cluster_ids import DEFAULT_MIN_SIMILARITY
+from emerge_assets.automation import FOLLOW_INPUTS, REFIT
 from emerge_assets.metadata import cluster_map, markdown_table
+from emerge_assets.partitioned import SINGLE_RUN, SOURCE_IN, for_each_source
 from emerge_assets.partitions import document_source
 from emerge_assets.run_config import HdbscanConfig, UmapConfig
 from emerge_resources import EmergeStorage
@@ -31,7 +35,9 @@ def concat_sources(spans: dict[str, pl.DataFrame], span_embeddings: dict[str, pl
 
 
 @dg.asset(group_name="clustering", kinds={"umap"}, ins={"spans": ALL_SOURCES, "span_embeddings": ALL_SOURCES},
-          description="UMAP fitted on a bounded, per-document-capped sample of spans from every source.")
+          automation_condition=REFIT,
+          description="UMAP fitted on a bounded, per-document-capped sample of spans from every source. "
+                      "Refits on the weekly cron once new embeddings arrived, or on demand (fit_clusters).")
 def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans: dict, span_embeddings: dict,
                     storage: EmergeStorage) -> dg.Output:
     from emerge.clustering import ClusteringPipeline, select_fit_sample
@@ -52,10 +58,24 @@ def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans
     })
 
 
-@dg.asset(group_name="clustering", kinds={"hdbscan", "polars"},
+class HdbscanClustersConfig(HdbscanConfig):
+    id_match_min_similarity: float = Field(
+        default=DEFAULT_MIN_SIMILARITY, description="Cosine between centroids above which a refit's cluster "
+        "keeps the previous fit's id; below it the cluster gets a fresh id.")
+
+    def to_engine(self):
+        from emerge.errors import ConfigError
+
+        if not 0.0 <= self.id_match_min_similarity <= 1.0:
+            raise ConfigError("id_match_min_similarity", f"must be within [0, 1], got {self.id_match_min_similarity!r}")
+        return super().to_engine()
+
+
+@dg.asset(group_name="clustering", kinds={"hdbscan", "polars"}, automation_condition=FOLLOW_INPUTS,
           description="HDBSCAN on the UMAP sample, c-TF-IDF titles; saves the full ClusteringPipeline that "
-                      "span_clusters applies to every source without refitting.")
-def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanConfig, umap_projection: pl.DataFrame,
+                      "span_clusters applies to every source without refitting. Cluster ids stay stable "
+                      "across refits (centroids matched to the previous fit).")
+def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersConfig, umap_projection: pl.DataFrame,
                      storage: EmergeStorage) -> dg.Output:
     from dataclasses import replace
 
@@ -68,6 +88,9 @@ def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanConfig, u
                               min_samples=config.min_samples)
     coords = umap_projection["coords"].to_numpy()
     pipeline.fit_clusterer(vectors_of(umap_projection), coords=coords)
+    previous = (ClusteringPipeline.load(storage.clustering_path)
+                if (storage.clustering_path / "pipeline.json").exists() else None)
+    ids = pipeline.assign_stable_ids(previous, config.id_match_min_similarity)
     title_clusters(pipeline, umap_projection["text_span"].to_list())
     path = pipeline.save(storage.clustering_path)
     labels = pipeline.fit_labels_
@@ -76,7 +99,10 @@ def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanConfig, u
         pl.Series("cluster_title", [pipeline.titles.get(int(c), "Noise") for c in labels.tolist()]),
         pl.Series("membership", pipeline.fit_strengths_, dtype=pl.Float32))
     noise = float((labels < 0).mean())
-    context.log.info(f"{len(pipeline.cluster_ids)} clusters on {len(labels)} fit spans, noise {noise:.3f}")
+    context.log.info(f"{len(pipeline.cluster_ids)} clusters on {len(labels)} fit spans, noise {noise:.3f}; "
+                     f"ids: {len(ids.similarity)} kept, {len(ids.new_ids)} new, {len(ids.retired_ids)} retired")
+    id_rows = [r | {"title": pipeline.titles.get(r["cluster_id"], "") if r["cluster_id"] is not None else ""}
+               for r in ids.rows()]
     return dg.Output(out, metadata={
         "dagster/row_count": out.height,
         "clusters": len(pipeline.cluster_ids),
@@ -85,22 +111,39 @@ def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanConfig, u
         "cluster_table": markdown_table(cluster_table(out.rename({"membership": "relevance"}), pipeline)),
         "cluster_map": cluster_map(coords, labels, pipeline.titles, storage.figures_dir / "cluster_map.png"),
         "pipeline_path": dg.MetadataValue.path(str(path)),
+        "refit_of_previous": previous is not None,
+        "cluster_ids_kept": len(ids.similarity),
+        "cluster_ids_new": ", ".join(map(str, ids.new_ids)),
+        "cluster_ids_retired": ", ".join(map(str, ids.retired_ids)),
+        "cluster_id_mapping": markdown_table(pl.DataFrame(id_rows, schema={
+            "cluster_id": pl.Int64, "raw_label": pl.Int64, "previous_id": pl.Int64, "similarity": pl.Float64,
+            "status": pl.String, "title": pl.String})),
+        "cluster_size_balance": round(min(pipeline.sizes.values()) / max(pipeline.sizes.values()), 4)
+        if pipeline.sizes else 0.0,
     })
 
 
 @dg.asset(partitions_def=document_source, group_name="clustering", kinds={"hdbscan", "polars"},
-          deps=[hdbscan_clusters],
+          deps=[hdbscan_clusters], backfill_policy=SINGLE_RUN, automation_condition=FOLLOW_INPUTS,
+          ins={"spans": SOURCE_IN, "span_embeddings": SOURCE_IN},
           description="Every span of one source labelled by the saved ClusteringPipeline "
                       "(umap.transform + hdbscan.approximate_predict), with relevance to its cluster.")
-def span_clusters(context: dg.AssetExecutionContext, spans: pl.DataFrame, span_embeddings: pl.DataFrame,
+def span_clusters(context: dg.AssetExecutionContext, spans: pl.DataFrame | dict, span_embeddings: pl.DataFrame | dict,
                   storage: EmergeStorage) -> dg.Output:
     from emerge.clustering import ClusteringPipeline
-    from emerge.discovery import label_spans
 
     if not (storage.clustering_path / "pipeline.json").exists():
         raise dg.Failure(f"no fitted clustering at {storage.clustering_path}; materialize hdbscan_clusters first")
     pipeline = ClusteringPipeline.load(storage.clustering_path)
-    _, frame, vectors = concat_sources({context.partition_key: spans}, {context.partition_key: span_embeddings})
+    return for_each_source(context, lambda source, spans, span_embeddings: label_source(
+        pipeline, storage, source, spans, span_embeddings), spans=spans, span_embeddings=span_embeddings)
+
+
+def label_source(pipeline, storage: EmergeStorage, source: str, spans: pl.DataFrame,
+                 span_embeddings: pl.DataFrame) -> dg.Output:
+    from emerge.discovery import label_spans
+
+    _, frame, vectors = concat_sources({source: spans}, {source: span_embeddings})
     labelled = label_spans(pipeline, frame, vectors)
     out = labelled.select("span_idx", "doc_id", "cluster_id", "cluster_title", "membership", "centroid_sim",
                           "relevance")

@@ -8,6 +8,7 @@ import dagster as dg
 import polars as pl
 
 from emerge_assets.assets.clustering import ALL_SOURCES, concat_sources
+from emerge_assets.automation import FOLLOW_INPUTS
 from emerge_assets.metadata import counts_table, markdown_table
 from emerge_assets.run_config import CuratedDatasetConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage
@@ -85,6 +86,7 @@ def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans:
 
 
 @dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={**LABEL_INPUTS, "span_clusters": ALL_SOURCES},
+          automation_condition=FOLLOW_INPUTS,
           description="Pareto-selected, non-overlapping, de-duplicated spans with cluster labels, relevance "
                       "and quality; written as Parquet, CSV and a Markdown dataset card.")
 def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetConfig, raw_texts: dict,
@@ -103,6 +105,7 @@ class CuratedTopicDatasetConfig(CuratedDatasetConfig):
 
 
 @dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={**LABEL_INPUTS, "topic_scores": ALL_SOURCES},
+          automation_condition=FOLLOW_INPUTS,
           description="The curated dataset in topic mode: spans labelled with the user's topics (topic_id, "
                       "topic_name, topic_description), same Pareto selection; spans that fit no topic are out.")
 def curated_topic_dataset(context: dg.AssetExecutionContext, config: CuratedTopicDatasetConfig, raw_texts: dict,

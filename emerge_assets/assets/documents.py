@@ -6,18 +6,29 @@ import dagster as dg
 import polars as pl
 
 from emerge.ingest import IngestResult, inventory, kept_documents, read_source
+from emerge_assets.automation import FOLLOW_INPUTS
 from emerge_assets.metadata import counts_table, markdown_table
+from emerge_assets.partitioned import SINGLE_RUN, SOURCE_IN, for_each_source
 from emerge_assets.partitions import document_source
 from emerge_assets.pools import GPU_POOL
 from emerge_assets.run_config import RawTextsConfig, SpansConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage
 
 
-@dg.asset(partitions_def=document_source, group_name="curation", kinds={"polars"},
-          description="Every input file/record of one source folder: kept documents and skips with reasons.")
+@dg.asset(partitions_def=document_source, group_name="curation", kinds={"polars"}, backfill_policy=SINGLE_RUN,
+          description="Every input file/record of one source folder: kept documents and skips with reasons. "
+                      "Requested by the source_inbox sensor when the folder's files change.")
 def raw_texts(context: dg.AssetExecutionContext, config: RawTextsConfig, storage: EmergeStorage) -> dg.Output:
-    source = context.partition_key
-    result: IngestResult = read_source(storage.source_dir(source), source=source, config=config.to_engine())
+    return for_each_source(context, lambda source: read_raw_texts(context, config, storage, source))
+
+
+def read_raw_texts(context, config: RawTextsConfig, storage: EmergeStorage, source: str) -> dg.Output:
+    from emerge.inbox import source_fingerprint
+
+    folder = storage.source_dir(source)
+    # taken before reading: files changed during the read make the sensor request another run
+    fingerprint = source_fingerprint(folder) if folder.is_dir() else ""
+    result: IngestResult = read_source(folder, source=source, config=config.to_engine())
     table = inventory(result)
     docs = result.documents
     context.log.info(f"{source}: {docs.height} documents kept, {result.skipped.height} inputs skipped")
@@ -28,19 +39,27 @@ def raw_texts(context: dg.AssetExecutionContext, config: RawTextsConfig, storage
         "skipped_by_reason": counts_table(result.skip_counts),
         "skipped_inputs": markdown_table(result.skipped.select("path", "record", "reason", "detail")),
         "total_chars": int(docs["n_chars"].sum()),
-        "folder": dg.MetadataValue.path(str(storage.source_dir(source))),
+        "folder": dg.MetadataValue.path(str(folder)),
+        "source_fingerprint": fingerprint,
     })
 
 
-@dg.asset(partitions_def=document_source, group_name="curation", kinds={"polars"},
+@dg.asset(partitions_def=document_source, group_name="curation", kinds={"polars"}, backfill_policy=SINGLE_RUN,
+          automation_condition=FOLLOW_INPUTS, ins={"raw_texts": SOURCE_IN},
           description="Dense overlapping spans snapped to word boundaries; text_span == text[start_char:end_char].")
-def spans(context: dg.AssetExecutionContext, config: SpansConfig, raw_texts: pl.DataFrame,
+def spans(context: dg.AssetExecutionContext, config: SpansConfig, raw_texts: pl.DataFrame | dict,
           embedding_model: EmbeddingModelResource) -> dg.Output:
     span_cfg = config.to_engine()
+    tokenizer = embedding_model.get_tokenizer()
+    return for_each_source(context, lambda source, raw_texts: span_source(context, span_cfg, tokenizer, raw_texts),
+                           raw_texts=raw_texts)
+
+
+def span_source(context, span_cfg, tokenizer, raw_texts: pl.DataFrame) -> dg.Output:
     from emerge.spans import build_spans
 
     docs = kept_documents(raw_texts)
-    result, too_short = build_spans(docs, embedding_model.get_tokenizer(), span_cfg)
+    result, too_short = build_spans(docs, tokenizer, span_cfg)
     per_doc = result.group_by("doc_id").len()["len"] if result.height else pl.Series([0])
     context.log.info(f"{result.height} spans from {docs.height - too_short.height} documents; "
                      f"{too_short.height} documents shorter than min_len")
@@ -56,21 +75,29 @@ def spans(context: dg.AssetExecutionContext, config: SpansConfig, raw_texts: pl.
 
 
 @dg.asset(partitions_def=document_source, group_name="curation", kinds={"pytorch", "polars"}, pool=GPU_POOL,
+          backfill_policy=SINGLE_RUN, automation_condition=FOLLOW_INPUTS,
+          ins={"raw_texts": SOURCE_IN, "spans": SOURCE_IN},
           description="Late-chunked span vectors: one transformer pass per document, spans mean-pooled "
                       "from token embeddings via prefix sums. The token embeddings are kept (float16) for "
                       "topic scoring.")
-def span_embeddings(context: dg.AssetExecutionContext, raw_texts: pl.DataFrame, spans: pl.DataFrame,
+def span_embeddings(context: dg.AssetExecutionContext, raw_texts: pl.DataFrame | dict, spans: pl.DataFrame | dict,
                     embedding_model: EmbeddingModelResource, storage: EmergeStorage) -> dg.Output:
+    encoder = embedding_model.get_encoder()  # once per step, however many sources it covers
+    return for_each_source(context, lambda source, raw_texts, spans: embed_source(
+        encoder, storage, source, raw_texts, spans), raw_texts=raw_texts, spans=spans)
+
+
+def embed_source(encoder, storage: EmergeStorage, source: str, raw_texts: pl.DataFrame,
+                 spans: pl.DataFrame) -> dg.Output:
     from emerge.embedding import TokenStore, embed_spans, embeddings_frame
 
-    encoder = embedding_model.get_encoder()
     docs = kept_documents(raw_texts)
     store = TokenStore()
     t0 = time.perf_counter()
     vectors = embed_spans(docs.filter(pl.col("doc_id").is_in(spans["doc_id"].unique().implode())), spans,
                           encoder, progress=True, on_document=store.add)
     wall = time.perf_counter() - t0
-    token_path = storage.token_store_path(context.partition_key)
+    token_path = storage.token_store_path(source)
     store.save(token_path)  # reused by topic_scores: no second transformer pass
     frame = embeddings_frame(spans, vectors)
     return dg.Output(frame, metadata={

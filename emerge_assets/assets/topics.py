@@ -4,7 +4,9 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from emerge_assets.automation import FOLLOW_INPUTS
 from emerge_assets.metadata import markdown_table
+from emerge_assets.partitioned import SINGLE_RUN, SOURCE_IN, for_each_source
 from emerge_assets.partitions import document_source
 from emerge_assets.pools import GPU_POOL
 from emerge_assets.run_config import TopicScoresConfig
@@ -23,22 +25,33 @@ def score_histograms(frame: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
 
 
 @dg.asset(partitions_def=document_source, group_name="topics", kinds={"pytorch", "polars"}, pool=GPU_POOL,
+          backfill_policy=SINGLE_RUN, automation_condition=FOLLOW_INPUTS,
+          ins={"spans": SOURCE_IN, "span_embeddings": SOURCE_IN},
           description="Every span of one source scored against the topics file by late interaction "
                       "(MaxSim, calibrated to [0, 1]); late_chunking mode reuses the token embeddings of "
                       "span_embeddings, so no second transformer pass.")
-def topic_scores(context: dg.AssetExecutionContext, config: TopicScoresConfig, spans: pl.DataFrame,
-                 span_embeddings: pl.DataFrame, topics: TopicsResource, embedding_model: EmbeddingModelResource,
-                 storage: EmergeStorage) -> dg.Output:
-    from emerge.embedding import TokenStore, vectors_of
+def topic_scores(context: dg.AssetExecutionContext, config: TopicScoresConfig, spans: pl.DataFrame | dict,
+                 span_embeddings: pl.DataFrame | dict, topics: TopicsResource,
+                 embedding_model: EmbeddingModelResource, storage: EmergeStorage) -> dg.Output:
     from emerge.late_interaction import LateInteractionCrossEncoder
 
     analyzer = LateInteractionCrossEncoder(config=config.to_engine(), topics=topics.load(),
                                            relevance_threshold=config.relevance_threshold,
                                            prediction_mode=config.prediction_mode, direction=config.direction,
                                            prototype_weight=config.prototype_weight)
+    return for_each_source(context, lambda source, spans, span_embeddings: score_source(
+        context, config, analyzer, topics, embedding_model, storage, source, spans, span_embeddings),
+        spans=spans, span_embeddings=span_embeddings)
+
+
+def score_source(context, config: TopicScoresConfig, analyzer, topics: TopicsResource,
+                 embedding_model: EmbeddingModelResource, storage: EmergeStorage, source: str,
+                 spans: pl.DataFrame, span_embeddings: pl.DataFrame) -> dg.Output:
+    from emerge.embedding import TokenStore, vectors_of
+
     store = None
     if config.prediction_mode == "late_chunking":
-        path = storage.token_store_path(context.partition_key)
+        path = storage.token_store_path(source)
         if not path.exists():
             raise dg.Failure(f"no token embeddings at {path}; re-materialize span_embeddings for this source")
         store = TokenStore.load(path)
