@@ -32,7 +32,7 @@ def curate_corpus(texts: list[str], min_len: int, max_len: int, stride: int, see
                                            ingest=IngestConfig(id_field=None)),
                       analyzer=LocalClusterAnalyzer(clustering=ClusteringConfig(random_state=seed)))
     labelled = curator.process_batch(texts, source="corpus")
-    return curator.prepare_final_dataset(labelled), curator.last_report
+    return curator.prepare_final_dataset(labelled), curator.last_report, curator.texts
 
 
 def main(argv=None) -> int:
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--model", default=None, help="base model directory (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--pairing", default="same_document", choices=["same_document", "same_cluster"])
+    p.add_argument("--pairing", default="span_context", choices=["span_context", "same_document", "same_cluster"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-5)
@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--pairs-per-label", type=int, default=2000)
     p.add_argument("--eval-fraction", type=float, default=0.1)
     p.add_argument("--hard-negatives", action="store_true")
+    p.add_argument("--context-chars", type=int, default=1200)
     p.add_argument("--span-min", type=int, default=16)
     p.add_argument("--span-max", type=int, default=64)
     p.add_argument("--stride", type=int, default=8)
@@ -65,7 +66,8 @@ def main(argv=None) -> int:
     config = TrainingConfig(pairing=args.pairing, epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.lr, max_seq_length=args.max_seq_length,
                             pairs_per_label=args.pairs_per_label, eval_fraction=args.eval_fraction,
-                            hard_negatives=args.hard_negatives, seed=args.seed)
+                            hard_negatives=args.hard_negatives, seed=args.seed,
+                            context_chars=args.context_chars)
     device = resolve_device(args.device)
     base_model = resolve_model_path(args.model)
     timings = {}
@@ -77,13 +79,13 @@ def main(argv=None) -> int:
     warm_up_numba(args.seed)
 
     t = time.perf_counter()
-    dataset, report = curate_corpus(collection.corpus_texts, args.span_min, args.span_max, args.stride, args.seed)
+    dataset, report, texts = curate_corpus(collection.corpus_texts, args.span_min, args.span_max, args.stride, args.seed)
     timings["curate"] = time.perf_counter() - t
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         result = fine_tune_and_evaluate(dataset, "cluster_id", base_model, Path(tmp) / "model", config,
-                                        device=device, beir=collection)
+                                        device=device, beir=collection, texts=texts)
         timings["fine_tune_and_evaluate"] = time.perf_counter() - t
     timings |= {f"  {k}": v for k, v in result.stage_seconds.items()}
     keys = ("ndcg@10", "mrr@10", "recall@100")

@@ -249,20 +249,25 @@ def as_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
+PAIRINGS = ("span_context", "same_document", "same_cluster")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Fine-tuning a sentence-transformers model on a curated dataset.
 
-    `pairing` decides what counts as a positive pair (see `emerge.pairs`): `same_document`
-    pairs two non-overlapping spans of one document that share a label (the retrieval-style
-    signal; in-batch negatives come from other documents, also of the same cluster), while
+    `pairing` decides what counts as a positive pair (see `emerge.pairs`): `span_context`
+    pairs each selected span with its document's surrounding text, the span cut out
+    (`context_chars` of context; in-batch negatives are other documents, also of the same
+    cluster); `same_document` pairs two selected spans of one document and label; while
     `same_cluster` pairs spans of different documents in one cluster (a coarser, topical
     signal; no two pairs of a cluster share a batch). Topic datasets always pair the topic's
     text with its spans. `pairs_per_label` caps pairs per label (highest relevance first);
     `eval_fraction` of documents is held out entirely for evaluation.
     """
 
-    pairing: Literal["same_document", "same_cluster"] = "same_document"
+    pairing: Literal["span_context", "same_document", "same_cluster"] = "span_context"
+    context_chars: int = 1200
     pairs_per_label: int = 2000
     min_pairs: int = 16
     eval_fraction: float = 0.2
@@ -277,9 +282,8 @@ class TrainingConfig:
     seed: int = 42
 
     def __post_init__(self):
-        _require(self.pairing in ("same_document", "same_cluster"), "pairing",
-                 f"must be 'same_document' or 'same_cluster', got {self.pairing!r}")
-        for name in ("pairs_per_label", "min_pairs", "epochs", "max_seq_length"):
+        _require(self.pairing in PAIRINGS, "pairing", f"must be one of {PAIRINGS}, got {self.pairing!r}")
+        for name in ("pairs_per_label", "min_pairs", "epochs", "max_seq_length", "context_chars"):
             _positive_int(getattr(self, name), name)
         _require(isinstance(self.batch_size, int) and self.batch_size >= 2, "batch_size",
                  f"must be an integer >= 2 (in-batch negatives need company), got {self.batch_size!r}")

@@ -85,6 +85,11 @@ class Curator:
         labelled = add_quality(labelled, texts_by_doc)
         return labelled.with_columns(embeddings_frame(labelled, vectors[kept_idx])["embedding"])
 
+    @property
+    def texts(self) -> dict[str, str]:
+        """doc_id -> text of every document processed so far (for training pairs that need context)."""
+        return dict(self._texts)
+
     def prepare_final_dataset(self, spans: pl.DataFrame) -> pl.DataFrame:
         """Pareto-selected, non-overlapping, de-duplicated spans with the export columns."""
         label_col = getattr(self.analyzer, "label_col", "cluster_id")

@@ -52,16 +52,16 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 
 def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: str | Path, output_dir: str | Path,
                            config: TrainingConfig, device: str = "cpu", beir: BeirCollection | None = None,
-                           on_log: Callable[[dict], None] | None = None) -> FineTuneReport:
+                           texts: dict[str, str] | None = None, on_log: Callable[[dict], None] | None = None) -> FineTuneReport:
     """Train on the training documents' pairs; score base and fine-tuned on held-out documents.
 
-    Metrics are named `<task>.<model>.<metric>` (task `heldout` or `beir`, model `base` or
+    `texts` (doc_id -> document text) is needed by the `span_context` pairing. Metrics are named `<task>.<model>.<metric>` (task `heldout` or `beir`, model `base` or
     `fine_tuned`) plus `<task>.delta.<metric>` = fine-tuned minus base.
     """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     train_rows, eval_rows = split_by_document(dataset, config.eval_fraction, config.seed)
-    pairs = build_pairs(train_rows, label_col, config)
+    pairs = build_pairs(train_rows, label_col, config, texts)
     task = label_retrieval_task(eval_rows, label_col, seed=config.seed)
     seconds["pairs"] = time.perf_counter() - t
     stats = {"dataset_rows": dataset.height, "dataset_hash": dataset_hash(dataset),

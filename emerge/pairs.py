@@ -61,6 +61,28 @@ def same_document_pairs(train: pl.DataFrame, label_col: str) -> pl.DataFrame:
         ((pl.col("relevance") + pl.col("relevance_next")) / 2).alias("relevance"))
 
 
+def context_pairs(train: pl.DataFrame, texts: dict[str, str], label_col: str, context_chars: int) -> pl.DataFrame:
+    """Span -> the document around it with the span cut out (the inverse cloze task).
+
+    The span plays a query, the rest of its document the passage that answers it: exactly the
+    mapping retrieval needs, and it works when selection keeps a single span per document.
+    Cutting the span out stops the model from matching the copy word for word. Group = document.
+    """
+    missing = sorted(set(train["doc_id"].cast(pl.String)) - set(texts))
+    if missing:
+        raise InputError(f"{len(missing)} training documents have no text (first: {missing[0]!r})")
+    rows = []
+    for r in train.iter_rows(named=True):
+        text, start, end = texts[str(r["doc_id"])], r["start_char"], r["end_char"]
+        half = max(0, (context_chars - (end - start)) // 2)
+        left, right = text[max(0, start - half):start], text[end:end + half]
+        context = " ".join(part.strip() for part in (left, right) if part.strip())
+        if context:
+            rows.append((r["text_span"], context, str(r["doc_id"]), str(r[label_col]), str(r["doc_id"]),
+                         str(r["doc_id"]), float(r["relevance"])))
+    return pl.DataFrame(rows, schema=PAIR_COLUMNS, orient="row")
+
+
 def same_cluster_pairs(train: pl.DataFrame, label_col: str, seed: int) -> pl.DataFrame:
     """Spans of different documents in one cluster, paired in relevance order.
 
@@ -92,7 +114,8 @@ def topic_pairs(train: pl.DataFrame) -> pl.DataFrame:
                         pl.col("relevance"))
 
 
-def build_pairs(train: pl.DataFrame, label_col: str, config: TrainingConfig) -> pl.DataFrame:
+def build_pairs(train: pl.DataFrame, label_col: str, config: TrainingConfig,
+                texts: dict[str, str] | None = None) -> pl.DataFrame:
     """Recipe A (`cluster_id`) or B (`topic_id`) pairs, top `pairs_per_label` by relevance per label.
 
     Raises InputError when the data cannot make a meaningful training set (fewer than
@@ -105,6 +128,10 @@ def build_pairs(train: pl.DataFrame, label_col: str, config: TrainingConfig) -> 
         pairs = topic_pairs(rows)
     elif config.pairing == "same_document":
         pairs = same_document_pairs(rows, label_col)
+    elif config.pairing == "span_context":
+        if texts is None:
+            raise InputError("pairing='span_context' needs the documents' texts")
+        pairs = context_pairs(rows, texts, label_col, config.context_chars)
     else:
         if rows[label_col].n_unique() < 2:
             raise InputError("a single-cluster dataset cannot train with pairing='same_cluster': every in-batch "

@@ -11,9 +11,11 @@ from emerge_assets.assets.documents import raw_texts, span_embeddings, spans
 from emerge_assets.assets.topics import topic_scores
 from emerge_assets.automation import automation_sensor
 from emerge_assets.checks import CHECKS
+from emerge_assets.assets.training import fine_tuned_model, fine_tuned_topic_model
 from emerge_assets.partitions import document_source
 from emerge_assets.sensors import source_inbox
-from emerge_resources import EmbeddingModelResource, EmergeStorage, ParquetIOManager, TopicsResource
+from emerge_resources import (EmbeddingModelResource, EmergeStorage, MlflowTracking, ParquetIOManager, TopicsResource,
+                              default_tracking_uri)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMERGE_HOME = os.environ.get("EMERGE_HOME", str(PROJECT_ROOT / ".emerge_home"))
@@ -41,23 +43,31 @@ topics_job = dg.define_asset_job(
 export_topics_job = dg.define_asset_job(
     "export_topic_dataset", selection=dg.AssetSelection.assets(curated_topic_dataset),
     description="Pareto-select topic-labelled spans from all scored sources and export them.")
-JOBS = [embed_job, fit_job, label_job, export_job, topics_job, export_topics_job]
+train_job = dg.define_asset_job(
+    "train_model", selection=dg.AssetSelection.assets(fine_tuned_model),
+    description="Fine-tune the embedding model on the curated dataset; base vs fine-tuned metrics go to MLflow.")
+train_topics_job = dg.define_asset_job(
+    "train_topic_model", selection=dg.AssetSelection.assets(fine_tuned_topic_model),
+    description="Fine-tune on the curated topic dataset (topic text -> span pairs); metrics go to MLflow.")
+JOBS = [embed_job, fit_job, label_job, export_job, topics_job, export_topics_job, train_job, train_topics_job]
 
 
 def build_resources(emerge_home: str = EMERGE_HOME, input_root: str = INPUT_ROOT,
                     model_name_or_path: str | None = None, device: str = "auto",
-                    topics_file: str = TOPICS_FILE) -> dict:
+                    topics_file: str = TOPICS_FILE, mlflow_tracking_uri: str | None = None) -> dict:
     """Resources with embedded defaults; tests and the demo pass their own folders/model."""
     return {
         "io_manager": ParquetIOManager(base_path=str(Path(emerge_home) / "assets")),
         "storage": EmergeStorage(root=emerge_home, input_root=input_root),
         "embedding_model": EmbeddingModelResource(model_name_or_path=model_name_or_path, device=device),
         "topics": TopicsResource(topics_file=topics_file),
+        "mlflow": MlflowTracking(tracking_uri=mlflow_tracking_uri or os.environ.get(
+            "EMERGE_MLFLOW_TRACKING_URI", default_tracking_uri(emerge_home))),
     }
 
 
 ASSETS = [raw_texts, spans, span_embeddings, umap_projection, hdbscan_clusters, span_clusters, curated_dataset,
-          topic_scores, curated_topic_dataset]
+          topic_scores, curated_topic_dataset, fine_tuned_model, fine_tuned_topic_model]
 
 SENSORS = [source_inbox, automation_sensor]
 

@@ -21,6 +21,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="local model directory (default: packaged MiniLM)")
     parser.add_argument("--topics", default=None, help="topics file for the topic-guided path "
                         "(default: sample_data/topics.yaml)")
+    parser.add_argument("--skip-training", action="store_true",
+                        help="stop after the datasets (no fine_tuned_model / MLflow run)")
     parser.add_argument("--register-only", action="store_true",
                         help="only register each source folder as a document_source partition, then exit")
     args = parser.parse_args(argv)
@@ -73,6 +75,9 @@ def main(argv=None) -> int:
         run("score_topics", source)
     print("[emerge] exporting the topic-labelled dataset ...", flush=True)
     run("export_topic_dataset")
+    if not args.skip_training:
+        print("[emerge] fine-tuning the model on the curated dataset (base vs fine-tuned -> MLflow) ...", flush=True)
+        run("train_model")
     ds, cl = meta["curated_dataset"], meta["hdbscan_clusters"]
     print(f"\n[emerge] done in {time.perf_counter() - t0:.0f}s")
     print(f"  sources:   {len(sources)} ({', '.join(sources)})")
@@ -86,6 +91,13 @@ def main(argv=None) -> int:
     print(f"  topics:    {tds['dagster/row_count']} spans from {tds['documents_in_dataset']} documents, "
           f"{tds['labels']} topics used (unlabelled share {tds['unlabelled_fraction_all_spans']:.2f})")
     print(f"  dataset:   {tds['parquet_path']}")
+    if "fine_tuned_model" in meta:
+        fm = meta["fine_tuned_model"]
+        print(f"  model:     {fm['model_path']} ({fm['train_pairs']} pairs, {fm['train_steps']} steps on {fm['device']})")
+        print(f"  held-out:  {fm['heldout_queries']} queries over {fm['heldout_corpus']} spans of "
+              f"{fm['eval_documents']} unseen documents; nDCG@10 delta {fm['heldout_ndcg@10_delta']:+.4f}")
+        print(f"  MLflow:    {fm['mlflow_run']}")
+        print(f"             mlflow ui --backend-store-uri {fm['mlflow_tracking_uri']}")
     print(f"  Dagster UI: DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -m emerge_assets.definitions")
     return 0
 

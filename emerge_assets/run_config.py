@@ -107,3 +107,36 @@ class TopicScoresConfig(_ValidatedConfig):
         if not 0.0 <= self.prototype_weight <= 1.0:
             raise ConfigError("prototype_weight", f"must be within [0, 1], got {self.prototype_weight!r}")
         return AnalyzerConfig(min_len=self.min_len, max_len=self.max_len)
+
+
+class FineTuneConfig(_ValidatedConfig):
+    """Training and evaluation of `fine_tuned_model` (defaults are small enough for a CPU demo)."""
+
+    model_name: str = Field(default="emerge-minilm", description="Folder name of the saved model under models/.")
+    pairing: str = Field(default="span_context", description="Cluster datasets: span_context (selected span -> "
+                         "its document's surrounding text, span cut out), same_document (two selected spans of one "
+                         "document and cluster) or same_cluster (spans of different documents in one cluster).")
+    context_chars: int = Field(default=1200, description="span_context: characters of document around the span.")
+    pairs_per_label: int = Field(default=2000, description="Most pairs per cluster/topic, highest relevance first.")
+    min_pairs: int = Field(default=16, description="Fewer training pairs than this fails the step.")
+    eval_fraction: float = Field(default=0.2, description="Share of documents held out from training for evaluation.")
+    epochs: int = Field(default=1)
+    batch_size: int = Field(default=32, description="Pairs per batch; the rest of the batch are the negatives.")
+    learning_rate: float = Field(default=2e-5)
+    warmup_ratio: float = Field(default=0.1)
+    max_seq_length: int = Field(default=128, description="Tokens per text in training and evaluation.")
+    hard_negatives: bool = Field(default=False, description="Add one mined negative from another group per pair.")
+    hard_negative_margin: float = Field(default=0.1, description="Skip negatives within this cosine of the positive.")
+    seed: int = Field(default=42)
+    beir_dir: Optional[str] = Field(default=None, description="Optional evaluation set in BEIR layout (corpus.jsonl, "
+                                    "queries.jsonl, qrels/<split>.tsv), scored for base and fine-tuned.")
+    beir_split: str = Field(default="test")
+
+    def to_engine(self):
+        from emerge.config import TrainingConfig
+
+        return TrainingConfig(pairing=self.pairing, context_chars=self.context_chars, pairs_per_label=self.pairs_per_label, min_pairs=self.min_pairs,
+                              eval_fraction=self.eval_fraction, epochs=self.epochs, batch_size=self.batch_size,
+                              learning_rate=self.learning_rate, warmup_ratio=self.warmup_ratio,
+                              max_seq_length=self.max_seq_length, hard_negatives=self.hard_negatives,
+                              hard_negative_margin=self.hard_negative_margin, seed=self.seed)

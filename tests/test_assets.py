@@ -207,3 +207,65 @@ def test_bad_topics_file_names_the_topic(pipeline_run, tmp_path):
     with pytest.raises(Exception, match="duplicate topic id 'x'"):
         dg.materialize(ASSETS, selection=[topic_scores], partition_key="newsletters",
                        instance=pipeline_run["instance"], resources=resources)
+
+
+SMALL_TRAINING = {"epochs": 1, "batch_size": 8, "min_pairs": 4, "max_seq_length": 32, "learning_rate": 1e-3}
+
+
+def test_fine_tuned_model_logs_base_and_tuned_metrics_to_mlflow(pipeline_run):
+    """Real training on the tiny BERT, a real sqlite MLflow store, metrics read back from it."""
+    from mlflow.tracking import MlflowClient
+    from sentence_transformers import SentenceTransformer
+
+    from emerge_assets.assets.training import fine_tuned_model
+
+    result = dg.materialize(ASSETS, selection=[fine_tuned_model], instance=pipeline_run["instance"],
+                            resources=pipeline_run["resources"],
+                            run_config={"ops": {"fine_tuned_model": {"config": SMALL_TRAINING}}})
+    assert result.success
+    meta = metadata_of(result, fine_tuned_model)
+    model_dir = meta["model_path"]
+    assert model_dir.startswith(str(pipeline_run["home"]))
+    SentenceTransformer(model_dir, device="cpu").encode(["loads again"])
+    client = MlflowClient(tracking_uri=meta["mlflow_tracking_uri"])
+    run = client.get_run(meta["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_id in meta["mlflow_run"]
+    metrics, params = run.data.metrics, run.data.params
+    for name in ("hits_at_1", "ndcg_at_10", "mrr_at_10"):
+        base, tuned = metrics[f"heldout.base.{name}"], metrics[f"heldout.fine_tuned.{name}"]
+        assert metrics[f"heldout.delta.{name}"] == pytest.approx(tuned - base, abs=1e-4)
+    assert metrics["dataset.train_pairs"] == meta["train_pairs"] > 0
+    assert params["train.pairing"] == "span_context" and len(params["dataset_hash"]) == 16
+    assert params["train.batch_size"] == "8"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert "model/model.safetensors" in artifacts and "model/emerge_training.json" in artifacts
+    assert "retrieval_sanity" in meta and "heldout_retrieval" in meta
+
+
+def test_fine_tuned_topic_model_trains_on_topic_pairs(pipeline_run):
+    from mlflow.tracking import MlflowClient
+
+    from emerge_assets.assets.training import fine_tuned_topic_model
+
+    result = dg.materialize(ASSETS, selection=[fine_tuned_topic_model], instance=pipeline_run["instance"],
+                            resources=pipeline_run["resources"],
+                            run_config={"ops": {"fine_tuned_topic_model": {"config": SMALL_TRAINING}}})
+    assert result.success
+    meta = metadata_of(result, fine_tuned_topic_model)
+    run = MlflowClient(tracking_uri=meta["mlflow_tracking_uri"]).get_run(meta["mlflow_run_id"])
+    assert run.data.params["recipe"] == "topics"
+    assert "heldout.fine_tuned.ndcg_at_10" in run.data.metrics
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"min_pairs": 100_000}, "min_pairs=100000"),
+    ({"beir_dir": "/nonexistent/beir"}, "missing corpus file"),
+    ({"batch_size": 1}, "batch_size"),
+])
+def test_fine_tuned_model_bad_input_fails_clearly(pipeline_run, config, match):
+    from emerge_assets.assets.training import fine_tuned_model
+
+    with pytest.raises(Exception, match=match):
+        dg.materialize(ASSETS, selection=[fine_tuned_model], instance=pipeline_run["instance"],
+                       resources=pipeline_run["resources"],
+                       run_config={"ops": {"fine_tuned_model": {"config": {**SMALL_TRAINING, **config}}}})

@@ -64,7 +64,7 @@ def test_split_needs_two_documents():
 
 def test_same_document_pairs_are_two_spans_of_one_document_and_label():
     data = make_dataset()
-    pairs = build_pairs(data, "cluster_id", TrainingConfig(min_pairs=1))
+    pairs = build_pairs(data, "cluster_id", TrainingConfig(pairing="same_document", min_pairs=1))
     by_text = {r["text_span"]: r for r in data.iter_rows(named=True)}
     for row in pairs.iter_rows(named=True):
         a, p = by_text[row["anchor"]], by_text[row["positive"]]
@@ -89,15 +89,15 @@ def test_same_cluster_pairs_cross_documents_and_group_by_cluster():
 def test_noise_spans_never_enter_pairs():
     data = make_dataset().with_columns(pl.when(pl.col("doc_id") < "d004").then(-1).otherwise(pl.col("cluster_id"))
                                        .alias("cluster_id"))
-    pairs = build_pairs(data, "cluster_id", TrainingConfig(min_pairs=1))
+    pairs = build_pairs(data, "cluster_id", TrainingConfig(pairing="same_document", min_pairs=1))
     noise_texts = set(data.filter(pl.col("cluster_id") == -1)["text_span"])
     assert noise_texts.isdisjoint(set(pairs["anchor"]) | set(pairs["positive"]))
 
 
 def test_pairs_per_label_keeps_the_most_relevant():
     data = make_dataset(n_docs=30)
-    all_pairs = build_pairs(data, "cluster_id", TrainingConfig(min_pairs=1))
-    capped = build_pairs(data, "cluster_id", TrainingConfig(min_pairs=1, pairs_per_label=3))
+    all_pairs = build_pairs(data, "cluster_id", TrainingConfig(pairing="same_document", min_pairs=1))
+    capped = build_pairs(data, "cluster_id", TrainingConfig(pairing="same_document", min_pairs=1, pairs_per_label=3))
     assert capped.group_by("label").len()["len"].max() == 3
     for label, part in capped.group_by("label"):
         pool = all_pairs.filter(pl.col("label") == label[0])["relevance"].sort(descending=True)
@@ -108,15 +108,15 @@ def test_topic_pairs_use_the_topic_text_as_anchor():
     data = make_dataset().with_columns(pl.col("cluster_id").cast(pl.String).alias("topic_id"),
                                        pl.format("Topic {}", pl.col("cluster_id")).alias("topic_name"),
                                        pl.lit("about things").alias("topic_description"))
-    pairs = build_pairs(data, "topic_id", TrainingConfig(min_pairs=1))
+    pairs = build_pairs(data, "topic_id", TrainingConfig(pairing="same_document", min_pairs=1))
     assert pairs.height == data.height
     assert set(pairs["anchor"]) == {f"Topic {i}: about things" for i in range(3)}
 
 
 @pytest.mark.parametrize("data, config, match", [
-    (make_dataset(n_docs=2, spans_per_doc=2), TrainingConfig(min_pairs=16), "min_pairs=16"),
+    (make_dataset(n_docs=2, spans_per_doc=2), TrainingConfig(pairing="same_document", min_pairs=16), "min_pairs=16"),
     (make_dataset(n_labels=1), TrainingConfig(pairing="same_cluster", min_pairs=1), "single-cluster"),
-    (make_dataset().with_columns(pl.lit(-1).alias("cluster_id")), TrainingConfig(), "all noise"),
+    (make_dataset().with_columns(pl.lit(-1).alias("cluster_id")), TrainingConfig(pairing="same_document"), "all noise"),
 ])
 def test_datasets_that_cannot_train_fail_clearly(data, config, match):
     with pytest.raises(InputError, match=match):
@@ -186,7 +186,7 @@ def test_fine_tune_changes_the_model_and_reports_base_and_tuned(tiny_model_dir, 
     from emerge.finetune import fine_tune_and_evaluate
 
     data = make_dataset(n_docs=24)
-    config = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, epochs=2,
+    config = TrainingConfig(pairing="same_document", min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, epochs=2,
                             eval_fraction=0.25)
     logged = []
     report = fine_tune_and_evaluate(data, "cluster_id", tiny_model_dir, tmp_path / "model", config,
@@ -211,4 +211,23 @@ def test_missing_base_model_is_named(tmp_path):
 
     with pytest.raises(InputError, match="does not exist"):
         fine_tune_and_evaluate(make_dataset(n_docs=24), "cluster_id", tmp_path / "nope", tmp_path / "m",
-                               TrainingConfig(min_pairs=4))
+                               TrainingConfig(pairing="same_document", min_pairs=4))
+
+
+def test_span_context_pairs_cut_the_span_out_of_its_own_document():
+    texts = {f"d{d:03d}": " ".join(f"w{d}_{i}" for i in range(200)) for d in range(6)}
+    rows = []
+    for d, text in enumerate(texts.values()):
+        start = text.index(f"w{d}_50 ")
+        end = text.index(f"w{d}_60 ") - 1
+        rows.append({"text_span": text[start:end], "doc_id": f"d{d:03d}", "start_char": start, "end_char": end,
+                     "cluster_id": d % 2, "relevance": 1.0})
+    pairs = build_pairs(pl.DataFrame(rows), "cluster_id", TrainingConfig(min_pairs=1, context_chars=300), texts)
+    assert pairs.height == 6
+    for row in pairs.iter_rows(named=True):
+        doc = texts[row["group"]]
+        assert row["anchor"] in doc and row["anchor"] not in row["positive"]
+        assert all(word in doc.split() for word in row["positive"].split())
+        assert len(row["positive"]) <= 300 + 1
+    with pytest.raises(InputError, match="needs the documents' texts"):
+        build_pairs(pl.DataFrame(rows), "cluster_id", TrainingConfig(min_pairs=1))
