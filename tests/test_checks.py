@@ -169,3 +169,14 @@ def test_single_run_backfill_covers_many_sources_in_one_step(run):
         assert pl.read_parquet(home / "assets" / "span_embeddings" / f"{s}.parquet").equals(before[s])
     substr = [e for e in result.get_asset_check_evaluations() if e.check_name == "spans_are_document_substrings"]
     assert substr and all(e.passed for e in substr)
+
+
+def test_refit_keeps_cluster_ids_and_shows_the_mapping(run):
+    first = {k: v.value for k, v in run["fit"].asset_materializations_for_node("hdbscan_clusters")[-1].metadata.items()}
+    refit = dg.materialize(run["everything"], selection=[umap_projection, hdbscan_clusters], instance=run["instance"],
+                           resources=run["resources"])
+    meta = {k: v.value for k, v in refit.asset_materializations_for_node("hdbscan_clusters")[-1].metadata.items()}
+    assert first["refit_of_previous"] is False and meta["refit_of_previous"] is True
+    assert meta["cluster_ids_kept"] == meta["clusters"] == first["clusters"] and meta["cluster_ids_new"] == ""
+    assert "| cluster_id | raw_label | previous_id | similarity | status | title |" in meta["cluster_id_mapping"]
+    assert "| matched |" in meta["cluster_id_mapping"] and "| new |" not in meta["cluster_id_mapping"]
