@@ -41,7 +41,6 @@ class EmergeStorage(dg.ConfigurableResource):
         return Path(self.input_root).expanduser() / source
 
     def list_sources(self) -> list[str]:
-        root = Path(self.input_root).expanduser()
-        if not root.is_dir():
-            return []
-        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        from emerge.inbox import list_source_folders
+
+        return list_source_folders(self.input_root)

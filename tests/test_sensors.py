@@ -42,9 +42,10 @@ def inbox(tmp_path):
 
         def tick():
             """One sensor tick as the daemon runs it: evaluate, then apply partition requests."""
-            context = dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs,
-                                              cursor=state["cursor"], resources={"storage": resources["storage"]})
-            data = source_inbox.evaluate_tick(context)
+            # `with`: the context opens its own instance from the ref and must close it again
+            with dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs, cursor=state["cursor"],
+                                         resources={"storage": resources["storage"]}) as context:
+                data = source_inbox.evaluate_tick(context)
             for request in data.dynamic_partitions_requests or []:
                 instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
             for event in data.asset_events or []:
