@@ -105,6 +105,9 @@ def test_demo_command_runs_on_the_bundled_corpus(tmp_path):
     assert (tmp_path / "home" / "datasets" / "curated_spans.parquet").exists()
     assert (tmp_path / "home" / "datasets" / "curated_spans.card.md").exists()
     assert any((tmp_path / "dagster_home").iterdir())  # runs recorded in the SQLite instance
+    # the demo ends with a fine-tuned model tracked in a local MLflow store
+    assert (tmp_path / "home" / "models" / "emerge-minilm" / "modules.json").exists()
+    assert (tmp_path / "home" / "mlflow" / "mlflow.db").exists() and "MLflow:" in proc.stdout
 
 
 def test_dagster_definitions_validate():
