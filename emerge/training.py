@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from emerge.atomic import atomic_write_dir
 from emerge.config import TrainingConfig
 from emerge.errors import InputError
 
@@ -121,8 +122,9 @@ def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, c
           device: str = "cpu", on_log: Callable[[dict], None] | None = None) -> TrainingResult:
     """Fine-tune `base_model` on (anchor, positive[, negative]) pairs; save to `output_dir`.
 
-    The model is written to a temporary sibling directory and renamed into place at the end,
-    so a killed run never leaves a half-written model where a finished one is expected.
+    The model is saved to a temporary sibling folder and swapped into place at the end
+    (`emerge.atomic`), so a killed run never leaves a half-written model where a finished one
+    (or the previous one) is expected.
     """
     import functools
     import time
@@ -164,11 +166,8 @@ def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, c
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
                                          callbacks=[_Relay()])
     out = trainer.train()
-    model.save(str(work / "model"))
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(work / "model", output_dir)
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)  # no checkpoints are kept (save_strategy="no")
+    atomic_write_dir(output_dir, lambda tmp: model.save(str(tmp)))
     return TrainingResult(model_dir=output_dir, train_pairs=len(dataset), steps=out.global_step,
                           train_loss=float(out.training_loss) if out.training_loss is not None else None,
                           wall_s=time.perf_counter() - started, log_history=list(trainer.state.log_history))

@@ -33,12 +33,12 @@ def main(argv=None) -> int:
 
     import dagster as dg
 
-    from emerge_assets.definitions import ASSETS, JOBS, build_resources
+    from emerge_assets.definitions import ASSETS, CHECKS, JOBS, build_resources
     from emerge_assets.partitions import document_source
 
     resources = build_resources(args.emerge_home, args.input_root, args.model,
                                 **({"topics_file": args.topics} if args.topics else {}))
-    defs = dg.Definitions(assets=ASSETS, jobs=JOBS, resources=resources)
+    defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=JOBS, resources=resources)
     storage = resources["storage"]
     sources = storage.list_sources()
     if not sources:
