@@ -54,3 +54,26 @@ def test_scale_script():
     assert [run["documents"] for run in r["runs"]] == [20, 40]
     assert {"time_exponent", "peak_rss_exponent"} <= set(r)
     assert set(r["runs"][0]["wall_s"]) == {"ingest", "spans", "embed", "fit_clustering", "label_all_spans", "select"}
+
+
+def test_domain_adaptation_script(tmp_path):
+    """A BEIR folder built from the planted corpus: each topic's name is a query, its documents relevant."""
+    rows = [json.loads(line) for line in PLANTED.read_text().splitlines()]
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text("\n".join(json.dumps({"_id": f"d{i}", "title": "", "text": r["text"]})
+                                                 for i, r in enumerate(rows)))
+    topics = sorted({r["topic"] for r in rows})
+    (beir / "queries.jsonl").write_text("\n".join(json.dumps({"_id": t, "text": t}) for t in topics + ["orphan"]))
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{r['topic']}\td{i}\t1\n" for i, r in enumerate(rows)))
+    out = tmp_path / "r.json"
+    r = run_script("domain_adaptation.py", "--beir", str(beir), "--batch-size", "8", "--max-seq-length", "64",
+                   "--eval-fraction", "0.2", "--out", str(out))
+    for model in ("base", "fine_tuned"):
+        assert set(r[model]) == {"ndcg@10", "mrr@10", "recall@100"}
+        assert all(0.0 <= v <= 1.0 for v in r[model].values())
+    assert r["delta"]["ndcg@10"] == pytest.approx(r["fine_tuned"]["ndcg@10"] - r["base"]["ndcg@10"], abs=1e-4)
+    assert r["collection_stats"]["skipped_queries_without_judgments"] == 1  # "orphan" is not scored
+    assert {"curate", "train", "evaluate_base", "evaluate_fine_tuned"} <= set(r["wall_s"])
+    assert json.loads(out.read_text()) == r
