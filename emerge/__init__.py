@@ -5,7 +5,7 @@ The engine has no Dagster dependency; `emerge_assets` wires these same functions
 
 from emerge.clustering import ClusteringPipeline
 from emerge.config import (AnalyzerConfig, ClusteringConfig, CuratorConfig, EncoderConfig, IngestConfig,
-                           SelectionConfig, SpanConfig)
+                           SelectionConfig, SpanConfig, TrainingConfig)
 from emerge.curator import Curator, LocalClusterAnalyzer
 from emerge.encoder import TokenEncoder, load_encoder
 from emerge.errors import ConfigError, EmergeError, InputError
@@ -15,6 +15,7 @@ from emerge.topics import Topic, load_topics
 __all__ = [
     "AnalyzerConfig", "ClusteringConfig", "ClusteringPipeline", "ConfigError", "Curator", "CuratorConfig",
     "EmergeError", "EncoderConfig", "IngestConfig", "InputError", "LateInteractionCrossEncoder",
-    "LocalClusterAnalyzer", "SelectionConfig", "SpanConfig", "Topic", "TokenEncoder", "load_encoder", "load_topics",
+    "LocalClusterAnalyzer", "SelectionConfig", "SpanConfig", "Topic", "TokenEncoder", "TrainingConfig", "load_encoder",
+    "load_topics",
 ]
 __version__ = "0.1.0"
