@@ -267,3 +267,12 @@ def inventory(result: IngestResult) -> pl.DataFrame:
 
 def kept_documents(inventory_frame: pl.DataFrame) -> pl.DataFrame:
     return inventory_frame.filter(pl.col("status") == "kept").select(list(DOC_SCHEMA))
+
+
+def document_texts(*inventory_frames: pl.DataFrame) -> dict[str, str]:
+    """doc_id -> text of the kept documents of one or more `raw_texts` inventories."""
+    texts: dict[str, str] = {}
+    for frame in inventory_frames:
+        docs = kept_documents(frame)
+        texts.update(zip(docs["doc_id"].to_list(), docs["text"].to_list()))
+    return texts

@@ -94,8 +94,9 @@ def same_cluster_pairs(train: pl.DataFrame, label_col: str, seed: int) -> pl.Dat
         texts, docs, rel = part["text_span"].to_list(), part["doc_id"].cast(pl.String).to_list(), part["relevance"]
         rel = rel.to_numpy()
         # pair the i-th most relevant span with a random other-document span of the same cluster
+        # (8 draws per span: a full permutation per span would make large clusters quadratic)
         for i in range(len(texts)):
-            others = [j for j in rng.permutation(len(texts))[:8] if docs[j] != docs[i]]
+            others = [j for j in rng.integers(0, len(texts), size=8) if docs[j] != docs[i]]
             if others:
                 j = others[0]
                 rows.append((texts[i], texts[j], str(label[0]), str(label[0]), docs[i], docs[j],

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from emerge.errors import InputError
+from emerge.pairs import labelled_rows
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def retrieval_metrics(ranked: list[list[str]], qrels: list[dict[str, int]]) -> d
     if not ranked:
         raise InputError("no query to evaluate")
     per_query = {k: [] for k in ("hits@1", "hits@5", "hits@10", "ndcg@10", "mrr@10", "recall@100")}
+    discounts = 1.0 / np.log2(np.arange(2, 12))
     for docs, judged in zip(ranked, qrels):
         relevant = {d: g for d, g in judged.items() if g > 0}
         if not relevant:
@@ -43,7 +45,6 @@ def retrieval_metrics(ranked: list[list[str]], qrels: list[dict[str, int]]) -> d
         hit = gains > 0
         for k in (1, 5, 10):
             per_query[f"hits@{k}"].append(float(hit[:k].any()))
-        discounts = 1.0 / np.log2(np.arange(2, 12))
         ideal = np.sort(np.array(list(relevant.values()), dtype=float))[::-1][:10]
         dcg = float((gains[:10] * discounts[:len(gains[:10])]).sum())
         per_query["ndcg@10"].append(dcg / float((ideal * discounts[:len(ideal)]).sum()))
@@ -181,8 +182,6 @@ def label_retrieval_task(eval_rows: pl.DataFrame, label_col: str, max_queries: i
                          seed: int = 0) -> LabelRetrievalTask:
     """Cluster datasets: one held-out span per document as the query (its label must occur in
     another held-out document). Topic datasets: the topic's own text as the query."""
-    from emerge.pairs import labelled_rows
-
     rows = labelled_rows(eval_rows, label_col)
     if rows.height == 0:
         raise InputError(f"no held-out span has a {label_col}; nothing to evaluate")

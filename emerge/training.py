@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +60,9 @@ class GroupExclusiveBatchSampler:
         self._plan = group_exclusive_batches(self.groups, batch_size, seed)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self._plan = group_exclusive_batches(self.groups, self.batch_size, self.seed + epoch)
+        if epoch != self.epoch:  # the trainer also announces epoch 0, already planned in __init__
+            self.epoch = epoch
+            self._plan = group_exclusive_batches(self.groups, self.batch_size, self.seed + epoch)
 
     def __iter__(self):
         return iter(self._plan)
@@ -76,8 +77,6 @@ class TrainingResult:
     train_pairs: int
     steps: int
     train_loss: float | None
-    wall_s: float
-    log_history: list[dict] = field(default_factory=list)
 
 
 def load_sentence_transformer(model_path: str | Path, device: str, max_seq_length: int | None = None):
@@ -100,10 +99,10 @@ def mine_cross_group_negatives(model, pairs: pl.DataFrame, margin: float, batch_
     skipped as a likely false negative (the usual margin filter of hard-negative mining).
     Rows without a candidate keep their pair and get an empty negative removed later.
     """
-    anchors = model.encode(pairs["anchor"].to_list(), batch_size=batch_size, normalize_embeddings=True,
-                           convert_to_numpy=True)
-    positives = model.encode(pairs["positive"].to_list(), batch_size=batch_size, normalize_embeddings=True,
-                             convert_to_numpy=True)
+    from emerge.retrieval import encode
+
+    anchors = encode(model, pairs["anchor"].to_list(), batch_size)
+    positives = encode(model, pairs["positive"].to_list(), batch_size)
     groups = pairs["group"].to_numpy()
     pos_sim = np.einsum("ij,ij->i", anchors, positives)
     negatives = []
@@ -127,7 +126,6 @@ def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, c
     (or the previous one) is expected.
     """
     import functools
-    import time
 
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -135,7 +133,6 @@ def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, c
     from transformers import TrainerCallback, set_seed
 
     set_seed(config.seed)
-    started = time.perf_counter()
     model = load_sentence_transformer(base_model, device, config.max_seq_length)
     if config.hard_negatives:
         pairs = mine_cross_group_negatives(model, pairs, config.hard_negative_margin)
@@ -169,5 +166,4 @@ def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, c
     shutil.rmtree(work, ignore_errors=True)  # no checkpoints are kept (save_strategy="no")
     atomic_write_dir(output_dir, lambda tmp: model.save(str(tmp)))
     return TrainingResult(model_dir=output_dir, train_pairs=len(dataset), steps=out.global_step,
-                          train_loss=float(out.training_loss) if out.training_loss is not None else None,
-                          wall_s=time.perf_counter() - started, log_history=list(trainer.state.log_history))
+                          train_loss=float(out.training_loss) if out.training_loss is not None else None)

@@ -42,14 +42,12 @@ def result(problems: dict | list, severity=ERROR, **metadata) -> dg.AssetCheckRe
 @dg.asset_check(asset="spans", partitions_def=document_source, blocking=True, additional_ins={"raw_texts": SAME_SOURCE},
                 description="Every span's text_span equals its document text[start_char:end_char].")
 def spans_are_document_substrings(context: dg.AssetCheckExecutionContext, spans, raw_texts) -> dg.AssetCheckResult:
-    from emerge.ingest import kept_documents
+    from emerge.ingest import document_texts
 
     examples = []
 
     def check(spans, raw_texts):
-        docs = kept_documents(raw_texts)
-        bad = validation.span_substring_violations(spans, dict(zip(docs["doc_id"].to_list(),
-                                                                   docs["text"].to_list())))
+        bad = validation.span_substring_violations(spans, document_texts(raw_texts))
         examples.append(bad.head(5))
         return {"violations": bad.height} if bad.height else {}
 

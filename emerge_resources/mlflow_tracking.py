@@ -5,6 +5,7 @@ explicit tracking URI: nothing depends on MLflow's process-global active run, so
 steps and tests cannot log into each other's runs.
 """
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -40,17 +41,23 @@ class MlflowTracking(dg.ConfigurableResource):
 
         return MlflowClient(tracking_uri=self.tracking_uri)
 
+    def _sqlite_dir(self) -> Optional[Path]:
+        """The folder of a sqlite store (None for a server or other backend)."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            return Path(self.tracking_uri.removeprefix("sqlite:///")).parent
+        return None
+
     def _artifact_root(self) -> Optional[str]:
         if self.artifact_location:
             return self.artifact_location
-        if self.tracking_uri.startswith("sqlite:///"):
-            return (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-        return None
+        store = self._sqlite_dir()
+        return (store / "artifacts").as_uri() if store else None
 
     def experiment_id(self) -> str:
         client = self._client()
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        store = self._sqlite_dir()
+        if store:
+            store.mkdir(parents=True, exist_ok=True)
         found = client.get_experiment_by_name(self.experiment_name)
         if found is not None:
             return found.experiment_id
@@ -66,8 +73,6 @@ class MlflowTracking(dg.ConfigurableResource):
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
         try:
-            import time
-
             now = int(time.time() * 1000)
             client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())],
                              metrics=[Metric(k.replace("@", "_at_"), float(v), now, 0)

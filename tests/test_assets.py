@@ -212,23 +212,29 @@ def test_bad_topics_file_names_the_topic(pipeline_run, tmp_path):
 SMALL_TRAINING = {"epochs": 1, "batch_size": 8, "min_pairs": 4, "max_seq_length": 32, "learning_rate": 1e-3}
 
 
+def train_and_read_run(pipeline_run, asset):
+    """Materialize a training asset with SMALL_TRAINING; its metadata and its run read back from MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    result = dg.materialize(ASSETS, selection=[asset], instance=pipeline_run["instance"],
+                            resources=pipeline_run["resources"],
+                            run_config={"ops": {asset.op.name: {"config": SMALL_TRAINING}}})
+    assert result.success
+    meta = metadata_of(result, asset)
+    client = MlflowClient(tracking_uri=meta["mlflow_tracking_uri"])
+    return meta, client, client.get_run(meta["mlflow_run_id"])
+
+
 def test_fine_tuned_model_logs_base_and_tuned_metrics_to_mlflow(pipeline_run):
     """Real training on the tiny BERT, a real sqlite MLflow store, metrics read back from it."""
-    from mlflow.tracking import MlflowClient
     from sentence_transformers import SentenceTransformer
 
     from emerge_assets.assets.training import fine_tuned_model
 
-    result = dg.materialize(ASSETS, selection=[fine_tuned_model], instance=pipeline_run["instance"],
-                            resources=pipeline_run["resources"],
-                            run_config={"ops": {"fine_tuned_model": {"config": SMALL_TRAINING}}})
-    assert result.success
-    meta = metadata_of(result, fine_tuned_model)
+    meta, client, run = train_and_read_run(pipeline_run, fine_tuned_model)
     model_dir = meta["model_path"]
     assert model_dir.startswith(str(pipeline_run["home"]))
     SentenceTransformer(model_dir, device="cpu").encode(["loads again"])
-    client = MlflowClient(tracking_uri=meta["mlflow_tracking_uri"])
-    run = client.get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_id in meta["mlflow_run"]
     metrics, params = run.data.metrics, run.data.params
     for name in ("hits_at_1", "ndcg_at_10", "mrr_at_10"):
@@ -243,16 +249,9 @@ def test_fine_tuned_model_logs_base_and_tuned_metrics_to_mlflow(pipeline_run):
 
 
 def test_fine_tuned_topic_model_trains_on_topic_pairs(pipeline_run):
-    from mlflow.tracking import MlflowClient
-
     from emerge_assets.assets.training import fine_tuned_topic_model
 
-    result = dg.materialize(ASSETS, selection=[fine_tuned_topic_model], instance=pipeline_run["instance"],
-                            resources=pipeline_run["resources"],
-                            run_config={"ops": {"fine_tuned_topic_model": {"config": SMALL_TRAINING}}})
-    assert result.success
-    meta = metadata_of(result, fine_tuned_topic_model)
-    run = MlflowClient(tracking_uri=meta["mlflow_tracking_uri"]).get_run(meta["mlflow_run_id"])
+    _, _, run = train_and_read_run(pipeline_run, fine_tuned_topic_model)
     assert run.data.params["recipe"] == "topics"
     assert "heldout.fine_tuned.ndcg_at_10" in run.data.metrics
 

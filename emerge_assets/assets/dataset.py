@@ -35,7 +35,7 @@ def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans:
     """Join per-source labels onto spans, select, export, and describe every input's outcome."""
     from emerge.config import SpanConfig
     from emerge.dataset import curate, dataset_card, label_balance, write_dataset
-    from emerge.ingest import kept_documents
+    from emerge.ingest import document_texts
 
     selection = config.to_engine()
     sources, all_spans, vectors = concat_sources(spans, span_embeddings)
@@ -52,8 +52,7 @@ def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans:
                                                       maintain_order="left")["_pos"].to_numpy()
     # The length objective spans the lengths actually produced by the spans asset.
     span_cfg = SpanConfig(min_len=int(all_spans["n_tokens"].min()), max_len=int(all_spans["n_tokens"].max()))
-    docs = pl.concat([kept_documents(raw_texts[s]) for s in sources])
-    texts = dict(zip(docs["doc_id"].to_list(), docs["text"].to_list()))
+    texts = document_texts(*(raw_texts[s] for s in sources))
     dataset = curate(labelled, vectors[positions], texts, selection, span_cfg, label_col=label_col, columns=columns)
     accounting = document_accounting(raw_texts, all_spans, dataset)
     outcomes = dict(accounting.group_by("outcome").len().sort("outcome").iter_rows())

@@ -10,14 +10,23 @@ import json
 import dagster as dg
 import polars as pl
 
+from emerge.atomic import atomic_write_text
 from emerge_assets.assets.clustering import ALL_SOURCES
 from emerge_assets.metadata import markdown_table
+from emerge_assets.pools import GPU_POOL
 from emerge_assets.run_config import FineTuneConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage, MlflowTracking
 
 
 class FineTuneTopicConfig(FineTuneConfig):
     model_name: str = "emerge-minilm-topics"
+
+
+def _comparison(metrics: dict[str, float], task: str, names: tuple[str, ...]) -> dg.MarkdownMetadataValue:
+    """Base | fine-tuned | delta per metric of one evaluation task, for the UI."""
+    return markdown_table(pl.DataFrame([{"metric": m, **{model: metrics[f"{task}.{model}.{m}"]
+                                                          for model in ("base", "fine_tuned", "delta")}}
+                                        for m in names]))
 
 
 def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, dataset: pl.DataFrame,
@@ -36,9 +45,7 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
             beir = load_beir(config.beir_dir, config.beir_split)
         except InputError as exc:
             raise dg.Failure(f"evaluation set: {exc}") from exc
-    base_path = embedding_model.model_path()
-    if not base_path.is_dir():
-        raise dg.Failure(f"base model directory {base_path} does not exist (embedding_model.model_name_or_path)")
+    base_path = embedding_model.model_path()  # a missing folder fails in the engine with its path
     device = embedding_model.resolved_device()
     output_dir = storage.models_dir / config.model_name
 
@@ -60,42 +67,36 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
         f"seconds.{k}": round(v, 2) for k, v in report.stage_seconds.items()}
     if report.training.train_loss is not None:
         metrics["train.loss"] = report.training.train_loss
-    stats_file = output_dir / "emerge_training.json"
-    stats_file.write_text(json.dumps({"params": params, "metrics": report.metrics, "dataset": report.dataset_stats},
-                                     indent=2))
+    atomic_write_text(output_dir / "emerge_training.json", json.dumps(
+        {"params": params, "metrics": report.metrics, "dataset": report.dataset_stats}, indent=2))
     run = mlflow.log_run(run_name=f"{config.model_name}-{context.run_id[:8]}", params=params, metrics=metrics,
                          tags={"dagster.run_id": context.run_id, "dagster.asset": context.asset_key.to_user_string(),
                                "emerge.recipe": recipe},
                          artifacts={"model": output_dir})
-    heldout = pl.DataFrame([{"metric": m, "base": report.metrics[f"heldout.base.{m}"],
-                             "fine_tuned": report.metrics[f"heldout.fine_tuned.{m}"],
-                             "delta": report.metrics[f"heldout.delta.{m}"]}
-                            for m in ("hits@1", "hits@5", "hits@10", "ndcg@10", "mrr@10")])
     meta = {
         "model_path": dg.MetadataValue.path(str(output_dir)),
         "mlflow_run": dg.MetadataValue.url(run.url),
         "mlflow_run_id": run.run_id,
         "mlflow_tracking_uri": mlflow.tracking_uri,
         "device": device,
-        "heldout_retrieval": markdown_table(heldout),
+        "heldout_retrieval": _comparison(report.metrics, "heldout", ("hits@1", "hits@5", "hits@10", "ndcg@10",
+                                                                     "mrr@10")),
         "heldout_ndcg@10_delta": report.metrics["heldout.delta.ndcg@10"],
         "retrieval_sanity": markdown_table(report.sanity, max_rows=40),
         "train_loss": report.training.train_loss or 0.0,
         "train_steps": report.training.steps,
         "seconds": dg.MetadataValue.json({k: round(v, 1) for k, v in report.stage_seconds.items()}),
-        **{k: v for k, v in report.dataset_stats.items()},
+        **report.dataset_stats,
     }
     if beir is not None:
-        meta["beir_retrieval"] = markdown_table(pl.DataFrame(
-            [{"metric": m, "base": report.metrics[f"beir.base.{m}"], "fine_tuned": report.metrics[f"beir.fine_tuned.{m}"],
-              "delta": report.metrics[f"beir.delta.{m}"]} for m in ("ndcg@10", "mrr@10", "recall@100")]))
+        meta["beir_retrieval"] = _comparison(report.metrics, "beir", ("ndcg@10", "mrr@10", "recall@100"))
         meta |= {f"beir_{k}": v for k, v in beir.stats().items()}
     context.log.info(f"model saved to {output_dir}; held-out nDCG@10 base {report.metrics['heldout.base.ndcg@10']:.4f} "
                      f"-> fine-tuned {report.metrics['heldout.fine_tuned.ndcg@10']:.4f}; MLflow run {run.url}")
     return dg.MaterializeResult(metadata=meta)
 
 
-@dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool="gpu",
+@dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool=GPU_POOL,
           ins={"curated_dataset": dg.AssetIn(), "raw_texts": ALL_SOURCES},
           description="all-MiniLM-L6-v2 (or the embedding_model resource's model) fine-tuned with MNRL on pairs "
                       "built from the curated cluster dataset (selected span -> its document context by default); "
@@ -103,17 +104,13 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
 def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, curated_dataset: pl.DataFrame,
                      raw_texts: dict, storage: EmergeStorage, embedding_model: EmbeddingModelResource,
                      mlflow: MlflowTracking) -> dg.MaterializeResult:
-    from emerge.ingest import kept_documents
+    from emerge.ingest import document_texts
 
-    texts = {}
-    for frame in raw_texts.values():
-        docs = kept_documents(frame)
-        texts.update(zip(docs["doc_id"].cast(pl.String).to_list(), docs["text"].to_list()))
     return _train_and_track(context, config, curated_dataset, "cluster_id", f"clusters/{config.pairing}",
-                            storage, embedding_model, mlflow, texts)
+                            storage, embedding_model, mlflow, document_texts(*raw_texts.values()))
 
 
-@dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool="gpu",
+@dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool=GPU_POOL,
           description="The base model fine-tuned with MNRL on (topic name: description -> span) pairs from the "
                       "curated topic dataset; evaluated and tracked like fine_tuned_model.")
 def fine_tuned_topic_model(context: dg.AssetExecutionContext, config: FineTuneTopicConfig,
