@@ -30,7 +30,12 @@ from _common import emit, machine, warm_up_numba  # noqa: E402
 from discovery_quality import agreement, load_corpus, run_emerge  # noqa: E402
 
 
-def run_bertopic(texts: list[str], seed: int) -> tuple[list[int], dict]:
+def run_bertopic(texts: list[str], seed: int, dtype: str = "float32") -> tuple[list[int], dict]:
+    """BERTopic's default pipeline; its embedding pass runs under the same autocast precision
+    as Emerge's forward pass, so throughput compares like with like."""
+    import contextlib
+
+    import torch
     from bertopic import BERTopic
     from sentence_transformers import SentenceTransformer
     from umap import UMAP
@@ -38,8 +43,13 @@ def run_bertopic(texts: list[str], seed: int) -> tuple[list[int], dict]:
     from emerge.encoder import packaged_model_path, resolve_device
 
     st = SentenceTransformer(str(packaged_model_path()), device=resolve_device("auto"))
+    device_type = st.device.type
+    precision = (torch.autocast(device_type, dtype=getattr(torch, dtype)) if dtype != "float32"
+                 else contextlib.nullcontext())
     t0 = time.perf_counter()
-    embeddings = st.encode(texts, batch_size=32, show_progress_bar=True)
+    with precision:
+        embeddings = st.encode(texts, batch_size=32, show_progress_bar=True)
+    embeddings = embeddings.astype("float32")
     embed_s = time.perf_counter() - t0
     umap_model = UMAP(n_neighbors=15, n_components=5, min_dist=0.0, metric="cosine", random_state=seed)
     t0 = time.perf_counter()
@@ -53,7 +63,7 @@ def run_bertopic(texts: list[str], seed: int) -> tuple[list[int], dict]:
             "outlier_fraction": round(sum(t == -1 for t in topics) / len(topics), 4),
             "wall_s_by_stage": {"embed": round(embed_s, 2), "fit_topics": round(fit_s, 2)},
             "wall_s": round(wall, 2), "tokens_embedded": tokens, "tokens_per_s": round(tokens / wall, 1),
-            "max_seq_length": st.max_seq_length}
+            "max_seq_length": st.max_seq_length, "forward_dtype": dtype}
     return [int(t) for t in topics], info
 
 
@@ -64,19 +74,23 @@ def main(argv=None) -> int:
     p.add_argument("--label-field", required=True)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="forward-pass precision of both methods (auto: Emerge's default for this machine)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
     texts, gold = load_corpus(args.docs, args.text_field, args.label_field, args.limit)
+    from emerge.config import EncoderConfig
     from emerge.encoder import load_encoder
 
-    load_encoder()  # model load outside both timings
+    encoder = load_encoder(EncoderConfig(dtype=args.dtype))  # model load outside both timings
     warm_up_numba(args.seed)  # JIT compilation outside both timings, whichever runs first
-    emerge_pred, emerge_info = run_emerge(texts, seed=args.seed)
+    emerge_pred, emerge_info = run_emerge(texts, seed=args.seed, dtype=args.dtype)
     emerge_info["wall_s"] = round(emerge_info["wall_s"] - emerge_info["wall_s_by_stage"]["load_model"], 2)
     emerge_info["tokens_per_s"] = round(emerge_info["tokens_embedded"] / emerge_info["wall_s"], 1)
-    bert_pred, bert_info = run_bertopic(texts, args.seed)
+    bert_pred, bert_info = run_bertopic(texts, args.seed, encoder.compute_dtype)
     result = {"config": {"docs": args.docs, "limit": args.limit, "documents": len(texts), "seed": args.seed,
+                         "dtype": args.dtype, "forward_dtype": encoder.compute_dtype,
                          "gold_labels": len(set(gold))},
               "machine": machine(),
               "emerge": {**agreement(gold, emerge_pred), **emerge_info},

@@ -41,7 +41,8 @@ def load_corpus(path: str, text_field: str, label_field: str | None, limit: int 
     return texts, labels
 
 
-def run_emerge(texts: list[str], min_len: int = 16, max_len: int = 64, stride: int = 8, seed: int = 42):
+def run_emerge(texts: list[str], min_len: int = 16, max_len: int = 64, stride: int = 8, seed: int = 42,
+               dtype: str = "auto"):
     """Emerge discovery on `texts`: (label per text, -1 = none; result dict with timings)."""
     import numpy as np
 
@@ -55,7 +56,7 @@ def run_emerge(texts: list[str], min_len: int = 16, max_len: int = 64, stride: i
 
     timings = {}
     t = time.perf_counter()
-    encoder = load_encoder(EncoderConfig(device="auto"))
+    encoder = load_encoder(EncoderConfig(device="auto", dtype=dtype))
     timings["load_model"] = time.perf_counter() - t
     t = time.perf_counter()
     ingest = documents_from_texts(texts, source="bench", config=IngestConfig(id_field=None, deduplicate=False))
@@ -88,7 +89,7 @@ def run_emerge(texts: list[str], min_len: int = 16, max_len: int = 64, stride: i
     tokens = int(sum(len(x) for x in encoder.tokenizer(docs["text"].to_list(), add_special_tokens=False)["input_ids"]))
     wall = sum(timings.values())
     info = {
-        "model": encoder.name, "device": encoder.device, "span": vars(span_cfg), "seed": seed,
+        "model": encoder.name, "device": encoder.device, "forward_dtype": encoder.compute_dtype, "span": vars(span_cfg), "seed": seed,
         "documents": docs.height, "spans": spans.height, "fit_spans": int(len(sample)),
         "selected_spans": dataset.height, "tokens_embedded": tokens, "n_clusters": len(pipeline.cluster_ids),
         "span_noise_fraction": round(float((labelled["cluster_id"] < 0).mean()), 4),
@@ -120,11 +121,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="forward-pass precision (EncoderConfig.dtype)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
     texts, gold = load_corpus(args.docs, args.text_field, args.label_field, args.limit)
-    pred, info = run_emerge(texts, args.min_len, args.max_len, args.stride, args.seed)
+    pred, info = run_emerge(texts, args.min_len, args.max_len, args.stride, args.seed, args.dtype)
     result = {"config": {"docs": args.docs, "limit": args.limit}, "machine": machine(), **info}
     if args.label_field:
         result.update(agreement(gold, pred))

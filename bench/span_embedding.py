@@ -11,6 +11,7 @@ Same documents, same dense span set, same packaged all-MiniLM-L6-v2, one run:
   take hours);
 * forward: the bare transformer forward pass over the same document windows (no tokenising,
   no pooling, no writing): the physical floor of the stage.
+All three run at the same precision (`--dtype`, default `auto` = Emerge's default here).
 Reports spans/s, `speedup` = emerge / naive, `overhead_vs_forward` = emerge wall / forward wall.
 The last stdout line is the JSON result.
 """
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--naive-sample", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="forward-pass precision of Emerge, the bare forward pass and the naive encode")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -54,11 +57,12 @@ def main(argv=None) -> int:
     from emerge.ingest import documents_from_texts
     from emerge.spans import build_spans
     from emerge.tokenize import tokenize_batch
+    from emerge_resources.io_manager import write_parquet
 
     lines = Path(args.docs).read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 in texts
     rows = [json.loads(x) for x in lines if x.strip()][:args.limit]
     docs = documents_from_texts([r[args.text_field] for r in rows], source="bench").documents
-    encoder = load_encoder(EncoderConfig(device="auto", batch_size=args.batch_size))
+    encoder = load_encoder(EncoderConfig(device="auto", batch_size=args.batch_size, dtype=args.dtype))
     spans, _ = build_spans(docs, encoder.tokenizer, SpanConfig(args.min_len, args.max_len, args.stride))
     texts = docs["text"].to_list()
 
@@ -76,15 +80,16 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         vectors = embed_spans(docs, spans, encoder)
         # written as the IO manager writes it
-        embeddings_frame(spans, vectors).write_parquet(Path(tmp) / "span_embeddings.parquet", compression="lz4")
+        write_parquet(embeddings_frame(spans, vectors), Path(tmp) / "span_embeddings.parquet")
         emerge_s = time.perf_counter() - t0
 
     st = SentenceTransformer(str(packaged_model_path()), device=encoder.device)
     sample = random.Random(args.seed).sample(spans["text_span"].to_list(), min(args.naive_sample, spans.height))
-    st.encode(sample[:64], batch_size=args.batch_size)  # warm-up
-    t0 = time.perf_counter()
-    st.encode(sample, batch_size=args.batch_size, normalize_embeddings=True)
-    naive_s = time.perf_counter() - t0
+    with encoder._autocast():  # the same precision as Emerge's pass
+        st.encode(sample[:64], batch_size=args.batch_size)  # warm-up
+        t0 = time.perf_counter()
+        st.encode(sample, batch_size=args.batch_size, normalize_embeddings=True)
+        naive_s = time.perf_counter() - t0
 
     tokens = int(sum(len(i) for i in ids))
     emerge_rate = spans.height / emerge_s
@@ -92,7 +97,7 @@ def main(argv=None) -> int:
     result = {
         "config": {"docs": args.docs, "limit": args.limit, "span": [args.min_len, args.max_len, args.stride],
                    "batch_size": args.batch_size, "naive_sample": len(sample), "model": encoder.name,
-                   "device": encoder.device, "torch_threads": torch.get_num_threads()},
+                   "device": encoder.device, "forward_dtype": encoder.compute_dtype, "torch_threads": torch.get_num_threads()},
         "machine": machine(),
         "documents": docs.height, "tokens": tokens, "windows": len(chunks), "spans": spans.height,
         "emerge_wall_s": round(emerge_s, 2), "forward_wall_s": round(forward_s, 2),

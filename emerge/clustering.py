@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class ClusteringPipeline:
     """A fitted UMAP reducer + HDBSCAN clusterer + per-cluster centroids and titles.
 
     `predict` places new span vectors in UMAP space (see `project`) and labels them with
-    `hdbscan.approximate_predict`,
+    `approximate_predict` (hdbscan's, vectorised),
     which is how new partitions are labelled between refits.
 
     Cluster ids are *stable ids*: `label_map` translates HDBSCAN's raw labels of this fit, and
@@ -93,14 +94,14 @@ class ClusteringPipeline:
 
     def fit(self, vectors: np.ndarray) -> "ClusteringPipeline":
         """Fit UMAP then HDBSCAN on `vectors` (the fit sample, not every dense span)."""
-        vectors = _check_vectors(vectors)
+        vectors = _check_vectors(vectors).astype(np.float32, copy=False)
         self.fit_reducer(vectors)
         return self.fit_clusterer(vectors)
 
     def fit_reducer(self, vectors: np.ndarray) -> "ClusteringPipeline":
         import umap
 
-        vectors = _check_vectors(vectors)
+        vectors = _check_vectors(vectors).astype(np.float32, copy=False)
         n = len(vectors)
         if n < _MIN_FIT_POINTS:
             raise InputError(f"clustering needs at least {_MIN_FIT_POINTS} spans to fit, got {n}; "
@@ -108,10 +109,18 @@ class ClusteringPipeline:
         cfg = self.config
         n_neighbors = min(cfg.n_neighbors, n - 1)
         n_components = min(cfg.n_components, n - 2)
+        precomputed = (None, None, None)
+        if cfg.metric == "cosine" and cfg.transform != "umap":  # UMAP.transform needs its own NN index
+            from emerge.knn import knn_graph
+
+            precomputed = knn_graph(vectors, n_neighbors)
         self.reducer = umap.UMAP(n_neighbors=n_neighbors, n_components=n_components, min_dist=cfg.min_dist,
-                                 metric=cfg.metric, random_state=cfg.random_state,
+                                 metric=cfg.metric, random_state=cfg.random_state, precomputed_knn=precomputed,
                                  init="spectral" if n > 3 * n_components + 10 else "random")
-        self.fit_embedding_ = self.reducer.fit_transform(vectors).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*knn_search_index.*")
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+            self.fit_embedding_ = self.reducer.fit_transform(vectors).astype(np.float32)
         return self
 
     def fit_clusterer(self, vectors: np.ndarray, coords: np.ndarray | None = None) -> "ClusteringPipeline":
@@ -120,7 +129,7 @@ class ClusteringPipeline:
 
         if self.reducer is None:
             raise RuntimeError("fit_reducer() must run before fit_clusterer()")
-        vectors = _check_vectors(vectors)
+        vectors = _check_vectors(vectors).astype(np.float32, copy=False)
         coords = self.fit_embedding_ if coords is None else np.asarray(coords, np.float32)
         if coords is None or len(coords) != len(vectors):
             raise ValueError("coords must be the UMAP coordinates of exactly these vectors")
@@ -206,46 +215,58 @@ class ClusteringPipeline:
             return np.concatenate(parts).astype(np.float32)
         from umap.umap_ import smooth_knn_dist
 
-        train = np.asarray(self.reducer._raw_data, dtype=np.float32)
-        train = train / np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)
+        index = self._index()
         emb = np.asarray(self.reducer.embedding_, dtype=np.float32)
-        k = min(self.reducer.n_neighbors, len(train))
+        k = min(self.reducer.n_neighbors, len(index))
         out = np.empty((len(vectors), n_out), np.float32)
         for lo in range(0, len(vectors), batch_size):
-            chunk = vectors[lo:lo + batch_size]
-            chunk = chunk / np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
-            sims = chunk @ train.T
-            idx = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(train) else np.tile(
-                np.arange(len(train)), (len(chunk), 1))
-            sim = np.take_along_axis(sims, idx, axis=1)  # unit vectors: both metrics follow the cosine
+            idx, sim = index.search(vectors[lo:lo + batch_size], k, refine=False)  # unit vectors: cosine serves both metrics
             dist = 1.0 - sim if self.config.metric == "cosine" else np.sqrt(np.maximum(2.0 - 2.0 * sim, 0.0))
-            order = np.argsort(dist, axis=1)
-            idx, dist = np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1)
             sigmas, rhos = smooth_knn_dist(dist.astype(np.float32), float(k), local_connectivity=1.0)
             weights = np.exp(-np.maximum(dist - rhos[:, None], 0.0) / np.maximum(sigmas[:, None], 1e-12))
-            out[lo:lo + len(chunk)] = (weights[:, :, None] * emb[idx]).sum(axis=1) / weights.sum(axis=1, keepdims=True)
+            out[lo:lo + len(idx)] = (weights[:, :, None] * emb[idx]).sum(axis=1) / weights.sum(axis=1, keepdims=True)
         return out
+
+    def _index(self):
+        """The fit spans as a cosine index, built once per fitted/loaded pipeline."""
+        from emerge.knn import CosineIndex
+
+        if getattr(self, "_cosine_index", None) is None or self._cosine_index_of is not self.reducer:
+            self._cosine_index = CosineIndex(np.asarray(self.reducer._raw_data, dtype=np.float32))
+            self._cosine_index_of = self.reducer
+        return self._cosine_index
 
     def predict(self, vectors: np.ndarray, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """(cluster labels, membership strengths in [0, 1]) for new span vectors."""
-        import hdbscan
+        from emerge.hdbscan_predict import approximate_predict
 
         self._require_fitted()
         if len(vectors) == 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         if not self.centroids:
             return np.full(len(vectors), NOISE, np.int64), np.zeros(len(vectors), np.float32)
-        coords = self.project(vectors, batch_size)
-        labels, strengths = hdbscan.approximate_predict(self.clusterer, coords)
-        return self._to_stable(labels, self.label_map), np.nan_to_num(strengths.astype(np.float32))
+        labels = np.empty(len(vectors), np.int64)
+        strengths = np.empty(len(vectors), np.float32)
+        for lo in range(0, len(vectors), 16 * batch_size):  # bounds approximate_predict's neighbour tables
+            block = vectors[lo:lo + 16 * batch_size]
+            raw, strength = approximate_predict(self.clusterer, self.project(block, batch_size))
+            labels[lo:lo + len(block)] = raw
+            strengths[lo:lo + len(block)] = np.nan_to_num(strength.astype(np.float32))
+        return self._to_stable(labels, self.label_map), strengths
 
-    def centroid_similarity(self, vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Cosine of each vector to its own cluster's centroid (0 for noise)."""
+    def centroid_similarity(self, vectors: np.ndarray, labels: np.ndarray, block: int = 65536) -> np.ndarray:
+        """Cosine of each vector to its own cluster's centroid (0 for noise), in row blocks: no
+        per-cluster copy of the vectors (a big cluster's copy was the labelling stage's RSS peak)."""
         sims = np.zeros(len(vectors), np.float32)
-        for c, centroid in self.centroids.items():
-            mask = labels == c
-            if mask.any():
-                sims[mask] = vectors[mask] @ centroid
+        if not self.centroids or len(vectors) == 0:
+            return sims
+        ids = self.cluster_ids
+        table = np.vstack([np.stack([self.centroids[c] for c in ids]), np.zeros((1, vectors.shape[1]), np.float32)])
+        lut = {c: i for i, c in enumerate(ids)}
+        rows = np.array([lut.get(int(c), len(ids)) for c in labels.tolist()], np.int64)  # noise -> zero row
+        for lo in range(0, len(vectors), block):
+            chunk = np.asarray(vectors[lo:lo + block], np.float32)
+            sims[lo:lo + len(chunk)] = np.einsum("ij,ij->i", chunk, table[rows[lo:lo + len(chunk)]])
         return sims
 
     def _require_fitted(self) -> None:
@@ -298,11 +319,15 @@ class ClusteringPipeline:
         return pipe
 
 
-def _check_vectors(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
+def _check_vectors(vectors: np.ndarray, block: int = 65536) -> np.ndarray:
+    """2-D and finite; float32 as given (no copy), float16 stays float16 (callers convert in
+    blocks). The finiteness scan runs in blocks so it never allocates a corpus-sized mask."""
+    vectors = np.asarray(vectors)
+    if vectors.dtype not in (np.float32, np.float16):
+        vectors = vectors.astype(np.float32)
     if vectors.ndim != 2:
         raise ValueError(f"expected a 2-D array of span vectors, got shape {vectors.shape}")
-    if len(vectors) and not np.isfinite(vectors).all():
-        bad = int((~np.isfinite(vectors)).any(axis=1).sum())
+    bad = sum(int((~np.isfinite(vectors[lo:lo + block])).any(axis=1).sum()) for lo in range(0, len(vectors), block))
+    if bad:
         raise ValueError(f"{bad} span vector(s) contain NaN or inf; re-run span_embeddings")
     return vectors

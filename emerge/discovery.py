@@ -48,10 +48,11 @@ def label_spans(pipeline: ClusteringPipeline, spans: pl.DataFrame, vectors: np.n
     """`spans` plus cluster_id, cluster_title, membership, centroid_sim, relevance."""
     labels, strengths = pipeline.predict(vectors)
     sims = pipeline.centroid_similarity(vectors, labels)
-    titles = [pipeline.titles.get(int(c), NOISE_TITLE if c == NOISE else "Untitled") for c in labels.tolist()]
+    ids = pl.Series("cluster_id", labels, dtype=pl.Int64)
+    names = {c: pipeline.titles.get(c, "Untitled") for c in np.unique(labels).tolist()} | {NOISE: NOISE_TITLE}
     return spans.with_columns(
-        pl.Series("cluster_id", labels, dtype=pl.Int64),
-        pl.Series("cluster_title", titles, dtype=pl.String),
+        ids,
+        ids.replace_strict(names, return_dtype=pl.String).alias("cluster_title"),
         pl.Series("membership", strengths, dtype=pl.Float32),
         pl.Series("centroid_sim", sims, dtype=pl.Float32),
         pl.Series("relevance", cluster_relevance(strengths, sims), dtype=pl.Float32),

@@ -48,6 +48,28 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+def native_bf16_cpu() -> bool:
+    """Does this CPU compute bfloat16 natively (AVX512-BF16 or AMX)? Emulated bf16 is slower than
+    float32, so `auto` only picks it where the instructions exist."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The forward pass precision for `EncoderConfig.dtype` on `device` (see EncoderConfig)."""
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return "float16"
+        return "bfloat16" if device == "cpu" and native_bf16_cpu() else "float32"
+    if dtype == "float16" and device == "cpu":
+        log.warning("float16 is not a fast path on CPU; running the forward pass in float32")
+        return "float32"
+    return dtype
+
+
 def _model_max_length(path: Path, tokenizer, model) -> int:
     st_cfg = path / "sentence_bert_config.json"
     if st_cfg.exists():
@@ -94,6 +116,7 @@ class TokenEncoder:
     batch_size: int = 16
     window_overlap: int = 64
     name: str = ""
+    compute_dtype: str = "float32"
 
     @property
     def dim(self) -> int:
@@ -109,14 +132,13 @@ class TokenEncoder:
         tokenizer = load_tokenizer(str(root) if config.model_name_or_path else None)
         model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         model.eval().to(device)
-        if config.dtype == "float16" and device != "cpu":
-            model.half()
         max_len = _model_max_length(root, tokenizer, model)
         if config.max_seq_length:
             max_len = min(max_len, config.max_seq_length)
         return cls(model=model, tokenizer=tokenizer, device=device, max_seq_length=max_len,
                    batch_size=config.batch_size, window_overlap=config.window_overlap,
-                   name=model_display_name(config.model_name_or_path))
+                   name=model_display_name(config.model_name_or_path),
+                   compute_dtype=resolve_dtype(config.dtype, device))
 
     @classmethod
     def from_pretrained_objects(cls, model, tokenizer, batch_size: int = 16) -> "TokenEncoder":
@@ -161,6 +183,17 @@ class TokenEncoder:
         return out
 
     # -- forward ---------------------------------------------------------------------------
+    def _autocast(self):
+        """Mixed precision for the forward pass (weights stay float32, outputs are cast back)."""
+        import contextlib
+
+        import torch
+
+        if self.compute_dtype == "float32":
+            return contextlib.nullcontext()
+        device_type = self.device.split(":")[0]
+        return torch.autocast(device_type=device_type, dtype=getattr(torch, self.compute_dtype))
+
     def _forward(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
         """Token embeddings (without [CLS]/[SEP]) for each chunk of ids, batched by length."""
         import torch
@@ -171,7 +204,7 @@ class TokenEncoder:
         lead = 1 if cls_id is not None else 0
         order = np.argsort([-len(c) for c in chunks], kind="stable")
         out: list[np.ndarray | None] = [None] * len(chunks)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for lo in range(0, len(order), self.batch_size):
                 idx = order[lo:lo + self.batch_size]
                 width = max(len(chunks[i]) for i in idx) + len(specials)
@@ -219,24 +252,35 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 def pool_spans(token_emb: np.ndarray, tok_start: np.ndarray, tok_end: np.ndarray,
-               normalise: bool = False) -> np.ndarray:
+               normalise: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """Mean of token_emb[s:e] for every (s, e), via prefix sums: O(d) per span, exact.
 
     Prefix sums run in float32 up to 4,096 tokens (error < 1e-5 relative there, half the memory
     traffic) and in float64 beyond, so long documents lose no precision to cancellation. With
     `normalise=True` the unit vector is returned directly (the mean's 1/(e-s) cancels, so it is
-    skipped): one pass instead of pooling, then normalising a corpus-sized array again.
+    skipped). Runs on torch's CPU kernels (all cores; 2x numpy's single-threaded passes) and,
+    given `out` (a float16/float32 array of shape (len(tok_start), d)), casts straight into it
+    instead of allocating the result and copying it again.
     """
-    dtype = np.float32 if len(token_emb) <= 4096 else np.float64
-    prefix = np.zeros((len(token_emb) + 1, token_emb.shape[1]), dtype=dtype)
-    np.cumsum(token_emb, axis=0, dtype=dtype, out=prefix[1:])
-    sums = prefix[tok_end]
-    sums -= prefix[tok_start]
-    if normalise:
-        sums /= np.maximum(np.sqrt(np.einsum("ij,ij->i", sums, sums)), 1e-12)[:, None]
-    else:
-        sums /= (tok_end - tok_start).astype(dtype)[:, None]
-    return sums.astype(np.float32, copy=False)
+    import torch
+
+    dtype = torch.float32 if len(token_emb) <= 4096 else torch.float64
+    with torch.inference_mode():
+        tokens = torch.as_tensor(token_emb).to(dtype)
+        prefix = torch.zeros((len(tokens) + 1, tokens.shape[1]), dtype=dtype)
+        torch.cumsum(tokens, dim=0, out=prefix[1:])
+        ends = torch.as_tensor(np.asarray(tok_end, np.int64))
+        starts = torch.as_tensor(np.asarray(tok_start, np.int64))
+        sums = prefix.index_select(0, ends)
+        sums.sub_(prefix.index_select(0, starts))
+        if normalise:
+            sums.div_(torch.linalg.vector_norm(sums, dim=1, keepdim=True).clamp_min_(1e-12))
+        else:
+            sums.div_((ends - starts).to(dtype)[:, None])
+        if out is None:
+            return sums.to(torch.float32).numpy()
+        torch.from_numpy(out).copy_(sums)
+        return out
 
 
 def as_encoder(model=None, tokenizer=None, analyzer_config=None) -> TokenEncoder:
@@ -259,10 +303,11 @@ _CACHE_LOCK = threading.Lock()
 def load_encoder(config: EncoderConfig | None = None) -> TokenEncoder:
     """Load once per process per (model path, device, settings): assets and API share it."""
     config = config or EncoderConfig()
-    key = (str(resolve_model_path(config.model_name_or_path)), resolve_device(config.device),
-           config.max_seq_length, config.batch_size, config.window_overlap, config.dtype)
+    device = resolve_device(config.device)
+    key = (str(resolve_model_path(config.model_name_or_path)), device,
+           config.max_seq_length, config.batch_size, config.window_overlap, resolve_dtype(config.dtype, device))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            log.info("loading model %s on %s", key[0], key[1])
+            log.info("loading model %s on %s (%s forward pass)", key[0], key[1], key[-1])
             _CACHE[key] = TokenEncoder.from_config(config)
         return _CACHE[key]

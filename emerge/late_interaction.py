@@ -258,6 +258,7 @@ class LateInteractionCrossEncoder:
         if exclude is not None:
             protos = protos.copy()
             protos[exclude[0]] = self._prototype(exclude[0], exclude_part=exclude[1])
+        pooled = np.asarray(pooled, np.float32)  # span vectors are stored in float16: no BLAS for that
         return (1 - self.prototype_weight) * li + self.prototype_weight * (pooled @ protos.T)
 
     def _score_texts(self, encoder: TokenEncoder, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -27,26 +27,42 @@ def pareto_front(objectives: np.ndarray, chunk: int = 1024) -> np.ndarray:
     return keep
 
 
-def _non_overlapping(starts: list[int], ends: list[int], order: np.ndarray) -> list[int]:
+def _non_overlapping(starts: np.ndarray, ends: np.ndarray) -> list[int]:
+    """Greedy in the given order: keep a span unless it overlaps one already kept."""
     taken: list[tuple[int, int]] = []
     picked = []
-    for i in order.tolist():
-        s, e = starts[i], ends[i]
+    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
         if all(e <= a or s >= b for a, b in taken):
             taken.append((s, e))
             picked.append(i)
     return picked
 
 
-def _drop_near_duplicates(vectors: np.ndarray, order: np.ndarray, threshold: float) -> list[int]:
+def _drop_near_duplicates(vectors: np.ndarray, threshold: float, limit: int | None = None) -> list[int]:
+    """Greedy in row order: keep a row unless its cosine to a kept row reaches `threshold`.
+    Kept vectors go into a preallocated buffer (growing it by vstack per kept row was quadratic)."""
     kept: list[int] = []
-    kept_vecs = np.zeros((0, vectors.shape[1]), np.float32)
-    for i in order.tolist():
-        if len(kept) and float((kept_vecs @ vectors[i]).max()) >= threshold:
+    buffer = np.empty((min(len(vectors), limit or len(vectors)), vectors.shape[1]), np.float32)
+    for i in range(len(vectors)):
+        v = np.asarray(vectors[i], np.float32)
+        if kept and float((buffer[:len(kept)] @ v).max()) >= threshold:
             continue
+        buffer[len(kept)] = v
         kept.append(i)
-        kept_vecs = np.vstack([kept_vecs, vectors[i][None, :]])
+        if limit is not None and len(kept) >= limit:
+            break
     return kept
+
+
+def _group_bounds(keys: list[np.ndarray]) -> np.ndarray:
+    """Start offsets of runs of equal key tuples in already-sorted arrays, plus the end."""
+    n = len(keys[0])
+    change = np.zeros(n, bool)
+    if n:
+        change[0] = True
+        for k in keys:
+            change[1:] |= k[1:] != k[:-1]
+    return np.append(np.flatnonzero(change), n)
 
 
 def select_spans(candidates: pl.DataFrame, vectors: np.ndarray, config: SelectionConfig,
@@ -55,7 +71,8 @@ def select_spans(candidates: pl.DataFrame, vectors: np.ndarray, config: Selectio
 
     Steps: thresholds -> Pareto front per (document, label) over (relevance, quality,
     length_fit) -> greedy non-overlapping choice per document by score -> near-duplicate
-    removal per label -> per-label cap. `candidates` rows align with `vectors`.
+    removal per label -> per-label cap. `candidates` rows align with `vectors` (float32 or
+    float16). Groups are walked as numpy slices of one sorted table, not as data frames.
     """
     if candidates.height == 0:
         return candidates.with_columns(pl.lit(None, pl.Float32).alias("length_fit"),
@@ -70,24 +87,31 @@ def select_spans(candidates: pl.DataFrame, vectors: np.ndarray, config: Selectio
         eligible = eligible & label.is_not_null()
         if candidates.schema[label_col].is_numeric():
             eligible = eligible & (label >= 0)
-    frame = frame.filter(eligible)
-    chosen: list[int] = []
-    for doc in frame.partition_by("doc_id", maintain_order=True):
-        front_rows = []
-        for group in doc.partition_by(label_col, maintain_order=True):
-            obj = group.select("relevance", "quality", "length_fit").to_numpy()
-            front_rows.extend(group["_pos"].filter(pl.Series(pareto_front(obj))).to_list())
-        front = doc.filter(pl.col("_pos").is_in(front_rows)).sort("score", descending=True)
-        picked = _non_overlapping(front["start_char"].to_list(), front["end_char"].to_list(),
-                                  np.arange(front.height))
-        chosen.extend(front["_pos"].gather(picked).to_list())
-    selected = frame.filter(pl.col("_pos").is_in(chosen)).sort("score", descending=True)
+    table = (frame.filter(eligible)
+             .select("_pos", "doc_id", label_col, "relevance", "quality", "length_fit", "score", "start_char",
+                     "end_char")
+             .with_columns(pl.col("doc_id").rank("dense").alias("_doc"), pl.col(label_col).rank("dense").fill_null(0).alias("_lab"))
+             .sort(["_doc", "_lab", "_pos"]))
+    pos = table["_pos"].to_numpy()
+    doc, lab = table["_doc"].to_numpy(), table["_lab"].to_numpy()
+    objectives = table.select("relevance", "quality", "length_fit").to_numpy()
+    on_front = np.zeros(len(pos), bool)
+    bounds = _group_bounds([doc, lab])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        on_front[lo:hi] = pareto_front(objectives[lo:hi])
+    front = table.filter(pl.Series(on_front)).sort(["_doc", "score", "_pos"], descending=[False, True, False])
+    f_doc, f_start, f_end = front["_doc"].to_numpy(), front["start_char"].to_numpy(), front["end_char"].to_numpy()
+    chosen = np.zeros(front.height, bool)
+    bounds = _group_bounds([f_doc])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        chosen[lo + np.asarray(_non_overlapping(f_start[lo:hi], f_end[lo:hi]), np.int64)] = True
+    picked = front.filter(pl.Series(chosen)).sort(["_lab", "score", "_pos"], descending=[False, True, False])
+    p_pos, p_lab = picked["_pos"].to_numpy(), picked["_lab"].to_numpy()
     final: list[int] = []
-    for group in selected.partition_by(label_col, maintain_order=True):
-        pos = group["_pos"].to_numpy()
-        kept = _drop_near_duplicates(vectors[pos], np.arange(len(pos)), config.near_duplicate_threshold)
-        if config.max_spans_per_cluster is not None:
-            kept = kept[:config.max_spans_per_cluster]
-        final.extend(pos[kept].tolist())
-    return (selected.filter(pl.col("_pos").is_in(final))
-            .sort([label_col, "score"], descending=[False, True]).drop("_pos"))
+    bounds = _group_bounds([p_lab])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        rows = p_pos[lo:hi]
+        kept = _drop_near_duplicates(vectors[rows], config.near_duplicate_threshold, config.max_spans_per_cluster)
+        final.extend(rows[kept].tolist())
+    return (frame.filter(pl.col("_pos").is_in(final))
+            .sort([label_col, "score", "_pos"], descending=[False, True, False]).drop("_pos"))

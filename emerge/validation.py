@@ -35,13 +35,17 @@ def span_row_problems(spans: pl.DataFrame) -> dict[str, int]:
 
 def embedding_problems(vectors: np.ndarray, min_norm: float = 1e-6) -> dict[str, int]:
     """Rows with NaN/inf, and rows whose norm is (near) zero: both poison cosine similarity."""
-    vectors = np.asarray(vectors, np.float32)
+    vectors = np.asarray(vectors)
     if vectors.size == 0:
         return {}
-    finite = np.isfinite(vectors).all(axis=1)
-    norms = np.linalg.norm(np.where(np.isfinite(vectors), vectors, 0.0), axis=1)
-    return {k: v for k, v in {"non_finite_rows": int((~finite).sum()),
-                              "zero_rows": int((finite & (norms < min_norm)).sum())}.items() if v}
+    non_finite = zero = 0
+    for lo in range(0, len(vectors), 65536):  # float32 blocks: no corpus-sized copy
+        block = np.asarray(vectors[lo:lo + 65536], np.float32)
+        finite = np.isfinite(block).all(axis=1)
+        norms = np.linalg.norm(np.where(np.isfinite(block), block, 0.0), axis=1)
+        non_finite += int((~finite).sum())
+        zero += int((finite & (norms < min_norm)).sum())
+    return {k: v for k, v in {"non_finite_rows": non_finite, "zero_rows": zero}.items() if v}
 
 
 def unaccounted_files(folder: str | Path, inventory: pl.DataFrame) -> list[str]:

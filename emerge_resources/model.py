@@ -21,11 +21,14 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     batch_size: int = Field(default=16, description="Windows per forward pass.")
     max_seq_length: Optional[int] = Field(default=None, description="Window size in tokens; default: the model's.")
     window_overlap: int = Field(default=64, description="Tokens shared by consecutive windows of long documents.")
+    dtype: str = Field(default="auto", description=(
+        "Forward-pass precision: auto (bfloat16 on CPUs with native bf16, float16 on CUDA, else float32), "
+        "float32, bfloat16 or float16."))
 
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(model_name_or_path=self.model_name_or_path, device=self.device,
                              batch_size=self.batch_size, max_seq_length=self.max_seq_length,
-                             window_overlap=self.window_overlap)
+                             window_overlap=self.window_overlap, dtype=self.dtype)
 
     def get_encoder(self):
         from emerge.encoder import load_encoder

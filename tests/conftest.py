@@ -47,7 +47,7 @@ def tiny_encoder(tiny_model_dir):
     from emerge.encoder import load_encoder
 
     return load_encoder(EncoderConfig(model_name_or_path=str(tiny_model_dir), device="cpu", batch_size=4,
-                                      window_overlap=16))
+                                      window_overlap=16, dtype="float32"))
 
 
 @pytest.fixture(scope="session")
@@ -55,4 +55,4 @@ def minilm_encoder():
     from emerge.config import EncoderConfig
     from emerge.encoder import load_encoder
 
-    return load_encoder(EncoderConfig(device="cpu"))
+    return load_encoder(EncoderConfig(device="cpu", dtype="float32"))  # exact-numerics tests

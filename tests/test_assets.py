@@ -113,7 +113,7 @@ def test_rematerializing_a_partition_is_idempotent(pipeline_run):
     assert again.success
     assert pl.read_parquet(path).equals(before)
     emb = pl.read_parquet(pipeline_run["home"] / "assets" / "span_embeddings" / "newsletters.parquet")
-    assert emb["embedding"].dtype == pl.Array(pl.Float32, 32)
+    assert emb["embedding"].dtype == pl.Array(pl.Float16, 32)  # stored in half precision
     assert np.isfinite(emb["embedding"].to_numpy()).all()
     assert not list((pipeline_run["home"] / "assets" / "spans").glob("*.tmp-*"))
 

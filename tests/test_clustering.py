@@ -105,10 +105,56 @@ def test_knn_projection_agrees_with_umap_transform(fitted):
 
     pipe, x, y = fitted
     x_new, _ = blobs(n_per=20, seed=0)
-    knn_labels, _ = pipe.predict(x_new)
-    exact = ClusteringPipeline(replace(pipe.config, transform="umap"))
-    exact.reducer, exact.clusterer, exact.centroids = pipe.reducer, pipe.clusterer, pipe.centroids
+    exact = ClusteringPipeline(replace(pipe.config, transform="umap")).fit(x)  # keeps UMAP's own NN index
+    knn = ClusteringPipeline(replace(pipe.config, transform="knn"))
+    knn.reducer, knn.clusterer, knn.centroids = exact.reducer, exact.clusterer, exact.centroids
+    knn_labels, _ = knn.predict(x_new)
     umap_labels, _ = exact.predict(x_new)
     assert (knn_labels == umap_labels).mean() >= 0.9
     own, _ = pipe.predict(x)  # the fit points themselves land in their own clusters
     assert (own == pipe.fit_labels_)[pipe.fit_labels_ >= 0].mean() >= 0.95
+
+
+@pytest.mark.parametrize("bf16_shortlist", [False, True])
+def test_cosine_index_finds_the_exact_neighbours(bf16_shortlist):
+    from emerge.knn import CosineIndex, knn_graph
+
+    rng = np.random.default_rng(3)
+    keys = rng.normal(size=(700, 24)).astype(np.float32)
+    keys[5] = keys[4]  # an exact duplicate: self must still come first in the graph
+    queries = rng.normal(size=(90, 24)).astype(np.float32)
+    idx, sim = CosineIndex(keys, shortlist_in_bf16=bf16_shortlist).search(queries, 7, block=32)
+    unit_k = keys / np.linalg.norm(keys, axis=1, keepdims=True)
+    unit_q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    brute = unit_q @ unit_k.T
+    expected = np.argsort(-brute, axis=1)[:, :7]
+    assert (idx == expected).mean() > 0.99  # ties/rounding may swap a near-equal pair
+    np.testing.assert_allclose(sim, np.take_along_axis(brute, idx, axis=1), atol=1e-5)
+    graph_idx, graph_dist = knn_graph(keys, 5)
+    assert (graph_idx[:, 0] == np.arange(len(keys))).all() and (graph_dist[:, 0] == 0).all()
+    assert 4 in graph_idx[5] and 5 in graph_idx[4]
+    assert (np.diff(graph_dist, axis=1) >= -1e-6).all()
+    fast_idx, fast_sim = CosineIndex(keys, shortlist_in_bf16=bf16_shortlist).search(queries, 7, refine=False)
+    true_kth = np.sort(brute, axis=1)[:, -7]
+    assert (np.take_along_axis(brute, fast_idx, axis=1) >= true_kth[:, None] - 2e-2).all()  # bf16 rounding at most
+    np.testing.assert_allclose(fast_sim, np.take_along_axis(brute, fast_idx, axis=1), atol=1e-2)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vectorised_approximate_predict_equals_hdbscans(seed):
+    import hdbscan
+
+    from emerge.hdbscan_predict import approximate_predict
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=6, size=(5, 5))
+    fit = np.concatenate([c + rng.normal(scale=0.3 + i * 0.3, size=(80, 5)) for i, c in enumerate(centres)]
+                         + [rng.uniform(-12, 12, size=(40, 5))])
+    clusterer = hdbscan.HDBSCAN(min_cluster_size=15, min_samples=5, prediction_data=True).fit(fit)
+    new = np.concatenate([fit[::3] + rng.normal(scale=0.2, size=fit[::3].shape), rng.uniform(-15, 15, size=(60, 5))])
+    want_labels, want_prob = hdbscan.approximate_predict(clusterer, new)
+    labels, prob = approximate_predict(clusterer, new)
+    assert len(set(want_labels.tolist()) - {-1}) >= 3  # a real multi-cluster case, noise included
+    assert (want_labels == -1).any()
+    np.testing.assert_array_equal(labels, want_labels)
+    np.testing.assert_allclose(prob, want_prob, atol=1e-12)

@@ -46,7 +46,7 @@ def test_windows_partition_every_token(tiny_encoder):
 def test_late_chunked_span_vector_is_mean_of_document_token_embeddings(minilm_encoder):
     docs = documents_from_texts([TEXT]).documents
     spans, _ = build_spans(docs, minilm_encoder.tokenizer, SpanConfig(min_len=4, max_len=12, stride=3))
-    vectors = embed_spans(docs, spans, minilm_encoder)
+    vectors = embed_spans(docs, spans, minilm_encoder, dtype=np.float32)
     ids = minilm_encoder.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
     tokens = direct_token_embeddings(minilm_encoder, np.asarray(ids))
     for row, (s, e) in enumerate(spans.select("tok_start", "tok_end").iter_rows()):
@@ -95,8 +95,12 @@ def test_embeddings_are_unit_norm_and_finite(tiny_encoder):
     docs = documents_from_texts([TEXT, TEXT.upper()]).documents
     spans, _ = build_spans(docs, tiny_encoder.tokenizer, SpanConfig(min_len=4, max_len=20, stride=2))
     v = embed_spans(docs, spans, tiny_encoder)
+    assert v.dtype == np.float16  # stored precision: half the memory and disk of float32
     assert np.isfinite(v).all()
-    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(v.astype(np.float32), axis=1), 1.0, atol=2e-3)
+    exact = embed_spans(docs, spans, tiny_encoder, dtype=np.float32)
+    np.testing.assert_allclose(np.linalg.norm(exact, axis=1), 1.0, atol=1e-5)
+    assert (exact * v.astype(np.float32)).sum(axis=1).min() > 0.999
 
 
 def test_resolve_device_auto_is_cpu_without_gpu():
@@ -112,8 +116,38 @@ def test_encoder_is_loaded_once_per_process(tiny_model_dir, tiny_encoder):
     from emerge.encoder import load_encoder
 
     again = load_encoder(EncoderConfig(model_name_or_path=str(tiny_model_dir), device="cpu", batch_size=4,
-                                       window_overlap=16))
+                                       window_overlap=16, dtype="float32"))
     assert again is tiny_encoder
+
+
+def test_auto_dtype_picks_a_fast_path_only_where_one_exists(monkeypatch):
+    from emerge import encoder as enc
+
+    monkeypatch.setattr(enc, "native_bf16_cpu", lambda: True)
+    assert enc.resolve_dtype("auto", "cpu") == "bfloat16"
+    assert enc.resolve_dtype("auto", "cuda:1") == "float16"
+    assert enc.resolve_dtype("auto", "mps") == "float32"
+    assert enc.resolve_dtype("float32", "cuda") == "float32"
+    monkeypatch.setattr(enc, "native_bf16_cpu", lambda: False)
+    assert enc.resolve_dtype("auto", "cpu") == "float32"
+    assert enc.resolve_dtype("float16", "cpu") == "float32"  # no fast fp16 on CPU: falls back
+
+
+def test_bfloat16_forward_pass_keeps_span_vectors_close_to_float32(tiny_model_dir, tiny_encoder):
+    from emerge.config import EncoderConfig
+    from emerge.encoder import load_encoder
+
+    bf16 = load_encoder(EncoderConfig(model_name_or_path=str(tiny_model_dir), device="cpu", batch_size=4,
+                                      window_overlap=16, dtype="bfloat16"))
+    assert bf16 is not tiny_encoder and bf16.compute_dtype == "bfloat16"
+    docs = documents_from_texts([TEXT * 3, TEXT]).documents
+    spans, _ = build_spans(docs, tiny_encoder.tokenizer, SpanConfig(min_len=4, max_len=20, stride=2))
+    exact = embed_spans(docs, spans, tiny_encoder, dtype=np.float32)
+    fast = embed_spans(docs, spans, bf16, dtype=np.float32)
+    assert fast.dtype == np.float32 and np.isfinite(fast).all()
+    cosines = (exact * fast).sum(axis=1)
+    assert not np.array_equal(exact, fast)  # the reduced precision really ran
+    assert cosines.min() > 0.99
 
 
 def test_wraps_a_sentence_transformer(minilm_encoder):
@@ -127,3 +161,14 @@ def test_wraps_a_sentence_transformer(minilm_encoder):
     b = minilm_encoder.embed_texts(["the cat sat on the mat"])
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert wrapped.max_seq_length == 256
+
+
+def test_span_order_does_not_change_any_span_vector(tiny_encoder):
+    docs = documents_from_texts([TEXT * 2, TEXT, TEXT.upper()]).documents
+    spans, _ = build_spans(docs, tiny_encoder.tokenizer, SpanConfig(min_len=4, max_len=16, stride=3))
+    shuffled = spans.sample(fraction=1.0, shuffle=True, seed=7)  # documents interleaved
+    grouped = embed_spans(docs, spans, tiny_encoder, dtype=np.float32)
+    mixed = embed_spans(docs, shuffled, tiny_encoder, dtype=np.float32)
+    by_idx = dict(zip(spans["span_idx"].to_list(), grouped))
+    for idx, vec in zip(shuffled["span_idx"].to_list(), mixed):
+        np.testing.assert_allclose(vec, by_idx[idx], atol=1e-6)

@@ -48,7 +48,7 @@ def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans
     pipeline = ClusteringPipeline(cfg).fit_reducer(vectors[sample])
     path = pipeline.save(storage.models_dir / "umap_projection")
     coords = pipeline.fit_embedding_
-    fit_vectors = vectors[sample]
+    fit_vectors = np.asarray(vectors[sample], np.float32)  # the fit sample is small: keep full precision
     frame = all_spans[sample].select("source", "span_idx", "doc_id", "text_span").with_columns(
         pl.Series("coords", coords, dtype=pl.Array(pl.Float32, coords.shape[1])),
         pl.Series("embedding", fit_vectors, dtype=pl.Array(pl.Float32, fit_vectors.shape[1])))
