@@ -12,6 +12,22 @@ from __future__ import annotations
 import numpy as np
 
 
+def _neighbours(clusterer, points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest fit points: scipy's cKDTree on all cores for the euclidean metric (same
+    neighbours as hdbscan's single-threaded sklearn tree, 2x faster on 2 cores), else hdbscan's
+    own tree."""
+    data = clusterer.prediction_data_
+    if getattr(clusterer, "metric", "euclidean") != "euclidean":
+        return data.tree.query(points, k=k)
+    from scipy.spatial import cKDTree
+
+    tree = getattr(data, "_emerge_ckdtree", None)
+    if tree is None:
+        tree = data._emerge_ckdtree = cKDTree(np.asarray(data.raw_data, np.float64))
+    dist, idx = tree.query(points, k=min(k, tree.n), workers=-1)
+    return dist.reshape(len(points), -1), idx.reshape(len(points), -1)
+
+
 def approximate_predict(clusterer, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(labels, probabilities) of `points` in the fitted `clusterer`'s clustering."""
     data = clusterer.prediction_data_
@@ -21,7 +37,7 @@ def approximate_predict(clusterer, points: np.ndarray) -> tuple[np.ndarray, np.n
     if n == 0 or not cluster_map:
         return np.full(n, -1, np.int64), np.zeros(n, np.float64)
     min_samples = clusterer.min_samples or clusterer.min_cluster_size
-    dist, idx = data.tree.query(points, k=2 * min_samples)
+    dist, idx = _neighbours(clusterer, points, 2 * min_samples)
     core = data.core_distances
     mutual = np.maximum(np.maximum(core[idx], dist[:, [min_samples]]), dist)
     best = mutual.argmin(axis=1)
