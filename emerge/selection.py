@@ -90,7 +90,8 @@ def select_spans(candidates: pl.DataFrame, vectors: np.ndarray, config: Selectio
     table = (frame.filter(eligible)
              .select("_pos", "doc_id", label_col, "relevance", "quality", "length_fit", "score", "start_char",
                      "end_char")
-             .with_columns(pl.col("doc_id").rank("dense").alias("_doc"), pl.col(label_col).rank("dense").fill_null(0).alias("_lab"))
+             .with_columns(pl.col("doc_id").rank("dense").alias("_doc"),
+                           pl.col(label_col).rank("dense").fill_null(0).alias("_lab"))
              .sort(["_doc", "_lab", "_pos"]))
     pos = table["_pos"].to_numpy()
     doc, lab = table["_doc"].to_numpy(), table["_lab"].to_numpy()
