@@ -77,3 +77,16 @@ def test_domain_adaptation_script(tmp_path):
     assert r["collection_stats"]["skipped_queries_without_judgments"] == 1  # "orphan" is not scored
     assert {"curate", "train", "evaluate_base", "evaluate_fine_tuned"} <= set(r["wall_s"])
     assert json.loads(out.read_text()) == r
+
+
+def test_window_overlap_script(tmp_path):
+    long_doc = tmp_path / "long.jsonl"
+    text = " ".join(json.loads(line)["text"] for line in PLANTED.read_text().splitlines()[:12])
+    long_doc.write_text(json.dumps({"text": text}) + "\n" + PLANTED.read_text().splitlines()[0] + "\n")
+    r = run_script("window_overlap.py", "--docs", str(long_doc), "--overlaps", "64", "0", "--out",
+                   str(tmp_path / "r.json"))
+    assert [x["window_overlap"] for x in r["runs"]] == [64, 0]
+    assert r["runs"][0]["cosine_to_reference"]["min"] > 0.999  # the reference against itself
+    assert r["spans_in_multi_window_docs"] > 0  # the long document really spans several windows
+    other = r["runs"][1]["cosine_to_reference_multi_window_docs"]
+    assert -1.0 <= other["min"] <= other["p1"] <= other["mean"] <= 1.0
