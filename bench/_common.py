@@ -14,6 +14,13 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def jsonl_rows(path: str | Path, limit: int | None = None) -> list[dict]:
+    """The first `limit` records of a JSONL file. Split on "\n" only: str.splitlines() also
+    splits on U+2028, \x0c, ... that occur inside JSON strings."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+    return rows if limit is None else rows[:limit]
+
+
 def emit(result: dict, out: str | None) -> int:
     """Write the result to `out` (pretty) and print it as the last stdout line (one line)."""
     if out:

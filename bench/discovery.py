@@ -30,24 +30,19 @@ from _common import emit, machine, warm_up_numba  # noqa: E402
 from discovery_quality import agreement, load_corpus, run_emerge  # noqa: E402
 
 
-def run_bertopic(texts: list[str], seed: int, dtype: str = "float32") -> tuple[list[int], dict]:
-    """BERTopic's default pipeline; its embedding pass runs under the same autocast precision
-    as Emerge's forward pass, so throughput compares like with like."""
-    import contextlib
-
-    import torch
+def run_bertopic(texts: list[str], seed: int, encoder) -> tuple[list[int], dict]:
+    """BERTopic's default pipeline on `encoder`'s device; its embedding pass runs under the
+    encoder's autocast (the precision of Emerge's forward pass), so throughput compares like
+    with like."""
     from bertopic import BERTopic
     from sentence_transformers import SentenceTransformer
     from umap import UMAP
 
-    from emerge.encoder import packaged_model_path, resolve_device
+    from emerge.encoder import packaged_model_path
 
-    st = SentenceTransformer(str(packaged_model_path()), device=resolve_device("auto"))
-    device_type = st.device.type
-    precision = (torch.autocast(device_type, dtype=getattr(torch, dtype)) if dtype != "float32"
-                 else contextlib.nullcontext())
+    st = SentenceTransformer(str(packaged_model_path()), device=encoder.device)
     t0 = time.perf_counter()
-    with precision:
+    with encoder.autocast():
         embeddings = st.encode(texts, batch_size=32, show_progress_bar=True)
     embeddings = embeddings.astype("float32")
     embed_s = time.perf_counter() - t0
@@ -63,7 +58,7 @@ def run_bertopic(texts: list[str], seed: int, dtype: str = "float32") -> tuple[l
             "outlier_fraction": round(sum(t == -1 for t in topics) / len(topics), 4),
             "wall_s_by_stage": {"embed": round(embed_s, 2), "fit_topics": round(fit_s, 2)},
             "wall_s": round(wall, 2), "tokens_embedded": tokens, "tokens_per_s": round(tokens / wall, 1),
-            "max_seq_length": st.max_seq_length, "forward_dtype": dtype}
+            "max_seq_length": st.max_seq_length, "forward_dtype": encoder.compute_dtype}
     return [int(t) for t in topics], info
 
 
@@ -88,7 +83,7 @@ def main(argv=None) -> int:
     emerge_pred, emerge_info = run_emerge(texts, seed=args.seed, dtype=args.dtype)
     emerge_info["wall_s"] = round(emerge_info["wall_s"] - emerge_info["wall_s_by_stage"]["load_model"], 2)
     emerge_info["tokens_per_s"] = round(emerge_info["tokens_embedded"] / emerge_info["wall_s"], 1)
-    bert_pred, bert_info = run_bertopic(texts, args.seed, encoder.compute_dtype)
+    bert_pred, bert_info = run_bertopic(texts, args.seed, encoder)
     result = {"config": {"docs": args.docs, "limit": args.limit, "documents": len(texts), "seed": args.seed,
                          "dtype": args.dtype, "forward_dtype": encoder.compute_dtype,
                          "gold_labels": len(set(gold))},

@@ -14,7 +14,6 @@ documents with no selected span count as outliers). Exact duplicate documents ar
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,14 +21,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine  # noqa: E402
+from _common import emit, jsonl_rows, machine  # noqa: E402
 
 
 def load_corpus(path: str, text_field: str, label_field: str | None, limit: int | None):
     """(texts, labels) with exact duplicates and non-text rows dropped, first `limit` rows."""
-    # split on "\n" only: str.splitlines() also splits on U+2028, \x0c, ... inside JSON strings
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
-    rows = rows[:limit] if limit else rows
+    rows = jsonl_rows(path, limit)
     seen, texts, labels = set(), [], []
     for r in rows:
         text = r.get(text_field)

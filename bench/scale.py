@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import emit, machine, warm_up_numba  # noqa: E402
+from _common import emit, jsonl_rows, machine, warm_up_numba  # noqa: E402
 
 
 def sentences_from(docs: str | None) -> list[str]:
@@ -38,10 +38,8 @@ def sentences_from(docs: str | None) -> list[str]:
 
         return [s for pool in TOPICS.values() for s in pool]
     out = []
-    for line in Path(docs).read_text(encoding="utf-8").split("\n"):
-        if line.strip():
-            out += [s.strip() for s in re.split(r"(?<=[.!?])\s+", json.loads(line).get("text", "")) if
-                    20 <= len(s.strip()) <= 300]
+    for row in jsonl_rows(docs):
+        out += [s.strip() for s in re.split(r"(?<=[.!?])\s+", row.get("text", "")) if 20 <= len(s.strip()) <= 300]
     return out
 
 

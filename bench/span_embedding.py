@@ -20,7 +20,6 @@ The last stdout line is the JSON result.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -31,7 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine  # noqa: E402
+from _common import emit, jsonl_rows, machine  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -62,8 +61,7 @@ def main(argv=None) -> int:
     from emerge.tokenize import tokenize_batch
     from emerge_resources.io_manager import write_parquet
 
-    lines = Path(args.docs).read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 in texts
-    rows = [json.loads(x) for x in lines if x.strip()][:args.limit]
+    rows = jsonl_rows(args.docs, args.limit)
     docs = documents_from_texts([r[args.text_field] for r in rows], source="bench").documents
     encoder = load_encoder(EncoderConfig(device="auto", batch_size=args.batch_size, dtype=args.dtype))
     spans, _ = build_spans(docs, encoder.tokenizer, SpanConfig(args.min_len, args.max_len, args.stride))
@@ -94,7 +92,7 @@ def main(argv=None) -> int:
 
     st = SentenceTransformer(str(packaged_model_path()), device=encoder.device)
     sample = random.Random(args.seed).sample(spans["text_span"].to_list(), min(args.naive_sample, spans.height))
-    with encoder._autocast():  # the same precision as Emerge's pass
+    with encoder.autocast():  # the same precision as Emerge's pass
         st.encode(sample[:64], batch_size=args.batch_size)  # warm-up
         t0 = time.perf_counter()
         st.encode(sample, batch_size=args.batch_size, normalize_embeddings=True)

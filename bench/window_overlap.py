@@ -13,7 +13,6 @@ over all spans and over spans of multi-window documents only. The last stdout li
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine  # noqa: E402
+from _common import emit, jsonl_rows, machine  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,8 +40,7 @@ def main(argv=None) -> int:
     from emerge.ingest import documents_from_texts
     from emerge.spans import build_spans
 
-    lines = Path(args.docs).read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 in texts
-    rows = [json.loads(x) for x in lines if x.strip()][:args.limit]
+    rows = jsonl_rows(args.docs, args.limit)
     docs = documents_from_texts([r[args.text_field] for r in rows], source="bench").documents
     overlaps = sorted(set(args.overlaps), reverse=True)
     runs, reference, long_rows = [], None, None

@@ -83,6 +83,8 @@ class ClusteringPipeline:
         self.label_map: dict[int, int] = {}
         self.next_cluster_id: int = 0
         self.id_assignment: IdAssignment | None = None
+        self._cosine_index = None  # the fit spans as a CosineIndex, built on first use (see _index)
+        self._cosine_index_of = None
 
     @property
     def cluster_ids(self) -> list[int]:
@@ -232,7 +234,7 @@ class ClusteringPipeline:
         """The fit spans as a cosine index, built once per fitted/loaded pipeline."""
         from emerge.knn import CosineIndex
 
-        if getattr(self, "_cosine_index", None) is None or self._cosine_index_of is not self.reducer:
+        if self._cosine_index is None or self._cosine_index_of is not self.reducer:
             self._cosine_index = CosineIndex(np.asarray(self.reducer._raw_data, dtype=np.float32))
             self._cosine_index_of = self.reducer
         return self._cosine_index

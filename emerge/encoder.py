@@ -183,7 +183,7 @@ class TokenEncoder:
         return out
 
     # -- forward ---------------------------------------------------------------------------
-    def _autocast(self):
+    def autocast(self):
         """Mixed precision for the forward pass (weights stay float32, outputs are cast back)."""
         import contextlib
 
@@ -204,7 +204,7 @@ class TokenEncoder:
         lead = 1 if cls_id is not None else 0
         order = np.argsort([-len(c) for c in chunks], kind="stable")
         out: list[np.ndarray | None] = [None] * len(chunks)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast():
             for lo in range(0, len(order), self.batch_size):
                 idx = order[lo:lo + self.batch_size]
                 width = max(len(chunks[i]) for i in idx) + len(specials)

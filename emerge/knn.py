@@ -52,31 +52,25 @@ class CosineIndex:
         n = len(queries)
         idx_out = np.empty((n, k), np.int64)
         sim_out = np.empty((n, k), np.float32)
+        bf16 = self._keys_t_bf16 is not None and (not refine or k + _MARGIN < len(self))
         with torch.inference_mode():
             for lo in range(0, n, block):
                 q = torch.from_numpy(np.ascontiguousarray(unit_rows(queries[lo:lo + block])))
                 rows = torch.arange(len(q))
-                if self._keys_t_bf16 is not None and not refine:
-                    rough = q.bfloat16() @ self._keys_t_bf16
-                    if self_first:
-                        rough[rows, rows + lo] = 2.0
-                    sim, idx = torch.topk(rough, k, dim=1)
-                    sim = sim.float()
-                elif self._keys_t_bf16 is not None and k + _MARGIN < len(self):
-                    rough = q.bfloat16() @ self._keys_t_bf16
-                    if self_first:
-                        rough[rows, rows + lo] = 2.0
-                    cand = torch.topk(rough, k + _MARGIN, dim=1).indices
+                # cosines to every key: bf16 where it pays, else float32 (exact)
+                sims = q.bfloat16() @ self._keys_t_bf16 if bf16 else q @ self.keys_t
+                if self_first:
+                    sims[rows, rows + lo] = 2.0
+                if bf16 and refine:  # recompute a k + _MARGIN shortlist in float32
+                    cand = torch.topk(sims, k + _MARGIN, dim=1).indices
                     exact = torch.bmm(self.keys[cand], q[:, :, None])[:, :, 0]
                     if self_first:
                         exact[cand == (rows + lo)[:, None]] = 2.0
                     sim, pos = torch.topk(exact, k, dim=1)
                     idx = torch.gather(cand, 1, pos)
                 else:
-                    exact = q @ self.keys_t
-                    if self_first:
-                        exact[rows, rows + lo] = 2.0
-                    sim, idx = torch.topk(exact, k, dim=1)
+                    sim, idx = torch.topk(sims, k, dim=1)
+                    sim = sim.float()
                 if self_first:
                     sim[:, 0] = 1.0
                 idx_out[lo:lo + len(q)] = idx.numpy()
