@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-SPAN_VECTOR_DTYPE = np.float16
-
 from emerge.encoder import TokenEncoder, pool_spans
 from emerge.tokenize import tokenize_batch
+
+SPAN_VECTOR_DTYPE = np.float16
 
 
 def embed_spans(documents: pl.DataFrame, spans: pl.DataFrame, encoder: TokenEncoder,
