@@ -11,7 +11,18 @@ def machine() -> dict:
     import torch
 
     return {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
-            "cpus": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def cpu_flags() -> list[str]:
+    """The vector-instruction flags that decide the forward pass' speed (bf16 autocast needs avx512_bf16/amx)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in set(flags) if f.startswith(("avx", "amx", "fma")))
 
 
 def jsonl_rows(path: str | Path, limit: int | None = None) -> list[dict]:

@@ -16,12 +16,13 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, machine, warm_up_numba  # noqa: E402
+
+from emerge.config import PAIRINGS, TrainingConfig  # noqa: E402
 
 
 def curate_corpus(texts: list[str], min_len: int, max_len: int, stride: int, seed: int):
@@ -35,6 +36,31 @@ def curate_corpus(texts: list[str], min_len: int, max_len: int, stride: int, see
     return curator.prepare_final_dataset(labelled), curator.last_report, curator.texts
 
 
+def _mean_sd(per_seed: list[dict], keys) -> tuple[dict, dict]:
+    import numpy as np
+
+    mean = {k: round(float(np.mean([r[k] for r in per_seed])), 5) for k in keys}
+    sd = {k: round(float(np.std([r[k] for r in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0, 5) for k in keys}
+    return mean, sd
+
+
+def teacher_ceiling(model, collection, bm25: dict, lexical_weight: float, keys) -> dict:
+    """How much better than the base the distillation teacher ranks the real queries: the most
+    that distilling it could give. A dev measurement only: nothing in training reads it."""
+    from emerge.distillation import HybridTeacher
+    from emerge.retrieval import retrieval_metrics, top_k
+
+    teacher = HybridTeacher(model, collection.corpus_texts, lexical_weight)
+    fused, _, _, q = teacher.corpus_scores(collection.query_texts)
+    qrels = [collection.qrels[i] for i in collection.query_ids]
+    out = {"bm25": {k: round(bm25[k], 5) for k in keys}}
+    for name, scores in (("base", q @ teacher.corpus_vectors.T), ("teacher", fused)):
+        ranked = [[collection.corpus_ids[i] for i in row] for row in top_k(scores, 100)]
+        metrics = retrieval_metrics(ranked, qrels)
+        out[name] = {k: round(metrics[k], 5) for k in keys}
+    return {"benchmark": "distillation_teacher", "lexical_weight": lexical_weight, **out}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--beir", required=True, help="folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
@@ -43,64 +69,106 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--model", default=None, help="base model directory (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--pairing", default="span_context", choices=["span_context", "same_document", "same_cluster"])
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--pairs-per-label", type=int, default=2000)
-    p.add_argument("--eval-fraction", type=float, default=0.1)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1: pair sampling, negatives, training order")
+    defaults = TrainingConfig()
+    p.add_argument("--pairing", default=defaults.pairing, choices=list(PAIRINGS))
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.learning_rate)
+    p.add_argument("--max-seq-length", type=int, default=defaults.max_seq_length, help="training length")
+    p.add_argument("--eval-max-seq-length", type=int, default=None, help="default: the model's own window")
+    p.add_argument("--pairs-per-label", type=int, default=defaults.pairs_per_label)
+    p.add_argument("--eval-fraction", type=float, default=defaults.eval_fraction)
     p.add_argument("--hard-negatives", action="store_true")
-    p.add_argument("--context-chars", type=int, default=1200)
+    p.add_argument("--context-chars", type=int, default=defaults.context_chars)
+    p.add_argument("--queries-per-document", type=int, default=defaults.queries_per_document)
+    p.add_argument("--query-source", default=defaults.query_source, choices=["spans", "leading_sentence"])
+    p.add_argument("--max-train-queries", type=int, default=defaults.max_train_queries)
+    p.add_argument("--negatives-per-query", type=int, default=defaults.negatives_per_query)
+    p.add_argument("--lexical-weight", type=float, default=defaults.lexical_weight)
+    p.add_argument("--interpolation-weights", type=float, nargs="+", default=list(defaults.interpolation_weights))
+    p.add_argument("--teacher-only", action="store_true",
+                   help="score base, BM25 and the distillation teacher (base + BM25) on the queries; no training")
     p.add_argument("--span-min", type=int, default=16)
     p.add_argument("--span-max", type=int, default=64)
     p.add_argument("--stride", type=int, default=8)
-    p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
 
-    from emerge.config import TrainingConfig
     from emerge.encoder import resolve_device, resolve_model_path
     from emerge.finetune import fine_tune_and_evaluate
-    from emerge.retrieval import load_beir
+    from emerge.retrieval import evaluate_beir, evaluate_bm25, load_beir
+    from emerge.training import load_sentence_transformer
 
-    config = TrainingConfig(pairing=args.pairing, epochs=args.epochs, batch_size=args.batch_size,
-                            learning_rate=args.lr, max_seq_length=args.max_seq_length,
-                            pairs_per_label=args.pairs_per_label, eval_fraction=args.eval_fraction,
-                            hard_negatives=args.hard_negatives, seed=args.seed,
-                            context_chars=args.context_chars)
     device = resolve_device(args.device)
     base_model = resolve_model_path(args.model)
     timings = {}
-    t = time.perf_counter()
+    t0 = time.perf_counter()
     collection = load_beir(args.beir, args.split)
     if args.limit:
         collection = collection.limited(args.limit)
-    timings["load"] = time.perf_counter() - t
-    warm_up_numba(args.seed)
+    warm_up_numba(0)
+    keys = ("ndcg@10", "mrr@10", "recall@100")
 
     t = time.perf_counter()
-    dataset, report, texts = curate_corpus(collection.corpus_texts, args.span_min, args.span_max, args.stride, args.seed)
+    bm25 = evaluate_bm25(collection)
+    timings["bm25"] = time.perf_counter() - t
+    t = time.perf_counter()
+    base = load_sentence_transformer(base_model, device, args.eval_max_seq_length)
+    if args.teacher_only:
+        return emit(teacher_ceiling(base, collection, bm25, args.lexical_weight, keys) | {
+            "collection": str(args.beir), "wall_s": round(time.perf_counter() - t0, 1), "machine": machine()}, args.out)
+    base_metrics = evaluate_beir(base, collection, progress=True)
+    del base
+    timings["evaluate_base"] = time.perf_counter() - t
+    # the curated dataset once: its embedding pass is deterministic and the distill recipe reads no
+    # cluster label, so the seeds vary what is drawn from it (queries, negatives, split, training order)
+    t = time.perf_counter()
+    dataset, report, texts = curate_corpus(collection.corpus_texts, args.span_min, args.span_max, args.stride, 0)
     timings["curate"] = time.perf_counter() - t
 
-    with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        result = fine_tune_and_evaluate(dataset, "cluster_id", base_model, Path(tmp) / "model", config,
-                                        device=device, beir=collection, texts=texts)
-        timings["fine_tune_and_evaluate"] = time.perf_counter() - t
-    timings |= {f"  {k}": v for k, v in result.stage_seconds.items()}
-    keys = ("ndcg@10", "mrr@10", "recall@100")
+    per_seed = []
+    for seed in range(args.seeds):
+        config = TrainingConfig(pairing=args.pairing, epochs=args.epochs, batch_size=args.batch_size,
+                                learning_rate=args.lr, max_seq_length=args.max_seq_length,
+                                eval_max_seq_length=args.eval_max_seq_length,
+                                pairs_per_label=args.pairs_per_label, eval_fraction=args.eval_fraction,
+                                hard_negatives=args.hard_negatives, seed=seed, context_chars=args.context_chars,
+                                queries_per_document=args.queries_per_document,
+                                max_train_queries=args.max_train_queries, query_source=args.query_source,
+                                negatives_per_query=args.negatives_per_query, lexical_weight=args.lexical_weight,
+                                interpolation_weights=tuple(args.interpolation_weights))
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            result = fine_tune_and_evaluate(dataset, "cluster_id", base_model, Path(tmp) / "model", config,
+                                            device=device, beir=collection, texts=texts,
+                                            progress=lambda m: print(m, file=sys.stderr, flush=True),
+                                            base_beir_metrics=base_metrics)
+            seconds = time.perf_counter() - t
+        gate = result.promotion
+        per_seed.append({"seed": seed, **{k: result.metrics[f"beir.fine_tuned.{k}"] for k in keys},
+                         "promoted": gate.promoted if gate else None, "weight": gate.weight if gate else 1.0,
+                         "self_retrieval_base": gate.base_score if gate else None,
+                         "self_retrieval_fine_tuned": gate.candidate_score if gate else None,
+                         "gate_scores_by_weight": {str(w): round(s, 5) for w, s in gate.scores_by_weight.items()}
+                         if gate else None,
+                         "train_rows": result.dataset_stats["train_pairs"], "train_loss": result.training.train_loss,
+                         "stage_seconds": {k: round(v, 1) for k, v in result.stage_seconds.items()},
+                         "wall_s": round(seconds, 1)})
+        print(f"seed {seed}: nDCG@10 {per_seed[-1]['ndcg@10']:.4f} (base {base_metrics['ndcg@10']:.4f}, "
+              f"bm25 {bm25['ndcg@10']:.4f})", file=sys.stderr, flush=True)
+        timings[f"seed_{seed}"] = seconds
+    mean, sd = _mean_sd(per_seed, keys)
+    base_out = {k: round(base_metrics[k], 5) for k in keys}
+    delta = {k: round(mean[k] - base_out[k], 5) for k in keys}
     out = {
         "benchmark": "domain_adaptation", "collection": str(args.beir), "split": args.split,
-        "base": {k: result.metrics[f"beir.base.{k}"] for k in keys},
-        "fine_tuned": {k: result.metrics[f"beir.fine_tuned.{k}"] for k in keys},
-        "delta": {k: result.metrics[f"beir.delta.{k}"] for k in keys},
-        "heldout_cluster_retrieval": {k: v for k, v in result.metrics.items() if k.startswith("heldout.")},
-        "wall_s": {k.strip(): round(v, 1) for k, v in timings.items()},
-        "total_wall_s": round(sum(v for k, v in timings.items() if not k.startswith(" ")), 1),
+        "base": base_out, "fine_tuned": mean, "fine_tuned_sd": sd, "delta": delta,
+        "delta_over_2sd": {k: (abs(delta[k]) > 2 * sd[k]) for k in keys},
+        "bm25": {k: round(bm25[k], 5) for k in keys}, "per_seed": per_seed, "seeds": args.seeds,
+        "wall_s": round(time.perf_counter() - t0, 1), "stage_wall_s": {k: round(v, 1) for k, v in timings.items()},
         "collection_stats": collection.stats(), "curation": report | {"dataset_rows": dataset.height,
                                                                       "clusters": int(dataset["cluster_id"].n_unique())},
-        "dataset_stats": result.dataset_stats, "train_loss": result.training.train_loss,
-        "training": asdict(config), "device": device, "machine": machine(),
+        "training": {**vars(args), "beir": str(args.beir)}, "device": device, "machine": machine(),
     }
     return emit(out, args.out)
 

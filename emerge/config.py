@@ -257,31 +257,53 @@ def as_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-PAIRINGS = ("span_context", "same_document", "same_cluster")
+PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
+QUERY_SOURCES = ("spans", "leading_sentence")
+# distill's MarginMSE moves normalised-cosine margins, so it needs a larger step than MNRL's pairs;
+# WiSE-FT interpolation then takes back what the larger step costs (BENCHMARKS.md, domain adaptation)
+DEFAULT_LEARNING_RATES = {"distill": 1e-4, "span_context": 2e-5, "same_document": 2e-5, "same_cluster": 2e-5}
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """Fine-tuning a sentence-transformers model on a curated dataset.
 
-    `pairing` decides what counts as a positive pair (see `emerge.pairs`): `span_context`
-    pairs each selected span with its document's surrounding text, the span cut out
-    (`context_chars` of context; in-batch negatives are other documents, also of the same
-    cluster); `same_document` pairs two selected spans of one document and label; while
-    `same_cluster` pairs spans of different documents in one cluster (a coarser, topical
-    signal; no two pairs of a cluster share a batch). Topic datasets always pair the topic's
-    text with its spans. `pairs_per_label` caps pairs per label (highest relevance first);
-    `eval_fraction` of documents is held out entirely for evaluation.
+    `pairing` decides what the model learns from (see `emerge.distillation`, `emerge.pairs`):
+    `distill` (default) turns pseudo-queries into (query, positive, negatives) triplets scored
+    by a base-model + BM25 teacher (`lexical_weight`) and trains with MarginMSE; its queries are
+    the selected spans (`query_source="spans"`, up to `queries_per_document`) or each document's
+    opening line or sentence (`"leading_sentence"`), at most `max_train_queries`, with
+    `negatives_per_query` negatives drawn from the teacher's top `negative_depth` documents.
+    `span_context` pairs each selected span with its document's surrounding text, the span cut
+    out (`context_chars` of context); `same_document` pairs two selected spans of one document
+    and label; `same_cluster` pairs spans of different documents in one cluster (recipe A; no
+    two pairs of a cluster share a batch). Topic datasets always pair the topic's text with its
+    spans. `pairs_per_label` caps pairs per label; `eval_fraction` of documents is held out
+    entirely. After training, each of `interpolation_weights` (WiSE-FT, 1.0 = trained weights) is
+    scored on held-out self-retrieval and the best is published only if it beats the base by
+    more than `promotion_min_gain` (`gate=False` publishes regardless). Training runs at
+    `max_seq_length`; evaluation at `eval_max_seq_length` (None: the model's own window).
+    `learning_rate` None takes the recipe's measured default (`DEFAULT_LEARNING_RATES`).
     """
 
-    pairing: Literal["span_context", "same_document", "same_cluster"] = "span_context"
+    pairing: Literal["distill", "span_context", "same_document", "same_cluster"] = "distill"
     context_chars: int = 1200
+    query_source: Literal["spans", "leading_sentence"] = "leading_sentence"
+    queries_per_document: int = 2
+    max_train_queries: int | None = 2000
+    negatives_per_query: int = 1
+    negative_depth: int = 30
+    lexical_weight: float = 1.0
+    interpolation_weights: tuple[float, ...] = (0.5, 1.0)
+    promotion_min_gain: float = 0.0
+    gate: bool = True
+    eval_max_seq_length: int | None = None
     pairs_per_label: int = 2000
     min_pairs: int = 16
     eval_fraction: float = 0.2
     epochs: int = 1
     batch_size: int = 32
-    learning_rate: float = 2e-5
+    learning_rate: float | None = None
     warmup_ratio: float = 0.1
     max_seq_length: int = 128
     scale: float = 20.0
@@ -289,15 +311,36 @@ class TrainingConfig:
     hard_negative_margin: float = 0.1
     seed: int = 42
 
+    @property
+    def lr(self) -> float:
+        """The learning rate in force: `learning_rate`, else the recipe's default."""
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.pairing]
+
     def __post_init__(self):
         _require(self.pairing in PAIRINGS, "pairing", f"must be one of {PAIRINGS}, got {self.pairing!r}")
-        for name in ("pairs_per_label", "min_pairs", "epochs", "max_seq_length", "context_chars"):
+        for name in ("pairs_per_label", "min_pairs", "epochs", "max_seq_length", "context_chars",
+                     "queries_per_document", "negatives_per_query", "negative_depth"):
             _positive_int(getattr(self, name), name)
+        _positive_int(self.eval_max_seq_length, "eval_max_seq_length", allow_none=True)
+        _positive_int(self.max_train_queries, "max_train_queries", allow_none=True)
+        _require(self.query_source in QUERY_SOURCES, "query_source",
+                 f"must be one of {QUERY_SOURCES}, got {self.query_source!r}")
+        _require(isinstance(self.lexical_weight, (int, float)) and self.lexical_weight >= 0, "lexical_weight",
+                 f"must be >= 0, got {self.lexical_weight!r}")
+        _require(isinstance(self.promotion_min_gain, (int, float)) and self.promotion_min_gain >= 0,
+                 "promotion_min_gain", f"must be >= 0, got {self.promotion_min_gain!r}")
+        weights = self.interpolation_weights
+        _require(isinstance(weights, (tuple, list)) and len(weights) > 0
+                 and all(isinstance(w, (int, float)) and 0.0 < w <= 1.0 for w in weights),
+                 "interpolation_weights", f"must be a non-empty list of weights in (0, 1], got {weights!r}")
+        _require(self.negative_depth >= self.negatives_per_query, "negative_depth",
+                 f"must be >= negatives_per_query ({self.negatives_per_query}), got {self.negative_depth}")
         _require(isinstance(self.batch_size, int) and self.batch_size >= 2, "batch_size",
                  f"must be an integer >= 2 (in-batch negatives need company), got {self.batch_size!r}")
         _require(isinstance(self.eval_fraction, (int, float)) and 0.0 < self.eval_fraction < 1.0,
                  "eval_fraction", f"must be within (0, 1), got {self.eval_fraction!r}")
-        _require(isinstance(self.learning_rate, (int, float)) and 0.0 < self.learning_rate < 1.0,
+        _require(self.learning_rate is None or (isinstance(self.learning_rate, (int, float))
+                                                 and 0.0 < self.learning_rate < 1.0),
                  "learning_rate", f"must be within (0, 1), got {self.learning_rate!r}")
         _unit_interval(self.warmup_ratio, "warmup_ratio")
         _unit_interval(self.hard_negative_margin, "hard_negative_margin")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,8 +18,12 @@ from pathlib import Path
 
 import polars as pl
 
+from emerge.atomic import atomic_write_dir
 from emerge.config import TrainingConfig
+from emerge.distillation import distillation_triplets
+from emerge.errors import InputError
 from emerge.pairs import build_pairs, split_by_document
+from emerge.promotion import PromotionDecision, choose_and_gate, self_retrieval_task
 from emerge.retrieval import (BeirCollection, evaluate_beir, evaluate_label_retrieval, label_retrieval_task,
                               sanity_table)
 from emerge.training import TrainingResult, load_sentence_transformer, train
@@ -34,6 +39,7 @@ class FineTuneReport:
     training: TrainingResult
     sanity: pl.DataFrame
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    promotion: PromotionDecision | None = None
 
     def params(self, config: TrainingConfig) -> dict:
         return {f"train.{k}": v for k, v in asdict(config).items()}
@@ -50,53 +56,122 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}.{k}": round(float(v), 5) for k, v in metrics.items()}
 
 
+def _train_rows(train_rows: pl.DataFrame, label_col: str, config: TrainingConfig, texts, base_model, device,
+                say) -> pl.DataFrame:
+    """The recipe's training rows: teacher-scored triplets (`distill`) or labelled pairs."""
+    if config.pairing != "distill" or label_col == "topic_id":
+        return build_pairs(train_rows, label_col, config, texts)
+    if texts is None:
+        raise InputError("pairing='distill' needs the documents' texts")
+    teacher = load_sentence_transformer(base_model, device, config.max_seq_length)
+    triplets = distillation_triplets(train_rows, texts, teacher, queries_per_document=config.queries_per_document,
+                                     negatives_per_query=config.negatives_per_query,
+                                     negative_depth=config.negative_depth, window_chars=config.context_chars,
+                                     lexical_weight=config.lexical_weight, seed=config.seed,
+                                     max_queries=config.max_train_queries, query_source=config.query_source,
+                                     progress=say)
+    if triplets.height < config.min_pairs:
+        raise InputError(f"only {triplets.height} distillation queries; min_pairs={config.min_pairs}. "
+                         "Curate more documents or lower min_pairs")
+    return triplets
+
+
 def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: str | Path, output_dir: str | Path,
                            config: TrainingConfig, device: str = "cpu", beir: BeirCollection | None = None,
-                           texts: dict[str, str] | None = None, on_log: Callable[[dict], None] | None = None) -> FineTuneReport:
-    """Train on the training documents' pairs; score base and fine-tuned on held-out documents.
+                           texts: dict[str, str] | None = None, on_log: Callable[[dict], None] | None = None,
+                           progress: Callable[[str], None] | None = None,
+                           base_beir_metrics: dict[str, float] | None = None) -> FineTuneReport:
+    """Train a candidate, choose its interpolation with the base, gate it, evaluate base vs published.
 
-    `texts` (doc_id -> document text) is needed by the `span_context` pairing. Metrics are named `<task>.<model>.<metric>` (task `heldout` or `beir`, model `base` or
-    `fine_tuned`) plus `<task>.delta.<metric>` = fine-tuned minus base.
+    The candidate is trained into `<output_dir>.candidate`; only a model that beats its base on
+    held-out self-retrieval (`emerge.promotion`, no labels) replaces `output_dir`, so a worse model
+    never becomes current. `texts` (doc_id -> document text) is needed by the `distill` and
+    `span_context` pairings and the gate. Metrics are named `<task>.<model>.<metric>` (task
+    `heldout`, `self_retrieval` or `beir`; model `base` or `fine_tuned`) plus
+    `<task>.delta.<metric>` = fine-tuned minus base. Evaluation runs at `eval_max_seq_length`
+    (default: the model's own window) whatever length training used. `base_beir_metrics` reuses a
+    base evaluation of the same collection (it does not depend on the seed).
     """
+    say = progress or log.info
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     train_rows, eval_rows = split_by_document(dataset, config.eval_fraction, config.seed)
-    pairs = build_pairs(train_rows, label_col, config, texts)
-    task = label_retrieval_task(eval_rows, label_col, seed=config.seed)
+    rows = _train_rows(train_rows, label_col, config, texts, base_model, device, say)
+    task = _label_task(eval_rows, label_col, config.seed, say)
+    gate_task = (self_retrieval_task(eval_rows, train_rows, texts, config.context_chars, config.seed)
+                 if texts is not None else None)
     seconds["pairs"] = time.perf_counter() - t
     stats = {"dataset_rows": dataset.height, "dataset_hash": dataset_hash(dataset),
              "train_documents": train_rows["doc_id"].n_unique(), "eval_documents": eval_rows["doc_id"].n_unique(),
-             "train_spans": train_rows.height, "eval_spans": eval_rows.height, "train_pairs": pairs.height,
-             "train_groups": pairs["group"].n_unique(), "labels": int(dataset[label_col].n_unique()),
-             "heldout_queries": len(task.query_texts), "heldout_corpus": len(task.corpus_texts)}
-    log.info("fine-tuning on %d pairs from %d documents; %d held-out documents", pairs.height,
-             stats["train_documents"], stats["eval_documents"])
+             "train_spans": train_rows.height, "eval_spans": eval_rows.height, "train_pairs": rows.height,
+             "train_groups": rows["group"].n_unique(), "labels": int(dataset[label_col].n_unique()),
+             "heldout_queries": len(task.query_texts) if task else 0,
+             "self_retrieval_queries": len(gate_task.queries) if gate_task else 0}
+    say(f"fine-tuning ({config.pairing if label_col != 'topic_id' else 'topic'}) on {rows.height} rows from "
+        f"{stats['train_documents']} documents; {stats['eval_documents']} held-out documents")
+
+    t = time.perf_counter()
+    result = train(rows, base_model, candidate_dir(output_dir), config, device=device, on_log=on_log)
+    seconds["train"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    base = load_sentence_transformer(base_model, device, config.max_seq_length)
+    tuned = load_sentence_transformer(result.model_dir, device, config.max_seq_length)
+    if gate_task is not None:
+        chosen, decision = choose_and_gate(base, tuned, gate_task, tuple(config.interpolation_weights),
+                                           config.promotion_min_gain, progress=say, gate=config.gate)
+    else:  # no document texts: nothing label-free to gate on, so the trained weights are published
+        chosen, decision = tuned, None
+    if decision is None or decision.promoted:
+        chosen.max_seq_length = chosen.emerge_window  # publish with the model's own window, not training's
+        atomic_write_dir(Path(output_dir), lambda tmp: chosen.save(str(tmp)))
+    shutil.rmtree(result.model_dir, ignore_errors=True)
+    seconds["gate"] = time.perf_counter() - t
+    if decision is not None:
+        say(decision.reason)
 
     metrics: dict[str, float] = {}
     scores = {}
     t = time.perf_counter()
-    base = load_sentence_transformer(base_model, device, config.max_seq_length)
-    base_heldout, scores["base"] = evaluate_label_retrieval(base, task)
-    metrics |= _prefixed("heldout.base", base_heldout)
-    if beir is not None:
-        metrics |= _prefixed("beir.base", evaluate_beir(base, beir, progress=True))
-    del base
-    seconds["evaluate_base"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    result = train(pairs, base_model, output_dir, config, device=device, on_log=on_log)
-    seconds["train"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    tuned = load_sentence_transformer(result.model_dir, device, config.max_seq_length)
-    tuned_heldout, scores["fine_tuned"] = evaluate_label_retrieval(tuned, task)
-    metrics |= _prefixed("heldout.fine_tuned", tuned_heldout)
-    if beir is not None:
-        metrics |= _prefixed("beir.fine_tuned", evaluate_beir(tuned, beir, progress=True))
-    seconds["evaluate_fine_tuned"] = time.perf_counter() - t
+    for name, model in (("base", base), ("fine_tuned", chosen)):
+        model.max_seq_length = _eval_length(model, config)
+        if task is not None:
+            heldout, scores[name] = evaluate_label_retrieval(model, task)
+            metrics |= _prefixed(f"heldout.{name}", heldout)
+        if decision is not None:
+            metrics[f"self_retrieval.{name}.mrr@10"] = round(decision.base_score if name == "base"
+                                                             else decision.candidate_score, 5)
+        if beir is not None:
+            if name == "base" and base_beir_metrics is not None:
+                metrics |= _prefixed("beir.base", base_beir_metrics)
+            else:
+                say(f"evaluating the {name} model on {len(beir.corpus_ids)} documents, {len(beir.query_ids)} queries")
+                metrics |= _prefixed(f"beir.{name}", evaluate_beir(model, beir, progress=True))
+    seconds["evaluate"] = time.perf_counter() - t
     for name in list(metrics):
         if ".fine_tuned." in name:
             task_name, metric = name.split(".fine_tuned.")
             metrics[f"{task_name}.delta.{metric}"] = round(metrics[name] - metrics[f"{task_name}.base.{metric}"], 5)
     stats["hard_negative_pairs"] = result.train_pairs if config.hard_negatives else 0
-    return FineTuneReport(result.model_dir, metrics, stats, result, sanity_table(task, scores), seconds)
+    sanity = sanity_table(task, scores) if task is not None else pl.DataFrame()
+    return FineTuneReport(Path(output_dir), metrics, stats, result, sanity, seconds, decision)
+
+
+def candidate_dir(output_dir: str | Path) -> Path:
+    output_dir = Path(output_dir)
+    return output_dir.with_name(f"{output_dir.name}.candidate")
+
+
+def _eval_length(model, config: TrainingConfig) -> int:
+    """The evaluation window: `eval_max_seq_length`, else the model's own (256 for MiniLM)."""
+    return config.eval_max_seq_length or model.emerge_window
+
+
+def _label_task(eval_rows: pl.DataFrame, label_col: str, seed: int, say):
+    """Held-out label retrieval, a secondary measure: skipped (and said) where the held-out part
+    cannot form it, since the gate does not depend on it."""
+    try:
+        return label_retrieval_task(eval_rows, label_col, seed=seed)
+    except InputError as exc:
+        say(f"held-out {label_col} retrieval skipped: {exc}")
+        return None

@@ -127,6 +127,9 @@ def build_pairs(train: pl.DataFrame, label_col: str, config: TrainingConfig,
         raise InputError(f"no span in the training documents has a {label_col} (all noise/unlabelled)")
     if label_col == "topic_id":
         pairs = topic_pairs(rows)
+    elif config.pairing == "distill":
+        raise InputError("pairing='distill' trains on teacher-scored triplets (emerge.distillation."
+                         "distillation_triplets), not on label pairs")
     elif config.pairing == "same_document":
         pairs = same_document_pairs(rows, label_col)
     elif config.pairing == "span_context":

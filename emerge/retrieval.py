@@ -100,9 +100,10 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def beir_doc_text(row: dict) -> str:
-    """Title and text as BEIR joins them, without repeating a title the text already starts with."""
+    """Title and text, the title on its own line (as a user's file would have it; the tokenizers see
+    the same tokens as BEIR's space join), without repeating a title the text already starts with."""
     title, text = (row.get("title") or "").strip(), (row.get("text") or "").strip()
-    return text if not title or text.startswith(title) else f"{title} {text}".strip()
+    return text if not title or text.startswith(title) else f"{title}\n{text}".strip()
 
 
 def load_beir(path: str | Path, split: str = "test") -> BeirCollection:
@@ -228,3 +229,13 @@ def sanity_table(task: LabelRetrievalTask, scores: dict[str, np.ndarray], n_quer
                              "span": task.corpus_texts[idx][:width],
                              "same_label": bool(task.corpus_labels[idx] == task.query_labels[q])})
     return pl.DataFrame(rows)
+
+
+def evaluate_bm25(collection: BeirCollection) -> dict[str, float]:
+    """The lexical anchor: `bm25s` (Lucene BM25, k1 1.5, b 0.75, English stop words, Snowball stems)."""
+    from emerge.lexical import bm25s_rankings
+
+    best = bm25s_rankings(collection.corpus_texts, collection.query_texts, 100)
+    ranked = [[collection.corpus_ids[i] for i in row] for row in best]
+    metrics = retrieval_metrics(ranked, [collection.qrels[q] for q in collection.query_ids])
+    return {k: metrics[k] for k in ("ndcg@10", "mrr@10", "recall@100", "hits@1", "hits@10")}

@@ -1,9 +1,12 @@
-"""Fine-tuning with sentence-transformers' `SentenceTransformerTrainer` and MNRL.
+"""Fine-tuning with sentence-transformers' `SentenceTransformerTrainer`: MNRL on pairs, MarginMSE
+on teacher-scored triplets.
 
-The loss is MultipleNegativesRankingLoss: every other positive in the batch is a negative.
+Pairs train with MultipleNegativesRankingLoss: every other positive in the batch is a negative.
 That is only right when no other row of the batch belongs with the anchor, so batches are
 drawn by `GroupExclusiveBatchSampler` (one row per group per batch; groups come from
-`emerge.pairs`).
+`emerge.pairs`). Rows that carry a `score` (the teacher's scores of the positive and each
+negative, `emerge.distillation`) train with MarginMSELoss instead, which compares a query only
+with its own passages.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ def load_sentence_transformer(model_path: str | Path, device: str, max_seq_lengt
     if not path.is_dir():
         raise InputError(f"base model directory {str(path)!r} does not exist")
     model = SentenceTransformer(str(path), device=device, local_files_only=True, trust_remote_code=False)
+    model.emerge_window = int(model.max_seq_length or max_seq_length or 512)  # the model's own window
     if max_seq_length is not None:
         model.max_seq_length = min(max_seq_length, model.max_seq_length or max_seq_length)
     return model
@@ -129,7 +133,7 @@ def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, c
 
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import MarginMSELoss, MultipleNegativesRankingLoss
     from transformers import TrainerCallback, set_seed
 
     set_seed(config.seed)
@@ -139,7 +143,9 @@ def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, c
         pairs = pairs.filter(pl.col("negative").is_not_null())
         if pairs.height < config.min_pairs:
             raise InputError(f"only {pairs.height} pairs kept a hard negative; min_pairs={config.min_pairs}")
-    columns = ["anchor", "positive"] + (["negative"] if "negative" in pairs.columns else [])
+    distilled = "score" in pairs.columns  # teacher scores: MarginMSE (emerge.distillation)
+    negatives = [c for c in pairs.columns if c == "negative" or c.startswith("negative_")]
+    columns = ["anchor", "positive", *negatives] + (["score"] if distilled else [])
     dataset = Dataset.from_dict({c: pairs[c].to_list() for c in columns})
     groups = pairs["group"].to_numpy()
 
@@ -154,16 +160,17 @@ def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, c
 
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work / "checkpoints"), num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size, learning_rate=config.lr,
         warmup_ratio=config.warmup_ratio, seed=config.seed, data_seed=config.seed,
         batch_sampler=functools.partial(GroupExclusiveBatchSampler, groups=groups),
         save_strategy="no", report_to="none", logging_steps=max(1, len(dataset) // config.batch_size // 10),
         use_cpu=device == "cpu", disable_tqdm=False, dataloader_num_workers=0)
-    loss = MultipleNegativesRankingLoss(model, scale=config.scale)
+    loss = MarginMSELoss(model) if distilled else MultipleNegativesRankingLoss(model, scale=config.scale)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
                                          callbacks=[_Relay()])
     out = trainer.train()
     shutil.rmtree(work, ignore_errors=True)  # no checkpoints are kept (save_strategy="no")
+    model.max_seq_length = model.emerge_window  # saved with its own window; training length is a config value
     atomic_write_dir(output_dir, lambda tmp: model.save(str(tmp)))
     return TrainingResult(model_dir=output_dir, train_pairs=len(dataset), steps=out.global_step,
                           train_loss=float(out.training_loss) if out.training_loss is not None else None)

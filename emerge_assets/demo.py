@@ -3,16 +3,42 @@
 Uses the Dagster instance in $DAGSTER_HOME (SQLite), so every materialization shows up in
 `dagster dev` afterwards. Each source is one partition of the per-source job; the model
 loads once for the whole demo because all runs execute in this process.
+
+Before the first run, runs of an earlier demo on this host whose process is gone (SIGKILL, out of
+memory) are failed and their `gpu` slots freed; a run waiting for a slot says so every 20 s and
+Ctrl+C stops it (`emerge_assets.stale_runs`).
 """
 
 import argparse
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
 
+def _log_to_stderr() -> None:
+    """emerge_assets' own INFO/WARNING lines (slot waits, dead runs) on stderr; nothing else is configured."""
+    logger = logging.getLogger("emerge_assets")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[emerge] %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv=None) -> int:
+    """Ctrl+C (also while a run waits for a slot) ends the demo with 130; the run is marked CANCELED/FAILURE."""
+    import dagster as dg
+
+    try:
+        return _main(argv)
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+        print("\n[emerge] interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     from emerge_assets.definitions import EMERGE_HOME, INPUT_ROOT, PROJECT_ROOT
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -35,6 +61,9 @@ def main(argv=None) -> int:
 
     from emerge_assets.definitions import ASSETS, CHECKS, JOBS, build_resources
     from emerge_assets.partitions import document_source
+    from emerge_assets.stale_runs import execute_watched, fail_dead_runs
+
+    _log_to_stderr()
 
     resources = build_resources(args.emerge_home, args.input_root, args.model,
                                 **({"topics_file": args.topics} if args.topics else {}))
@@ -51,11 +80,12 @@ def main(argv=None) -> int:
     if args.register_only:
         print(f"[emerge] document_source partitions: {', '.join(sources)} ({len(new)} new)")
         return 0
+    fail_dead_runs(instance)  # a killed earlier demo must not keep the gpu slot (WARNING per run)
     t0 = time.perf_counter()
     meta: dict[str, dict] = {}
 
     def run(job: str, partition: str | None = None) -> None:
-        result = defs.resolve_job_def(job).execute_in_process(partition_key=partition, instance=instance)
+        result = execute_watched(defs.resolve_job_def(job), instance, partition_key=partition)
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
             meta[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
@@ -93,9 +123,9 @@ def main(argv=None) -> int:
     print(f"  dataset:   {tds['parquet_path']}")
     if "fine_tuned_model" in meta:
         fm = meta["fine_tuned_model"]
-        print(f"  model:     {fm['model_path']} ({fm['train_pairs']} pairs, {fm['train_steps']} steps on {fm['device']})")
-        print(f"  held-out:  {fm['heldout_queries']} queries over {fm['heldout_corpus']} spans of "
-              f"{fm['eval_documents']} unseen documents; nDCG@10 delta {fm['heldout_ndcg@10_delta']:+.4f}")
+        print(f"  model:     {fm['model_path']} ({fm['train_pairs']} training rows, {fm['train_steps']} steps on "
+              f"{fm['device']}; current model: {fm['current_model']})")
+        print(f"  gate:      {fm['promotion']}")
         print(f"  MLflow:    {fm['mlflow_run']}")
         print(f"             mlflow ui --backend-store-uri {fm['mlflow_tracking_uri']}")
     print(f"  Dagster UI: DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -m emerge_assets.definitions")

@@ -9,7 +9,9 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
-from emerge.config import ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig
+from emerge.config import ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig, TrainingConfig
+
+_TRAINING = TrainingConfig()
 
 
 class _ValidatedConfig(dg.Config):
@@ -113,18 +115,40 @@ class FineTuneConfig(_ValidatedConfig):
     """Training and evaluation of `fine_tuned_model` (defaults are small enough for a CPU demo)."""
 
     model_name: str = Field(default="emerge-minilm", description="Folder name of the saved model under models/.")
-    pairing: str = Field(default="span_context", description="Cluster datasets: span_context (selected span -> "
-                         "its document's surrounding text, span cut out), same_document (two selected spans of one "
-                         "document and cluster) or same_cluster (spans of different documents in one cluster).")
-    context_chars: int = Field(default=1200, description="span_context: characters of document around the span.")
+    pairing: str = Field(default=_TRAINING.pairing, description="Cluster datasets: distill (selected spans as "
+                         "pseudo-queries, MarginMSE on a base-model + BM25 teacher's scores; the measured default), "
+                         "span_context (selected span -> its document's surrounding text, span cut out), "
+                         "same_document (two selected spans of one document and cluster) or same_cluster (spans of "
+                         "different documents in one cluster).")
+    context_chars: int = Field(default=1200, description="distill/span_context: characters of document around the span.")
+    query_source: str = Field(default=_TRAINING.query_source, description="distill: pseudo-queries are the "
+                              "selected spans (spans) or each document's opening line/sentence (leading_sentence).")
+    queries_per_document: int = Field(default=_TRAINING.queries_per_document,
+                                      description="distill: pseudo-queries (selected spans) per training document.")
+    max_train_queries: Optional[int] = Field(default=_TRAINING.max_train_queries, description="distill: most "
+                                             "pseudo-queries trained on (bounds training time on large corpora).")
+    negatives_per_query: int = Field(default=_TRAINING.negatives_per_query,
+                                     description="distill: teacher-mined negatives per pseudo-query.")
+    negative_depth: int = Field(default=_TRAINING.negative_depth,
+                                description="distill: negatives are drawn from the teacher's top this many documents.")
+    lexical_weight: float = Field(default=_TRAINING.lexical_weight,
+                                  description="distill: weight of BM25 beside the base model in the teacher.")
+    interpolation_weights: list[float] = Field(default=list(_TRAINING.interpolation_weights),
+                                               description="WiSE-FT weights tried between base (0) and trained (1); "
+                                               "the best on held-out self-retrieval is published.")
+    promotion_min_gain: float = Field(default=_TRAINING.promotion_min_gain, description="The candidate must beat "
+                                      "the base's held-out self-retrieval MRR@10 by more than this to become current.")
+    gate: bool = Field(default=True, description="Publish only a candidate that beats its base (false: always publish).")
+    eval_max_seq_length: Optional[int] = Field(default=None, description="Evaluation window (default: the model's own).")
     pairs_per_label: int = Field(default=2000, description="Most pairs per cluster/topic, highest relevance first.")
     min_pairs: int = Field(default=16, description="Fewer training pairs than this fails the step.")
     eval_fraction: float = Field(default=0.2, description="Share of documents held out from training for evaluation.")
     epochs: int = Field(default=1)
     batch_size: int = Field(default=32, description="Pairs per batch; the rest of the batch are the negatives.")
-    learning_rate: float = Field(default=2e-5)
+    learning_rate: Optional[float] = Field(default=None, description="null = the recipe's default (distill 1e-4, "
+                                           "pair recipes 2e-5).")
     warmup_ratio: float = Field(default=0.1)
-    max_seq_length: int = Field(default=128, description="Tokens per text in training and evaluation.")
+    max_seq_length: int = Field(default=128, description="Tokens per text in training (evaluation uses the model's window).")
     hard_negatives: bool = Field(default=False, description="Add one mined negative from another group per pair.")
     hard_negative_margin: float = Field(default=0.1, description="Skip negatives within this cosine of the positive.")
     seed: int = Field(default=42)
@@ -133,9 +157,14 @@ class FineTuneConfig(_ValidatedConfig):
     beir_split: str = Field(default="test")
 
     def to_engine(self):
-        from emerge.config import TrainingConfig
 
         return TrainingConfig(pairing=self.pairing, context_chars=self.context_chars, pairs_per_label=self.pairs_per_label, min_pairs=self.min_pairs,
+                              query_source=self.query_source, queries_per_document=self.queries_per_document,
+                              max_train_queries=self.max_train_queries,
+                              negatives_per_query=self.negatives_per_query, negative_depth=self.negative_depth,
+                              lexical_weight=self.lexical_weight,
+                              interpolation_weights=tuple(self.interpolation_weights),
+                              promotion_min_gain=self.promotion_min_gain, gate=self.gate, eval_max_seq_length=self.eval_max_seq_length,
                               eval_fraction=self.eval_fraction, epochs=self.epochs, batch_size=self.batch_size,
                               learning_rate=self.learning_rate, warmup_ratio=self.warmup_ratio,
                               max_seq_length=self.max_seq_length, hard_negatives=self.hard_negatives,

@@ -1,6 +1,7 @@
 """Asset tests: real Dagster materializations on a temporary instance, tiny random BERT."""
 
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -209,7 +210,8 @@ def test_bad_topics_file_names_the_topic(pipeline_run, tmp_path):
                        instance=pipeline_run["instance"], resources=resources)
 
 
-SMALL_TRAINING = {"epochs": 1, "batch_size": 8, "min_pairs": 4, "max_seq_length": 32, "learning_rate": 1e-3}
+SMALL_TRAINING = {"epochs": 1, "batch_size": 8, "min_pairs": 4, "max_seq_length": 32, "learning_rate": 1e-3,
+                  "negatives_per_query": 1, "negative_depth": 4, "gate": False, "eval_fraction": 0.35}
 
 
 def train_and_read_run(pipeline_run, asset):
@@ -241,7 +243,10 @@ def test_fine_tuned_model_logs_base_and_tuned_metrics_to_mlflow(pipeline_run):
         base, tuned = metrics[f"heldout.base.{name}"], metrics[f"heldout.fine_tuned.{name}"]
         assert metrics[f"heldout.delta.{name}"] == pytest.approx(tuned - base, abs=1e-4)
     assert metrics["dataset.train_pairs"] == meta["train_pairs"] > 0
-    assert params["train.pairing"] == "span_context" and len(params["dataset_hash"]) == 16
+    assert params["train.pairing"] == "distill" and len(params["dataset_hash"]) == 16
+    assert metrics["self_retrieval.delta.mrr_at_10"] == pytest.approx(
+        metrics["self_retrieval.fine_tuned.mrr_at_10"] - metrics["self_retrieval.base.mrr_at_10"], abs=1e-4)
+    assert meta["promoted"] is True and meta["current_model"] == "fine_tuned"
     assert params["train.batch_size"] == "8"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert "model/model.safetensors" in artifacts and "model/emerge_training.json" in artifacts
@@ -254,6 +259,29 @@ def test_fine_tuned_topic_model_trains_on_topic_pairs(pipeline_run):
     _, _, run = train_and_read_run(pipeline_run, fine_tuned_topic_model)
     assert run.data.params["recipe"] == "topics"
     assert "heldout.fine_tuned.ndcg_at_10" in run.data.metrics
+
+
+def test_a_model_made_worse_is_not_promoted_and_the_previous_one_stays(pipeline_run):
+    """Train once (published), then with a learning rate that wrecks the weights: the gate keeps the
+    first model in place, the check fails with the reason, MLflow records both runs."""
+    import hashlib
+
+    from emerge_assets.assets.training import fine_tuned_model
+
+    meta, _, _ = train_and_read_run(pipeline_run, fine_tuned_model)
+    weights = Path(meta["model_path"]) / "model.safetensors"
+    before = hashlib.sha256(weights.read_bytes()).hexdigest()
+    wrecked = {**SMALL_TRAINING, "learning_rate": 0.9, "epochs": 3, "gate": True, "interpolation_weights": [1.0]}
+    result = dg.materialize(ASSETS, selection=[fine_tuned_model], instance=pipeline_run["instance"],
+                            resources=pipeline_run["resources"],
+                            run_config={"ops": {"fine_tuned_model": {"config": wrecked}}})
+    assert result.success
+    meta = metadata_of(result, fine_tuned_model)
+    assert meta["promoted"] is False and meta["current_model"] == "previous"
+    assert "not promoted" in meta["promotion"]
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == before
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "fine_tuned_beats_base" and not check.passed
 
 
 @pytest.mark.parametrize("config, match", [

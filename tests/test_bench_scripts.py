@@ -69,13 +69,18 @@ def test_domain_adaptation_script(tmp_path):
         f"{r['topic']}\td{i}\t1\n" for i, r in enumerate(rows)))
     out = tmp_path / "r.json"
     r = run_script("domain_adaptation.py", "--beir", str(beir), "--batch-size", "8", "--max-seq-length", "64",
-                   "--eval-fraction", "0.2", "--out", str(out))
-    for model in ("base", "fine_tuned"):
+                   "--eval-fraction", "0.3", "--seeds", "2", "--query-source", "spans", "--out", str(out))
+    for model in ("base", "fine_tuned", "bm25"):
         assert set(r[model]) == {"ndcg@10", "mrr@10", "recall@100"}
         assert all(0.0 <= v <= 1.0 for v in r[model].values())
     assert r["delta"]["ndcg@10"] == pytest.approx(r["fine_tuned"]["ndcg@10"] - r["base"]["ndcg@10"], abs=1e-4)
+    assert [s["seed"] for s in r["per_seed"]] == [0, 1]
+    mean = sum(s["ndcg@10"] for s in r["per_seed"]) / 2
+    assert r["fine_tuned"]["ndcg@10"] == pytest.approx(mean, abs=1e-4)
+    assert all(isinstance(s["promoted"], bool) and s["train_rows"] > 0 for s in r["per_seed"])
     assert r["collection_stats"]["skipped_queries_without_judgments"] == 1  # "orphan" is not scored
-    assert {"curate", "train", "evaluate_base", "evaluate_fine_tuned"} <= set(r["wall_s"])
+    assert {"curate", "bm25", "evaluate_base", "seed_0", "seed_1"} <= set(r["stage_wall_s"])
+    assert r["wall_s"] > 0 and r["machine"]["cpu_flags"] is not None
     assert json.loads(out.read_text()) == r
 
 

@@ -105,8 +105,12 @@ def test_demo_command_runs_on_the_bundled_corpus(tmp_path):
     assert (tmp_path / "home" / "datasets" / "curated_spans.parquet").exists()
     assert (tmp_path / "home" / "datasets" / "curated_spans.card.md").exists()
     assert any((tmp_path / "dagster_home").iterdir())  # runs recorded in the SQLite instance
-    # the demo ends with a fine-tuned model tracked in a local MLflow store
-    assert (tmp_path / "home" / "models" / "emerge-minilm" / "modules.json").exists()
+    # the demo ends with a gated fine-tuning run tracked in a local MLflow store: the model folder
+    # exists exactly when the gate promoted the candidate, and the summary says which model is current
+    gate = next(line for line in proc.stdout.splitlines() if line.strip().startswith("gate:"))
+    published = (tmp_path / "home" / "models" / "emerge-minilm" / "modules.json").exists()
+    assert ("promoted" in gate and "not promoted" not in gate) == published, gate
+    assert f"current model: {'fine_tuned' if published else 'base'}" in proc.stdout
     assert (tmp_path / "home" / "mlflow" / "mlflow.db").exists() and "MLflow:" in proc.stdout
 
 

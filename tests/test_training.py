@@ -167,7 +167,7 @@ def test_beir_queries_without_judgments_are_skipped_and_counted(tmp_path):
     coll = load_beir(tmp_path)
     assert coll.query_ids == ["1"]
     assert coll.skipped == {"queries_without_judgments": 2, "judgments_unknown_doc": 1}
-    assert coll.corpus_texts[0] == "t0 text 0"
+    assert coll.corpus_texts[0] == "t0\ntext 0"
 
 
 def test_beir_without_any_judgment_or_file_fails(tmp_path):
@@ -222,7 +222,8 @@ def test_span_context_pairs_cut_the_span_out_of_its_own_document():
         end = text.index(f"w{d}_60 ") - 1
         rows.append({"text_span": text[start:end], "doc_id": f"d{d:03d}", "start_char": start, "end_char": end,
                      "cluster_id": d % 2, "relevance": 1.0})
-    pairs = build_pairs(pl.DataFrame(rows), "cluster_id", TrainingConfig(min_pairs=1, context_chars=300), texts)
+    pairs = build_pairs(pl.DataFrame(rows), "cluster_id", TrainingConfig(pairing="span_context", min_pairs=1,
+                                                                         context_chars=300), texts)
     assert pairs.height == 6
     for row in pairs.iter_rows(named=True):
         doc = texts[row["group"]]
@@ -230,4 +231,4 @@ def test_span_context_pairs_cut_the_span_out_of_its_own_document():
         assert all(word in doc.split() for word in row["positive"].split())
         assert len(row["positive"]) <= 300 + 1
     with pytest.raises(InputError, match="needs the documents' texts"):
-        build_pairs(pl.DataFrame(rows), "cluster_id", TrainingConfig(min_pairs=1))
+        build_pairs(pl.DataFrame(rows), "cluster_id", TrainingConfig(pairing="span_context", min_pairs=1))

@@ -55,7 +55,7 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
 
     try:
         report = fine_tune_and_evaluate(dataset, label_col, base_path, output_dir, training, device=device,
-                                        beir=beir, texts=texts, on_log=log_progress)
+                                        beir=beir, texts=texts, on_log=log_progress, progress=context.log.info)
     except InputError as exc:
         raise dg.Failure(str(exc)) from exc
 
@@ -67,40 +67,62 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
         f"seconds.{k}": round(v, 2) for k, v in report.stage_seconds.items()}
     if report.training.train_loss is not None:
         metrics["train.loss"] = report.training.train_loss
-    atomic_write_text(output_dir / "emerge_training.json", json.dumps(
-        {"params": params, "metrics": report.metrics, "dataset": report.dataset_stats}, indent=2))
+    gate = report.promotion
+    promoted = gate is None or gate.promoted
+    current = "fine_tuned" if promoted else ("previous" if (output_dir / "modules.json").exists() else "base")
+    params |= {"promoted": promoted, "current_model": current, "interpolation_weight": gate.weight if gate else 1.0}
+    if promoted:
+        atomic_write_text(output_dir / "emerge_training.json", json.dumps(
+            {"params": params, "metrics": report.metrics, "dataset": report.dataset_stats}, indent=2))
     run = mlflow.log_run(run_name=f"{config.model_name}-{context.run_id[:8]}", params=params, metrics=metrics,
                          tags={"dagster.run_id": context.run_id, "dagster.asset": context.asset_key.to_user_string(),
                                "emerge.recipe": recipe},
-                         artifacts={"model": output_dir})
+                         artifacts={"model": output_dir} if promoted else {})
     meta = {
-        "model_path": dg.MetadataValue.path(str(output_dir)),
+        "promoted": promoted,
+        "current_model": current,
+        "promotion": gate.reason if gate else "no document texts: published without a gate",
+        "model_path": dg.MetadataValue.path(str(output_dir) if current != "base" else str(base_path)),
         "mlflow_run": dg.MetadataValue.url(run.url),
         "mlflow_run_id": run.run_id,
         "mlflow_tracking_uri": mlflow.tracking_uri,
         "device": device,
-        "heldout_retrieval": _comparison(report.metrics, "heldout", ("hits@1", "hits@5", "hits@10", "ndcg@10",
-                                                                     "mrr@10")),
-        "heldout_ndcg@10_delta": report.metrics["heldout.delta.ndcg@10"],
         "retrieval_sanity": markdown_table(report.sanity, max_rows=40),
         "train_loss": report.training.train_loss or 0.0,
         "train_steps": report.training.steps,
         "seconds": dg.MetadataValue.json({k: round(v, 1) for k, v in report.stage_seconds.items()}),
         **report.dataset_stats,
     }
+    if "heldout.base.ndcg@10" in report.metrics:
+        meta["heldout_retrieval"] = _comparison(report.metrics, "heldout", ("hits@1", "hits@5", "hits@10", "ndcg@10",
+                                                                            "mrr@10"))
+        meta["heldout_ndcg@10_delta"] = report.metrics["heldout.delta.ndcg@10"]
     if beir is not None:
         meta["beir_retrieval"] = _comparison(report.metrics, "beir", ("ndcg@10", "mrr@10", "recall@100"))
         meta |= {f"beir_{k}": v for k, v in beir.stats().items()}
-    context.log.info(f"model saved to {output_dir}; held-out nDCG@10 base {report.metrics['heldout.base.ndcg@10']:.4f} "
-                     f"-> fine-tuned {report.metrics['heldout.fine_tuned.ndcg@10']:.4f}; MLflow run {run.url}")
-    return dg.MaterializeResult(metadata=meta)
+    if not promoted:
+        context.log.warning(f"the fine-tuned model is not better than its base; {current} model stays current "
+                            f"({gate.reason})")
+    check = dg.AssetCheckResult(check_name="fine_tuned_beats_base", passed=promoted, severity=dg.AssetCheckSeverity.WARN,
+                                metadata={"reason": gate.reason if gate else "ungated", "current_model": current,
+                                          **({f"self_retrieval_weight_{w:g}": s for w, s in gate.scores_by_weight.items()}
+                                             | {"self_retrieval_base": gate.base_score} if gate else {})})
+    context.log.info(f"model {'saved to ' + str(output_dir) if promoted else 'not published'}; MLflow run {run.url}")
+    return dg.MaterializeResult(metadata=meta, check_results=[check])
 
 
-@dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool=GPU_POOL,
+def _gate_check(asset: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec("fine_tuned_beats_base", asset=asset, description="The candidate beat its base on "
+                              "held-out self-retrieval (no labels) and was published; a failure means the base or "
+                              "the previous model stays current.")]
+
+
+@dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool=GPU_POOL, check_specs=_gate_check("fine_tuned_model"),
           ins={"curated_dataset": dg.AssetIn(), "raw_texts": ALL_SOURCES},
-          description="all-MiniLM-L6-v2 (or the embedding_model resource's model) fine-tuned with MNRL on pairs "
-                      "built from the curated cluster dataset (selected span -> its document context by default); "
-                      "base vs fine-tuned retrieval on held-out documents and an optional BEIR set, in MLflow.")
+          description="all-MiniLM-L6-v2 (or the embedding_model resource's model) fine-tuned on the curated "
+                      "cluster dataset: selected spans as pseudo-queries, MarginMSE on a base-model + BM25 teacher "
+                      "(pairing distill, default), interpolated with its base (WiSE-FT) and published only if it "
+                      "beats the base on held-out documents; base vs fine-tuned in MLflow.")
 def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, curated_dataset: pl.DataFrame,
                      raw_texts: dict, storage: EmergeStorage, embedding_model: EmbeddingModelResource,
                      mlflow: MlflowTracking) -> dg.MaterializeResult:
@@ -111,10 +133,14 @@ def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, 
 
 
 @dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool=GPU_POOL,
+          check_specs=_gate_check("fine_tuned_topic_model"),
+          ins={"curated_topic_dataset": dg.AssetIn(), "raw_texts": ALL_SOURCES},
           description="The base model fine-tuned with MNRL on (topic name: description -> span) pairs from the "
                       "curated topic dataset; evaluated and tracked like fine_tuned_model.")
 def fine_tuned_topic_model(context: dg.AssetExecutionContext, config: FineTuneTopicConfig,
-                           curated_topic_dataset: pl.DataFrame, storage: EmergeStorage,
+                           curated_topic_dataset: pl.DataFrame, raw_texts: dict, storage: EmergeStorage,
                            embedding_model: EmbeddingModelResource, mlflow: MlflowTracking) -> dg.MaterializeResult:
+    from emerge.ingest import document_texts
+
     return _train_and_track(context, config, curated_topic_dataset, "topic_id", "topics",
-                            storage, embedding_model, mlflow)
+                            storage, embedding_model, mlflow, document_texts(*raw_texts.values()))

@@ -1,0 +1,192 @@
+"""Pseudo-query distillation: the `distill` pairing, GPL done offline with the corpus as the only input.
+
+Raw span pairs (inverse cloze, same-cluster) pull a model trained on a billion question/answer
+pairs away from what it knows: the base loses nDCG on real queries. Distillation changes what is
+learnt. Every selected span of a training document becomes a pseudo-query; its document with the
+span cut out is the positive; negatives are other training documents that a teacher ranks high
+for the query. The teacher is a hybrid of the base model and BM25 over the same corpus (both
+z-normalised over the query's top candidates, equal weight; no label, no network, no hub model),
+and the student is trained with MarginMSE to reproduce the teacher's score *differences*.
+
+Because the dense half of the teacher is the base model itself, the target margin is the base
+model's own margin plus what BM25 adds: the student starts at its target on everything the base
+already ranks like the hybrid, and only moves where corpus term statistics (rare domain words)
+say the base is wrong. That keeps forgetting small, and a false negative (a "negative" that is
+in fact relevant) gets a small or negative target margin instead of being pushed away.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from emerge.errors import InputError
+from emerge.lexical import BM25Index
+
+log = logging.getLogger(__name__)
+
+TEACHER_DEPTH = 100  # candidates over which each score is z-normalised per query
+
+
+def cut_out(text: str, start: int, end: int, window_chars: int) -> str:
+    """`window_chars` of `text` around [start, end) with the span itself removed."""
+    half = max(0, (window_chars - (end - start)) // 2)
+    left, right = text[max(0, start - half):start], text[end:end + half]
+    return " ".join(part.strip() for part in (left, right) if part.strip())
+
+
+def pseudo_queries(rows: pl.DataFrame, texts: dict[str, str], per_document: int, window_chars: int,
+                   seed: int, max_queries: int | None = None) -> pl.DataFrame:
+    """Up to `per_document` selected spans per document (most relevant first; ties drawn by `seed`),
+    each with its document's window around it, the span cut out. Columns: query, positive, doc_id.
+    Past `max_queries`, every document's first query is kept before any document's second."""
+    missing = sorted(set(rows["doc_id"].cast(pl.String)) - set(texts))
+    if missing:
+        raise InputError(f"{len(missing)} training documents have no text (first: {missing[0]!r})")
+    rng = np.random.default_rng(seed)
+    picked = (rows.with_columns(pl.Series("_tie", rng.random(rows.height)))
+              .sort(["doc_id", "relevance", "_tie"], descending=[False, True, False])
+              .group_by("doc_id", maintain_order=True).head(per_document))
+    if max_queries is not None and picked.height > max_queries:
+        picked = (picked.with_columns(pl.int_range(pl.len()).over("doc_id").alias("_nth"),
+                                      pl.Series("_draw", rng.random(picked.height)))
+                  .sort(["_nth", "_draw"]).head(max_queries))
+    out = []
+    for doc, span, start, end in picked.select("doc_id", "text_span", "start_char", "end_char").iter_rows():
+        positive = cut_out(texts[str(doc)], start, end, window_chars)
+        if positive:
+            out.append((span, positive, str(doc)))
+    return pl.DataFrame(out, schema=["query", "positive", "doc_id"], orient="row")
+
+
+def fit_to_tokens(model, texts: list[str]) -> list[str]:
+    """Each text cut where the model's tokenizer stops reading it (`max_seq_length`), so the teacher
+    scores exactly the text the student will see."""
+    limit = max(1, int(model.max_seq_length) - 2)  # [CLS] and [SEP]
+    enc = model.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=limit,
+                          return_offsets_mapping=True)
+    return [t[:offsets[-1][1]] if offsets else t for t, offsets in zip(texts, enc["offset_mapping"])]
+
+
+_SENTENCE_END = re.compile(r"\n|(?<=[.?!])\s")
+
+
+def leading_sentences(rows: pl.DataFrame, texts: dict[str, str], window_chars: int, max_words: int = 40,
+                      min_words: int = 3) -> pl.DataFrame:
+    """Each document's opening line or sentence as its pseudo-query (a title, a subject line, a
+    lead), the rest of the document as the positive. Documents whose opening is shorter than
+    `min_words` or longer than `max_words` give no query. Columns: query, positive, doc_id."""
+    out = []
+    for doc in sorted(set(rows["doc_id"].cast(pl.String))):
+        text = texts[doc].strip()
+        cut = _SENTENCE_END.search(text)
+        if cut is None:
+            continue
+        query, rest = text[:cut.start()].strip(), text[cut.end():].strip()
+        if min_words <= len(query.split()) <= max_words and rest:
+            out.append((query, rest[:window_chars], doc))
+    return pl.DataFrame(out, schema=["query", "positive", "doc_id"], orient="row")
+
+
+def document_window(text: str, window_chars: int) -> str:
+    """What a document looks like as a training negative: its opening `window_chars`."""
+    return text[:window_chars].strip()
+
+
+@dataclass
+class HybridTeacher:
+    """Scores = base-model cosine + `lexical_weight` * BM25, both z-normalised per query over the
+    query's top `TEACHER_DEPTH` corpus candidates, returned in cosine units (times the dense spread)."""
+
+    model: object
+    corpus_texts: list[str]
+    lexical_weight: float = 1.0
+    batch_size: int = 64
+
+    def __post_init__(self):
+        from emerge.retrieval import encode
+
+        self._encode = lambda texts: encode(self.model, texts, self.batch_size)
+        self.corpus_vectors = self._encode(self.corpus_texts)
+        self.bm25 = BM25Index.build(self.corpus_texts)
+
+    def corpus_scores(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(teacher scores over the corpus, per-query dense and lexical (mean, std) statistics)."""
+        q = self._encode(queries)
+        dense = q @ self.corpus_vectors.T
+        lexical = self.bm25.scores(queries)
+        dense_stats, lexical_stats = _top_stats(dense), _top_stats(lexical)
+        return self._fuse(dense, lexical, dense_stats, lexical_stats), dense_stats, lexical_stats, q
+
+    def _fuse(self, dense, lexical, dense_stats, lexical_stats):
+        d_mean, d_std = dense_stats
+        l_mean, l_std = lexical_stats
+        return dense + self.lexical_weight * d_std * (lexical - l_mean) / l_std
+
+    def pair_scores(self, query_vectors: np.ndarray, queries: list[str], texts: list[str],
+                    dense_stats, lexical_stats) -> np.ndarray:
+        dense = np.einsum("ij,ij->i", query_vectors, self._encode(texts))[:, None]
+        lexical = self.bm25.pair_scores(queries, texts)[:, None]
+        return self._fuse(dense, lexical, dense_stats, lexical_stats).ravel()
+
+
+def _top_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    k = min(TEACHER_DEPTH, scores.shape[1])
+    top = -np.partition(-scores, k - 1, axis=1)[:, :k]
+    std = top.std(axis=1, keepdims=True)
+    return top.mean(axis=1, keepdims=True), np.where(std > 1e-6, std, 1.0)
+
+
+def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_per_document: int,
+                          negatives_per_query: int, negative_depth: int, window_chars: int,
+                          lexical_weight: float, seed: int, max_queries: int | None = None,
+                          query_source: str = "spans", progress=None) -> pl.DataFrame:
+    """(anchor, positive, negative_1..n, score, group) rows for MarginMSE; `score` lists the teacher's
+    scores of the positive and each negative. Negatives are drawn from the teacher's top
+    `negative_depth` training documents, never the query's own document."""
+    say = progress or log.info
+    docs = sorted(set(rows["doc_id"].cast(pl.String)))
+    if len(docs) < negatives_per_query + 2:
+        raise InputError(f"distillation needs at least {negatives_per_query + 2} training documents, got {len(docs)}")
+    if query_source == "leading_sentence":
+        queries = leading_sentences(rows, texts, window_chars)
+        if max_queries is not None and queries.height > max_queries:
+            queries = queries.sample(n=max_queries, seed=seed)
+    else:
+        queries = pseudo_queries(rows, texts, queries_per_document, window_chars, seed, max_queries)
+    if queries.height == 0:
+        raise InputError("no selected span left a document context to pair with")
+    say(f"distillation: {queries.height} pseudo-queries from {len(docs)} documents; teacher = base model + BM25")
+    corpus = fit_to_tokens(model, [document_window(texts[d], window_chars) for d in docs])
+    queries = queries.with_columns(pl.Series("positive", fit_to_tokens(model, queries["positive"].to_list())))
+    teacher = HybridTeacher(model, corpus, lexical_weight)
+    doc_index = {d: i for i, d in enumerate(docs)}
+    rng = np.random.default_rng(seed)
+    q_texts, pos_texts = queries["query"].to_list(), queries["positive"].to_list()
+    own = np.array([doc_index[d] for d in queries["doc_id"]])
+    negatives = np.empty((queries.height, negatives_per_query), dtype=np.int64)
+    neg_scores = np.empty((queries.height, negatives_per_query), dtype=np.float32)
+    pos_scores = np.empty(queries.height, dtype=np.float32)
+    depth = min(negative_depth, len(docs) - 1)
+    block = 512
+    for start in range(0, queries.height, block):
+        sl = slice(start, min(start + block, queries.height))
+        scores, d_stats, l_stats, q_vec = teacher.corpus_scores(q_texts[sl])
+        scores[np.arange(scores.shape[0]), own[sl]] = -np.inf
+        ranked = np.argsort(-scores, axis=1)[:, :depth]
+        for i, row in enumerate(ranked):
+            pick = rng.choice(depth, size=min(negatives_per_query, depth), replace=False)
+            negatives[start + i] = row[np.sort(pick)]
+            neg_scores[start + i] = scores[i, negatives[start + i]]
+        pos_scores[sl] = teacher.pair_scores(q_vec, q_texts[sl], pos_texts[sl], d_stats, l_stats)
+        say(f"distillation: teacher scored {sl.stop}/{queries.height} pseudo-queries")
+    frame = {"anchor": q_texts, "positive": pos_texts}
+    for j in range(negatives_per_query):
+        frame[f"negative_{j + 1}"] = [corpus[i] for i in negatives[:, j]]
+    frame["score"] = np.column_stack([pos_scores, neg_scores]).tolist()
+    frame["group"] = queries["doc_id"].to_list()
+    return pl.DataFrame(frame).sample(fraction=1.0, shuffle=True, seed=seed)

@@ -1,0 +1,113 @@
+"""Promotion gate: is the fine-tuned model better than its base on this corpus, by a measure
+that needs no label? And which point between base and fine-tuned weights is best (WiSE-FT)?
+
+The measure is held-out self-retrieval: each selected span of a held-out document (never
+trained on) is a query; the right answer is its own document with the span cut out, among the
+other held-out documents and a sample of training documents as distractors. A model that
+forgot how to retrieve, or collapsed, loses here; one that learnt the corpus' vocabulary wins.
+It reads the corpus only, so it may choose the interpolation weight and gate promotion.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from emerge.distillation import document_window, pseudo_queries
+from emerge.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SelfRetrievalTask:
+    queries: list[str]
+    answers: list[str]  # each query's own document, span cut out
+    query_docs: np.ndarray
+    distractors: list[str]
+    distractor_docs: np.ndarray
+
+
+def self_retrieval_task(eval_rows: pl.DataFrame, train_rows: pl.DataFrame, texts: dict[str, str],
+                        window_chars: int, seed: int, max_queries: int = 400,
+                        max_distractors: int = 600) -> SelfRetrievalTask:
+    """Queries from held-out documents; distractors = every held-out document plus training ones."""
+    queries = pseudo_queries(eval_rows, texts, 1, window_chars, seed)
+    if queries.height < 2:
+        raise InputError(f"only {queries.height} held-out document(s) give a self-retrieval query; "
+                         "hold out more documents (eval_fraction)")
+    queries = queries.sample(n=min(max_queries, queries.height), shuffle=True, seed=seed)
+    rng = np.random.default_rng(seed)
+    held = sorted(set(eval_rows["doc_id"].cast(pl.String)))
+    trained = sorted(set(train_rows["doc_id"].cast(pl.String)))
+    n_extra = max(0, min(len(trained), max_distractors - len(held)))
+    extra = [trained[i] for i in sorted(rng.choice(len(trained), size=n_extra, replace=False))] if n_extra else []
+    docs = held + extra
+    return SelfRetrievalTask(queries["query"].to_list(), queries["positive"].to_list(),
+                             queries["doc_id"].to_numpy(), [document_window(texts[d], window_chars) for d in docs],
+                             np.array(docs, dtype=object))
+
+
+def self_retrieval_score(model, task: SelfRetrievalTask, batch_size: int = 64) -> dict[str, float]:
+    """MRR@10 and hits@1 of each query's own document (its other distractor copy excluded)."""
+    from emerge.retrieval import encode
+
+    q = encode(model, task.queries, batch_size)
+    answers = np.nan_to_num(np.einsum("ij,ij->i", q, encode(model, task.answers, batch_size)), nan=-np.inf)
+    others = np.nan_to_num(q @ encode(model, task.distractors, batch_size).T, nan=-np.inf)
+    others[task.query_docs[:, None] == task.distractor_docs[None, :]] = -np.inf
+    # a tie counts against the answer: a collapsed model (every vector alike) must score ~0, not 1
+    rank = np.where(np.isfinite(answers), 1 + (others >= answers[:, None]).sum(axis=1), others.shape[1] + 1)
+    return {"mrr@10": float(np.where(rank <= 10, 1.0 / rank, 0.0).mean()), "hits@1": float((rank == 1).mean())}
+
+
+def interpolate(base, tuned, weight: float):
+    """WiSE-FT: a copy of `tuned` with weights (1 - weight) * base + weight * tuned."""
+    mixed = copy.deepcopy(tuned)
+    base_state = base.state_dict()
+    state = {k: (v if not v.is_floating_point() else (1.0 - weight) * base_state[k] + weight * v)
+             for k, v in tuned.state_dict().items()}
+    mixed.load_state_dict(state)
+    return mixed
+
+
+@dataclass
+class PromotionDecision:
+    weight: float  # the chosen interpolation weight (1.0 = the trained weights as they are)
+    base_score: float
+    candidate_score: float
+    scores_by_weight: dict[float, float]
+    promoted: bool
+    min_gain: float
+    gated: bool = True
+
+    @property
+    def reason(self) -> str:
+        verdict = "promoted" if self.promoted else "not promoted: the base (or the previous model) stays current"
+        if not self.gated:
+            verdict = "published without the gate (gate=false)"
+        return (f"held-out self-retrieval MRR@10 base {self.base_score:.4f} vs fine-tuned {self.candidate_score:.4f} "
+                f"(weight {self.weight:g}; needs > base + {self.min_gain:g}): {verdict}")
+
+
+def choose_and_gate(base, tuned, task: SelfRetrievalTask, weights: tuple[float, ...], min_gain: float,
+                    progress=None, gate: bool = True):
+    """(the model to publish or None, decision). Scores base and every interpolation weight on the
+    held-out task; the best weight is the candidate, promoted only if it beats the base by more
+    than `min_gain`."""
+    say = progress or log.info
+    base_score = self_retrieval_score(base, task)["mrr@10"]
+    say(f"gate: base held-out self-retrieval MRR@10 {base_score:.4f}")
+    scores, models = {}, {}
+    for w in weights:
+        models[w] = tuned if w == 1.0 else interpolate(base, tuned, w)
+        scores[w] = self_retrieval_score(models[w], task)["mrr@10"]
+        say(f"gate: weight {w:g} -> MRR@10 {scores[w]:.4f}")
+    best = max(weights, key=lambda w: (scores[w], -abs(1.0 - w)))
+    better = scores[best] > base_score + min_gain
+    decision = PromotionDecision(best, base_score, scores[best], scores, better or not gate, min_gain, gate)
+    return models[best], decision

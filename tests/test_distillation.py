@@ -1,0 +1,177 @@
+"""Pseudo-query distillation, BM25, WiSE-FT interpolation and the promotion gate."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from emerge.config import TrainingConfig
+from emerge.errors import ConfigError
+from emerge.lexical import BM25Index, bm25s_rankings
+
+CORPUS = ["the rotor blade stalls at high angle of attack", "onion soup simmers with garlic and pepper",
+          "a refund of the card payment was charged twice", "rotor wake and blade vortex interaction noise",
+          "garlic bread with butter", "the bank fee for a late card payment"]
+
+
+def test_bm25_index_ranks_like_the_bm25s_package():
+    queries = ["blade rotor noise", "card payment fee", "garlic soup"]
+    scores = BM25Index.build(CORPUS).scores(queries)
+    theirs = bm25s_rankings(CORPUS, queries, 3)
+    for q, row in enumerate(theirs):
+        matched = [d for d in row if scores[q, d] > 0]  # documents that share a term, best first
+        assert matched == sorted(np.flatnonzero(scores[q] > 0), key=lambda d: -scores[q, d])[:len(matched)]
+        assert len(matched) >= 1
+
+
+def test_bm25_pair_scores_equal_corpus_scores_for_corpus_documents():
+    index = BM25Index.build(CORPUS)
+    queries = ["blade rotor noise", "card payment fee"]
+    full = index.scores(queries)
+    pairs = index.pair_scores(queries, [CORPUS[3], CORPUS[5]])
+    assert pairs == pytest.approx([full[0, 3], full[1, 5]], rel=1e-5)
+    assert index.pair_scores(["zebra"], [CORPUS[0]])[0] == 0.0  # unknown terms score nothing
+
+
+def _docs(n: int = 16):
+    topics = ["rotor blade stall lift wing airfoil pressure", "soup onion garlic simmer broth pepper salt",
+              "invoice refund payment card charge bank fee", "planet orbit telescope star galaxy comet"]
+    rng = np.random.default_rng(0)
+    texts, rows = {}, []
+    for d in range(n):
+        words = topics[d % len(topics)].split()
+        sentences = [" ".join(rng.choice(words, size=9)) + f" item{d}x{s}." for s in range(4)]
+        text = " ".join(sentences)
+        texts[f"d{d:02d}"] = text
+        for s in (1, 2):
+            start = text.index(sentences[s])
+            rows.append({"text_span": sentences[s], "doc_id": f"d{d:02d}", "start_char": start,
+                         "end_char": start + len(sentences[s]), "cluster_id": d % len(topics),
+                         "relevance": float(rng.uniform(0.5, 1.0))})
+    return pl.DataFrame(rows), texts
+
+
+def test_distillation_triplets_cut_the_query_out_and_never_use_its_document_as_negative(tiny_model_dir):
+    from emerge.distillation import distillation_triplets
+    from emerge.training import load_sentence_transformer
+
+    rows, texts = _docs()
+    model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
+    triplets = distillation_triplets(rows, texts, model, queries_per_document=2, negatives_per_query=2,
+                                     negative_depth=5, window_chars=400, lexical_weight=1.0, seed=0)
+    assert triplets.height == rows.height
+    window_of = {d: t[:400].strip() for d, t in texts.items()}
+    for r in triplets.iter_rows(named=True):
+        own = texts[r["group"]]
+        assert r["anchor"] in own and r["anchor"] not in r["positive"]
+        for neg in (r["negative_1"], r["negative_2"]):
+            assert neg != window_of[r["group"]][:len(neg)] and neg in window_of.values() or \
+                any(w.startswith(neg) for d, w in window_of.items() if d != r["group"])
+            assert not window_of[r["group"]].startswith(neg)
+        assert len(r["score"]) == 3 and all(np.isfinite(r["score"]))
+
+
+def test_teacher_margins_are_the_base_margins_when_bm25_weighs_nothing(tiny_model_dir):
+    """lexical_weight 0: the teacher is the base model, so its scores are the base's own cosines."""
+    from emerge.distillation import distillation_triplets
+    from emerge.retrieval import encode
+    from emerge.training import load_sentence_transformer
+
+    rows, texts = _docs(8)
+    model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
+    triplets = distillation_triplets(rows, texts, model, queries_per_document=1, negatives_per_query=1,
+                                     negative_depth=3, window_chars=400, lexical_weight=0.0, seed=1)
+    q = encode(model, triplets["anchor"].to_list())
+    p = encode(model, triplets["positive"].to_list())
+    n = encode(model, triplets["negative_1"].to_list())
+    labels = np.array(triplets["score"].to_list())
+    assert labels[:, 0] == pytest.approx(np.einsum("ij,ij->i", q, p), abs=1e-4)
+    assert labels[:, 1] == pytest.approx(np.einsum("ij,ij->i", q, n), abs=1e-4)
+
+
+def test_interpolation_is_the_weighted_mean_of_the_weights(tiny_model_dir):
+    import torch
+
+    from emerge.promotion import interpolate
+    from emerge.training import load_sentence_transformer
+
+    base = load_sentence_transformer(tiny_model_dir, "cpu")
+    tuned = load_sentence_transformer(tiny_model_dir, "cpu")
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(1.0)
+    mixed = interpolate(base, tuned, 0.25)
+    for (name, b), t, m in zip(base.named_parameters(), tuned.parameters(), mixed.parameters()):
+        assert torch.allclose(m, 0.75 * b + 0.25 * t, atol=1e-6), name
+    assert not torch.allclose(next(tuned.parameters()), next(base.parameters()))  # inputs untouched
+
+
+def test_gate_rejects_a_model_made_worse_and_an_unchanged_one(tiny_model_dir):
+    import copy
+
+    import torch
+
+    from emerge.promotion import choose_and_gate, self_retrieval_task
+    from emerge.training import load_sentence_transformer
+
+    rows, texts = _docs(16)
+    train_rows, eval_rows = rows.filter(pl.col("doc_id") < "d08"), rows.filter(pl.col("doc_id") >= "d08")
+    task = self_retrieval_task(eval_rows, train_rows, texts, 400, seed=0)
+    base = load_sentence_transformer(tiny_model_dir, "cpu", 64)
+    broken = copy.deepcopy(base)
+    with torch.no_grad():  # every token the same vector: the model has forgotten everything
+        broken[0].auto_model.embeddings.word_embeddings.weight.fill_(0.1)
+    _, decision = choose_and_gate(base, broken, task, (1.0,), 0.0)
+    assert not decision.promoted and decision.candidate_score <= decision.base_score
+    assert decision.scores_by_weight[1.0] < decision.base_score
+    _, same = choose_and_gate(base, copy.deepcopy(base), task, (1.0,), 0.0)
+    assert not same.promoted  # equal is not better
+    _, forced = choose_and_gate(base, broken, task, (1.0,), 0.0, gate=False)
+    assert forced.promoted and "without the gate" in forced.reason
+
+
+def test_training_config_rejects_bad_distillation_values():
+    with pytest.raises(ConfigError, match="interpolation_weights"):
+        TrainingConfig(interpolation_weights=(0.0,))
+    with pytest.raises(ConfigError, match="negative_depth"):
+        TrainingConfig(negatives_per_query=5, negative_depth=2)
+    with pytest.raises(ConfigError, match="lexical_weight"):
+        TrainingConfig(lexical_weight=-1)
+
+
+def test_distill_fine_tune_publishes_at_the_models_window_or_keeps_the_base(tiny_model_dir, tmp_path):
+    """The whole loop on the tiny BERT: trained at 32 tokens, evaluated and published at its own window;
+    without the gate the model is published, with an impossible gain it is not."""
+    from sentence_transformers import SentenceTransformer
+
+    from emerge.finetune import fine_tune_and_evaluate
+    from emerge.training import load_sentence_transformer
+
+    rows, texts = _docs(24)
+    config = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, eval_fraction=0.25,
+                            negatives_per_query=1, negative_depth=4, gate=False)
+    report = fine_tune_and_evaluate(rows, "cluster_id", tiny_model_dir, tmp_path / "model", config, texts=texts)
+    window = load_sentence_transformer(tiny_model_dir, "cpu").max_seq_length
+    assert SentenceTransformer(str(tmp_path / "model"), device="cpu").max_seq_length == window != 32
+    assert report.promotion.promoted and report.training.steps > 0
+    assert {"self_retrieval.base.mrr@10", "self_retrieval.fine_tuned.mrr@10"} <= set(report.metrics)
+    assert not (tmp_path / "model.candidate").exists()
+
+    strict = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, eval_fraction=0.25, negatives_per_query=1,
+                            negative_depth=4, promotion_min_gain=1.0)
+    report = fine_tune_and_evaluate(rows, "cluster_id", tiny_model_dir, tmp_path / "strict", strict, texts=texts)
+    assert not report.promotion.promoted and not (tmp_path / "strict").exists()
+
+
+def test_leading_sentences_take_the_opening_line_or_sentence_as_the_query():
+    from emerge.distillation import leading_sentences
+
+    texts = {"a": "Statin use and breast cancer survival\nRecent studies suggest statins delay recurrence.",
+             "b": "what similarity laws apply to heated aircraft models ? the models were built in a tunnel .",
+             "c": "Too short. The rest is here.",
+             "d": "no sentence end at all in this one"}
+    rows = pl.DataFrame({"doc_id": list(texts)})
+    q = {r["doc_id"]: r for r in leading_sentences(rows, texts, 1000).iter_rows(named=True)}
+    assert q["a"]["query"] == "Statin use and breast cancer survival"
+    assert q["a"]["positive"] == "Recent studies suggest statins delay recurrence."
+    assert q["b"]["query"].endswith("models ?") and q["b"]["positive"].startswith("the models")
+    assert "c" not in q and "d" not in q  # an opening under 3 words, or no opening at all
