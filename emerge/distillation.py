@@ -2,8 +2,8 @@
 
 Raw span pairs (inverse cloze, same-cluster) pull a model trained on a billion question/answer
 pairs away from what it knows: the base loses nDCG on real queries. Distillation changes what is
-learnt. Every selected span of a training document becomes a pseudo-query; its document with the
-span cut out is the positive; negatives are other training documents that a teacher ranks high
+learnt. Each training document's opening line or sentence (or each selected span) becomes a
+pseudo-query; the rest of its document (the span cut out) is the positive; negatives are other training documents that a teacher ranks high
 for the query. The teacher is a hybrid of the base model and BM25 over the same corpus (both
 z-normalised over the query's top candidates, equal weight; no label, no network, no hub model),
 and the student is trained with MarginMSE to reproduce the teacher's score *differences*.
@@ -26,17 +26,11 @@ import polars as pl
 
 from emerge.errors import InputError
 from emerge.lexical import BM25Index
+from emerge.pairs import cut_out
 
 log = logging.getLogger(__name__)
 
 TEACHER_DEPTH = 100  # candidates over which each score is z-normalised per query
-
-
-def cut_out(text: str, start: int, end: int, window_chars: int) -> str:
-    """`window_chars` of `text` around [start, end) with the span itself removed."""
-    half = max(0, (window_chars - (end - start)) // 2)
-    left, right = text[max(0, start - half):start], text[end:end + half]
-    return " ".join(part.strip() for part in (left, right) if part.strip())
 
 
 def pseudo_queries(rows: pl.DataFrame, texts: dict[str, str], per_document: int, window_chars: int,
@@ -114,8 +108,8 @@ class HybridTeacher:
         self.corpus_vectors = self._encode(self.corpus_texts)
         self.bm25 = BM25Index.build(self.corpus_texts)
 
-    def corpus_scores(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(teacher scores over the corpus, per-query dense and lexical (mean, std) statistics)."""
+    def corpus_scores(self, queries: list[str]):
+        """(teacher scores over the corpus, per-query dense and lexical (mean, std) statistics, query vectors)."""
         q = self._encode(queries)
         dense = q @ self.corpus_vectors.T
         lexical = self.bm25.scores(queries)
@@ -123,7 +117,7 @@ class HybridTeacher:
         return self._fuse(dense, lexical, dense_stats, lexical_stats), dense_stats, lexical_stats, q
 
     def _fuse(self, dense, lexical, dense_stats, lexical_stats):
-        d_mean, d_std = dense_stats
+        _, d_std = dense_stats
         l_mean, l_std = lexical_stats
         return dense + self.lexical_weight * d_std * (lexical - l_mean) / l_std
 

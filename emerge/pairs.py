@@ -43,6 +43,13 @@ def _cap_per_label(pairs: pl.DataFrame, per_label: int) -> pl.DataFrame:
             .group_by("label", maintain_order=True).head(per_label))
 
 
+def cut_out(text: str, start: int, end: int, window_chars: int) -> str:
+    """`window_chars` of `text` around [start, end) with the span itself removed."""
+    half = max(0, (window_chars - (end - start)) // 2)
+    left, right = text[max(0, start - half):start], text[end:end + half]
+    return " ".join(part.strip() for part in (left, right) if part.strip())
+
+
 def same_document_pairs(train: pl.DataFrame, label_col: str) -> pl.DataFrame:
     """Neighbouring selected spans of one document and one label.
 
@@ -73,10 +80,7 @@ def context_pairs(train: pl.DataFrame, texts: dict[str, str], label_col: str, co
         raise InputError(f"{len(missing)} training documents have no text (first: {missing[0]!r})")
     rows = []
     for r in train.iter_rows(named=True):
-        text, start, end = texts[str(r["doc_id"])], r["start_char"], r["end_char"]
-        half = max(0, (context_chars - (end - start)) // 2)
-        left, right = text[max(0, start - half):start], text[end:end + half]
-        context = " ".join(part.strip() for part in (left, right) if part.strip())
+        context = cut_out(texts[str(r["doc_id"])], r["start_char"], r["end_char"], context_chars)
         if context:
             rows.append((r["text_span"], context, str(r["doc_id"]), str(r[label_col]), str(r["doc_id"]),
                          str(r["doc_id"]), float(r["relevance"])))
