@@ -190,6 +190,7 @@ class LateInteractionCrossEncoder:
         part_vecs = [self.index.vectors[o:o + n] for o, n in zip(self.index.offsets, self.index.lengths)]
         self._part_pooled = l2_normalise(np.stack([v.mean(axis=0) for v in part_vecs]))
         self._topic_parts = [np.flatnonzero(self.index.part_topic == t) for t in range(n_topics)]
+        self._kind_columns = self._columns_by_kind()
         self.prototypes = np.stack([self._prototype(t) for t in range(n_topics)])
         self.calibration = self._fit_calibration(encoder)
         return self
@@ -214,6 +215,18 @@ class LateInteractionCrossEncoder:
             o, n = self.index.offsets[p], self.index.lengths[p]
             cols[o:o + n] = 1.0
         self._col_weights = cols
+
+    def _columns_by_kind(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """kind -> (its part columns ordered by topic, the topics having it, each topic's first position)."""
+        out = {}
+        kinds = np.array(self.index.part_kind)
+        for kind in ("name", "description", "example"):
+            cols = np.flatnonzero(kinds == kind)
+            cols = cols[np.argsort(self.index.part_topic[cols], kind="stable")]
+            if len(cols):
+                topics, starts = np.unique(self.index.part_topic[cols], return_index=True)
+                out[kind] = (cols, topics, starts)
+        return out
 
     def _prototype(self, t: int, exclude_part: int | None = None) -> np.ndarray:
         idx = [p for p in self._topic_parts[t]
@@ -242,35 +255,59 @@ class LateInteractionCrossEncoder:
                 exclude: tuple[int, int] | None = None) -> np.ndarray:
         """(spans, topics) raw scores from part scores and span pooled vectors.
 
-        `exclude=(topic, part)` leaves one example out of that topic (calibration positives)."""
-        n_topics = len(self.topics)
-        li = np.zeros((len(parts), n_topics), np.float32)
+        Per topic, the best-matching part of each kind (name, description, example) counts with
+        that kind's weight. One `maximum.reduceat` per kind covers every topic at once: a
+        per-topic loop cost more than the encoding pass it follows. `exclude=(topic, part)`
+        leaves one example out of that topic (calibration positives)."""
         protos = self.prototypes
-        for t in range(n_topics):
-            total, weight = 0.0, 0.0
-            for kind in ("name", "description", "example"):
-                cols = [p for p in self._topic_parts[t] if self.index.part_kind[p] == kind
-                        and not (exclude is not None and exclude == (t, p))]
-                if cols:
-                    total = total + self.part_weights[kind] * parts[:, cols].max(axis=1)
-                    weight += self.part_weights[kind]
-            li[:, t] = total / weight
         if exclude is not None:
+            parts = parts.copy()
+            parts[:, exclude[1]] = -np.inf  # a max over the remaining parts of that kind
             protos = protos.copy()
             protos[exclude[0]] = self._prototype(exclude[0], exclude_part=exclude[1])
+        li = np.zeros((len(parts), len(self.topics)), np.float32)
+        weight = np.zeros(len(self.topics), np.float32)
+        for kind, (cols, topics, starts) in self._kind_columns.items():
+            best = np.maximum.reduceat(parts[:, cols], starts, axis=1)     # (spans, topics having this kind)
+            usable = np.isfinite(best[0]) if len(best) else np.ones(len(topics), bool)
+            li[:, topics[usable]] += self.part_weights[kind] * best[:, usable]
+            weight[topics[usable]] += self.part_weights[kind]
+        li /= np.maximum(weight, 1e-12)
         pooled = np.asarray(pooled, np.float32)  # span vectors are stored in float16: no BLAS for that
         return (1 - self.prototype_weight) * li + self.prototype_weight * (pooled @ protos.T)
 
     def _score_texts(self, encoder: TokenEncoder, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Part scores and pooled vectors of texts each encoded alone (spans = whole texts)."""
         ids, embs, _ = encode_alone(encoder, texts)
-        parts = np.zeros((len(texts), len(self.index.lengths)), np.float32)
-        pooled = np.zeros((len(texts), encoder.dim), np.float32)
-        for i, (tid, emb) in enumerate(zip(ids, embs)):
-            if len(tid) == 0:
-                continue
-            parts[i] = self.part_scores(tid, emb, np.array([0]), np.array([len(tid)]))[0]
-            pooled[i] = emb.mean(axis=0)
+        return self.score_token_embeddings(ids, embs)
+
+    def score_token_embeddings(self, ids: list[np.ndarray], embs: list[np.ndarray],
+                               chunk_tokens: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Part scores and pooled vectors of whole texts from their token embeddings.
+
+        Texts are laid end to end and scored as spans of one long sequence, `chunk_tokens` at a
+        time: one similarity matrix per chunk instead of one small one per text, which is what
+        keeps scoring cheaper than the encoding pass it follows."""
+        dim = embs[0].shape[1] if embs else self.index.vectors.shape[1]
+        parts = np.zeros((len(ids), len(self.index.lengths)), np.float32)
+        pooled = np.zeros((len(ids), dim), np.float32)
+        lengths = np.array([len(t) for t in ids], dtype=np.int64)
+        rows = np.flatnonzero(lengths > 0)
+        start = 0
+        while start < len(rows):
+            stop = start + 1
+            total = lengths[rows[start]]
+            while stop < len(rows) and total + lengths[rows[stop]] <= chunk_tokens:
+                total += lengths[rows[stop]]
+                stop += 1
+            chunk = rows[start:stop]
+            ends = np.cumsum(lengths[chunk])
+            starts = ends - lengths[chunk]
+            token_ids = np.concatenate([ids[i] for i in chunk])
+            vecs = np.concatenate([np.asarray(embs[i], np.float32) for i in chunk])
+            parts[chunk] = self.part_scores(token_ids, vecs, starts, ends)
+            pooled[chunk] = np.add.reduceat(vecs, starts, axis=0) / lengths[chunk][:, None]
+            start = stop
         return parts, l2_normalise(pooled)
 
     def _fit_calibration(self, encoder: TokenEncoder) -> _Calibration:

@@ -180,3 +180,56 @@ def test_topic_part_without_tokens_is_a_clear_error(tiny_encoder):
     analyzer = LateInteractionCrossEncoder(topics=[Topic(1, "\u200b\u200b"), Topic(2, "Shipping")])
     with pytest.raises(ConfigError, match="has no tokens"):
         analyzer.prepare(tiny_encoder)
+
+
+def _combine_by_definition(analyzer, parts, pooled, exclude=None):
+    """The documented score, topic by topic: best part per kind, weighted, then the prototype mix."""
+    li = np.zeros((len(parts), len(analyzer.topics)), np.float32)
+    protos = analyzer.prototypes.copy()
+    for t in range(len(analyzer.topics)):
+        total = weight = 0.0
+        for kind in ("name", "description", "example"):
+            cols = [p for p in range(len(analyzer.index.part_kind)) if analyzer.index.part_topic[p] == t
+                    and analyzer.index.part_kind[p] == kind and (t, p) != exclude]
+            if cols:
+                total = total + analyzer.part_weights[kind] * parts[:, cols].max(axis=1)
+                weight += analyzer.part_weights[kind]
+        li[:, t] = total / weight
+    if exclude is not None:
+        protos[exclude[0]] = analyzer._prototype(exclude[0], exclude_part=exclude[1])
+    w = analyzer.prototype_weight
+    return (1 - w) * li + w * (pooled @ protos.T)
+
+
+def test_combined_score_follows_its_definition_for_every_topic(tiny_encoder):
+    topics = [Topic(1, "Refunds", "Money back for an order", ["refund please", "I want my money back"]),
+              Topic(2, "Shipping", examples=["where is my parcel"]),
+              Topic(3, "Dark mode", "Display settings")]
+    analyzer = LateInteractionCrossEncoder(topics=topics).prepare(tiny_encoder)
+    texts = ["refund my order", "the parcel is late", "dark screen please", "hello"]
+    parts, pooled = analyzer._score_texts(tiny_encoder, texts)
+    np.testing.assert_allclose(analyzer.combine(parts, pooled), _combine_by_definition(analyzer, parts, pooled),
+                               atol=1e-5)
+    first_example = analyzer.index.part_kind.index("example")
+    np.testing.assert_allclose(analyzer.combine(parts, pooled, exclude=(0, first_example)),
+                               _combine_by_definition(analyzer, parts, pooled, exclude=(0, first_example)), atol=1e-5)
+    only_example = [p for p in range(len(analyzer.index.part_kind))
+                    if analyzer.index.part_topic[p] == 1 and analyzer.index.part_kind[p] == "example"][0]
+    np.testing.assert_allclose(analyzer.combine(parts, pooled, exclude=(1, only_example)),
+                               _combine_by_definition(analyzer, parts, pooled, exclude=(1, only_example)), atol=1e-5)
+
+
+def test_texts_scored_end_to_end_equal_texts_scored_one_by_one(tiny_encoder):
+    """Whole texts are scored as spans of one concatenated sequence, in chunks: same numbers as
+    scoring each text on its own, whatever the chunk size, and an empty text scores zero."""
+    from emerge.late_interaction import encode_alone
+
+    analyzer = LateInteractionCrossEncoder(topics=TOPICS).prepare(tiny_encoder)
+    texts = ["refund my order please", "", "the parcel is late again", "dark mode", "x"]
+    ids, embs, _ = encode_alone(tiny_encoder, texts)
+    one_by_one = np.stack([analyzer.part_scores(i, e, np.array([0]), np.array([len(i)]))[0] if len(i)
+                           else np.zeros(len(analyzer.index.lengths), np.float32) for i, e in zip(ids, embs)])
+    for chunk_tokens in (1, 7, 4096):
+        parts, pooled = analyzer.score_token_embeddings(ids, embs, chunk_tokens=chunk_tokens)
+        np.testing.assert_allclose(parts, one_by_one, atol=1e-5)
+        assert np.allclose(np.linalg.norm(pooled[[0, 2, 3, 4]], axis=1), 1.0) and not pooled[1].any()
