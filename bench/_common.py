@@ -32,6 +32,15 @@ def jsonl_rows(path: str | Path, limit: int | None = None) -> list[dict]:
     return rows if limit is None else rows[:limit]
 
 
+def add_corpus_arguments(parser, label_required: bool = True) -> None:
+    """The labelled-JSONL options the corpus benchmarks share."""
+    parser.add_argument("--docs", required=True, help="JSONL with a text field")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--label-field", required=label_required, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="the first N records")
+    parser.add_argument("--seed", type=int, default=42)
+
+
 def emit(result: dict, out: str | None) -> int:
     """Write the result to `out` (pretty) and print it as the last stdout line (one line)."""
     if out:

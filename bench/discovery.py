@@ -26,7 +26,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine, warm_up_numba  # noqa: E402
+from _common import add_corpus_arguments, emit, machine, warm_up_numba  # noqa: E402
 from discovery_quality import agreement, load_corpus, run_emerge  # noqa: E402
 
 
@@ -64,11 +64,7 @@ def run_bertopic(texts: list[str], seed: int, encoder) -> tuple[list[int], dict]
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--docs", required=True)
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--label-field", required=True)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--seed", type=int, default=42)
+    add_corpus_arguments(p)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="forward-pass precision of both methods (auto: Emerge's default for this machine)")
     p.add_argument("--out", default=None)

@@ -10,12 +10,13 @@ from emerge.curator import Curator, LocalClusterAnalyzer
 from emerge.encoder import TokenEncoder, load_encoder
 from emerge.errors import ConfigError, EmergeError, InputError
 from emerge.late_interaction import LateInteractionCrossEncoder
+from emerge.self_training import SelfTrainingConfig, self_train
 from emerge.topics import Topic, load_topics
 
 __all__ = [
     "AnalyzerConfig", "ClusteringConfig", "ClusteringPipeline", "ConfigError", "Curator", "CuratorConfig",
     "EmergeError", "EncoderConfig", "IngestConfig", "InputError", "LateInteractionCrossEncoder",
-    "LocalClusterAnalyzer", "SelectionConfig", "SpanConfig", "Topic", "TokenEncoder", "TrainingConfig", "load_encoder",
-    "load_topics",
+    "LocalClusterAnalyzer", "SelectionConfig", "SelfTrainingConfig", "SpanConfig", "Topic", "TokenEncoder", "TrainingConfig", "load_encoder",
+    "load_topics", "self_train",
 ]
 __version__ = "0.1.0"

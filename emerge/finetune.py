@@ -24,6 +24,7 @@ from emerge.distillation import distillation_triplets
 from emerge.errors import InputError
 from emerge.pairs import build_pairs, split_by_document
 from emerge.promotion import PromotionDecision, choose_and_gate, self_retrieval_task
+from emerge.self_training import SelfTrainingConfig, self_train
 from emerge.retrieval import (BeirCollection, evaluate_beir, evaluate_label_retrieval, label_retrieval_task,
                               sanity_table)
 from emerge.training import TrainingResult, load_sentence_transformer, train
@@ -80,7 +81,8 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
                            config: TrainingConfig, device: str = "cpu", beir: BeirCollection | None = None,
                            texts: dict[str, str] | None = None, on_log: Callable[[dict], None] | None = None,
                            progress: Callable[[str], None] | None = None,
-                           base_beir_metrics: dict[str, float] | None = None) -> FineTuneReport:
+                           base_beir_metrics: dict[str, float] | None = None, topics=None,
+                           self_training: SelfTrainingConfig | None = None) -> FineTuneReport:
     """Train a candidate, choose its interpolation with the base, gate it, evaluate base vs published.
 
     The candidate is trained into `<output_dir>.candidate`; only a model that beats its base on
@@ -91,27 +93,43 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     `<task>.delta.<metric>` = fine-tuned minus base. Evaluation runs at `eval_max_seq_length`
     (default: the model's own window) whatever length training used. `base_beir_metrics` reuses a
     base evaluation of the same collection (it does not depend on the seed).
+
+    Topic datasets (`label_col="topic_id"`) train by self-training (`emerge.self_training`) on the
+    training documents' spans with `topics` (name, description, examples; without them, the
+    names and descriptions found in the dataset) and the `self_training` config.
     """
     say = progress or log.info
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     train_rows, eval_rows = split_by_document(dataset, config.eval_fraction, config.seed)
-    rows = _train_rows(train_rows, label_col, config, texts, base_model, device, say)
+    topic_mode = label_col == "topic_id"
+    rows = None if topic_mode else _train_rows(train_rows, label_col, config, texts, base_model, device, say)
     task = _label_task(eval_rows, label_col, config.seed, say)
     gate_task = (self_retrieval_task(eval_rows, train_rows, texts, config.context_chars, config.seed)
                  if texts is not None else None)
     seconds["pairs"] = time.perf_counter() - t
     stats = {"dataset_rows": dataset.height, "dataset_hash": dataset_hash(dataset),
              "train_documents": train_rows["doc_id"].n_unique(), "eval_documents": eval_rows["doc_id"].n_unique(),
-             "train_spans": train_rows.height, "eval_spans": eval_rows.height, "train_pairs": rows.height,
-             "train_groups": rows["group"].n_unique(), "labels": int(dataset[label_col].n_unique()),
+             "train_spans": train_rows.height, "eval_spans": eval_rows.height,
+             "labels": int(dataset[label_col].n_unique()),
              "heldout_queries": len(task.query_texts) if task else 0,
              "self_retrieval_queries": len(gate_task.queries) if gate_task else 0}
-    say(f"fine-tuning ({config.pairing if label_col != 'topic_id' else 'topic'}) on {rows.height} rows from "
+    say(f"fine-tuning ({'self-training on topics' if topic_mode else config.pairing}) from "
         f"{stats['train_documents']} documents; {stats['eval_documents']} held-out documents")
 
     t = time.perf_counter()
-    result = train(rows, base_model, candidate_dir(output_dir), config, device=device, on_log=on_log)
+    if topic_mode:
+        trained = self_train(topics or topics_from_dataset(dataset), train_rows["text_span"].to_list(), base_model,
+                             candidate_dir(output_dir), _self_training_config(config, self_training),
+                             docs=train_rows["doc_id"].cast(pl.String).to_list(), device=device, progress=say,
+                             on_log=on_log)
+        result = trained.training
+        stats |= {"train_pairs": trained.rounds[-1].train_pairs, "train_groups": trained.rounds[-1].topics_covered,
+                  "self_training_rounds": len(trained.rounds),
+                  "pseudo_labelled_spans": trained.rounds[-1].pseudo_labelled}
+    else:
+        stats |= {"train_pairs": rows.height, "train_groups": rows["group"].n_unique()}
+        result = train(rows, base_model, candidate_dir(output_dir), config, device=device, on_log=on_log)
     seconds["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -155,6 +173,26 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     stats["hard_negative_pairs"] = result.train_pairs if config.hard_negatives else 0
     sanity = sanity_table(task, scores) if task is not None else pl.DataFrame()
     return FineTuneReport(Path(output_dir), metrics, stats, result, sanity, seconds, decision)
+
+
+def topics_from_dataset(dataset: pl.DataFrame):
+    """The topics named in a topic dataset (id, name, description; no examples)."""
+    from emerge.topics import Topic
+
+    rows = (dataset.filter(pl.col("topic_id").is_not_null())
+            .unique("topic_id", keep="first", maintain_order=True).sort("topic_id"))
+    return [Topic(id=r["topic_id"], name=r["topic_name"] or str(r["topic_id"]),
+                  description=r.get("topic_description") or "") for r in rows.iter_rows(named=True)]
+
+
+def _self_training_config(config: TrainingConfig, self_training: SelfTrainingConfig | None) -> SelfTrainingConfig:
+    """The topic recipe's selection settings, trained with the run's epochs, batch, length and seed."""
+    import dataclasses
+
+    base = self_training or SelfTrainingConfig()
+    return dataclasses.replace(base, epochs=config.epochs, batch_size=config.batch_size,
+                               max_seq_length=config.max_seq_length, seed=config.seed,
+                               learning_rate=config.learning_rate or base.learning_rate)
 
 
 def candidate_dir(output_dir: str | Path) -> Path:

@@ -108,20 +108,9 @@ def same_cluster_pairs(train: pl.DataFrame, label_col: str, seed: int) -> pl.Dat
     return pl.DataFrame(rows, schema=PAIR_COLUMNS, orient="row")
 
 
-def topic_pairs(train: pl.DataFrame) -> pl.DataFrame:
-    """Topic text (name: description) -> span: the user's own words as queries. Group = topic."""
-    query = pl.when(pl.col("topic_description").fill_null("") != "").then(
-        pl.col("topic_name") + pl.lit(": ") + pl.col("topic_description")).otherwise(pl.col("topic_name"))
-    return train.select(query.alias("anchor"), pl.col("text_span").alias("positive"),
-                        pl.col("topic_id").cast(pl.String).alias("group"),
-                        pl.col("topic_id").cast(pl.String).alias("label"),
-                        pl.lit(None, pl.String).alias("anchor_doc"), pl.col("doc_id").cast(pl.String).alias("positive_doc"),
-                        pl.col("relevance"))
-
-
 def build_pairs(train: pl.DataFrame, label_col: str, config: TrainingConfig,
                 texts: dict[str, str] | None = None) -> pl.DataFrame:
-    """Recipe A (`cluster_id`) or B (`topic_id`) pairs, top `pairs_per_label` by relevance per label.
+    """Cluster-dataset pairs (recipe A and its variants), top `pairs_per_label` by relevance per label.
 
     Raises InputError when the data cannot make a meaningful training set (fewer than
     `min_pairs` pairs, or fewer than two groups so no batch can hold a negative).
@@ -130,8 +119,9 @@ def build_pairs(train: pl.DataFrame, label_col: str, config: TrainingConfig,
     if rows.height == 0:
         raise InputError(f"no span in the training documents has a {label_col} (all noise/unlabelled)")
     if label_col == "topic_id":
-        pairs = topic_pairs(rows)
-    elif config.pairing == "distill":
+        raise InputError("topic datasets train by self-training on the topics (emerge.self_training), "
+                         "not on label pairs")
+    if config.pairing == "distill":
         raise InputError("pairing='distill' trains on teacher-scored triplets (emerge.distillation."
                          "distillation_triplets), not on label pairs")
     elif config.pairing == "same_document":
@@ -147,7 +137,7 @@ def build_pairs(train: pl.DataFrame, label_col: str, config: TrainingConfig,
         pairs = same_cluster_pairs(rows, label_col, config.seed)
     pairs = _cap_per_label(pairs, config.pairs_per_label)
     if pairs.height < config.min_pairs:
-        raise InputError(f"only {pairs.height} training pairs ({config.pairing if label_col != 'topic_id' else 'topic'}"
+        raise InputError(f"only {pairs.height} training pairs ({config.pairing}"
                          f" pairing, {rows.height} labelled spans); min_pairs={config.min_pairs}. Curate more "
                          "documents or lower min_pairs")
     if pairs["group"].n_unique() < 2:

@@ -253,11 +253,14 @@ def test_fine_tuned_model_logs_base_and_tuned_metrics_to_mlflow(pipeline_run):
     assert "retrieval_sanity" in meta and "heldout_retrieval" in meta
 
 
-def test_fine_tuned_topic_model_trains_on_topic_pairs(pipeline_run):
+def test_fine_tuned_topic_model_self_trains_on_the_topics(pipeline_run):
     from emerge_assets.assets.training import fine_tuned_topic_model
 
-    _, _, run = train_and_read_run(pipeline_run, fine_tuned_topic_model)
-    assert run.data.params["recipe"] == "topics"
+    meta, _, run = train_and_read_run(pipeline_run, fine_tuned_topic_model)
+    assert run.data.params["recipe"] == "topics/self_training"
+    assert run.data.params["self_training.rounds"] == "1"
+    assert meta["self_training_rounds"] == 1 and 0 < meta["pseudo_labelled_spans"] <= meta["train_spans"]
+    assert meta["train_pairs"] > meta["pseudo_labelled_spans"]  # topic anchors and same-topic span pairs
     assert "heldout.fine_tuned.ndcg_at_10" in run.data.metrics
 
 

@@ -95,3 +95,30 @@ def test_window_overlap_script(tmp_path):
     assert r["spans_in_multi_window_docs"] > 0  # the long document really spans several windows
     other = r["runs"][1]["cosine_to_reference_multi_window_docs"]
     assert -1.0 <= other["min"] <= other["p1"] <= other["mean"] <= 1.0
+
+
+def _planted_csv(path) -> None:
+    rows = [json.loads(line) for line in PLANTED.read_text().splitlines()]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "category"])
+        writer.writerows((r["text"], r["topic"]) for r in rows)
+
+
+def test_self_training_script(tmp_path):
+    _planted_csv(tmp_path / "train.csv")
+    r = run_script("self_training.py", "--train", str(tmp_path / "train.csv"), "--k", "2", "--seed", "0",
+                   "--none-label", "football", "--eval-fraction", "0.4", "--rounds", "2", "--per-topic", "8")
+    for method in ("base_prototype", "base_emerge", "self_trained_prototype", "self_trained_emerge"):
+        assert 0.0 <= r[method]["accuracy"] <= 1.0 and 0.0 <= r[method]["macro_f1"] <= 1.0
+        assert "oos_recall" in r[method]["oos_at_accuracy"]
+    assert r["rounds"] == 2 and [x["round"] for x in r["per_round"]] == [1, 2]
+    assert r["config"]["topics"] == 4 and r["wall_s"] > 0
+    assert all(x["pseudo_labelled"] > 0 for x in r["self_training"])
+
+
+def test_clustering_gain_script():
+    r = run_script("clustering_gain.py", "--docs", str(PLANTED), "--label-field", "topic", "--pairs-per-cluster", "20")
+    for model in ("base", "fine_tuned"):
+        assert {"nmi", "v_measure", "hdbscan_nmi"} <= set(r[model]) and 0.0 <= r[model]["nmi"] <= 1.0
+    assert r["train_pairs"] > 0 and r["wall_s"] > 0

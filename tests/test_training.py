@@ -104,13 +104,35 @@ def test_pairs_per_label_keeps_the_most_relevant():
         assert sorted(part["relevance"], reverse=True) == pytest.approx(pool.head(3).to_list())
 
 
-def test_topic_pairs_use_the_topic_text_as_anchor():
-    data = make_dataset().with_columns(pl.col("cluster_id").cast(pl.String).alias("topic_id"),
-                                       pl.format("Topic {}", pl.col("cluster_id")).alias("topic_name"),
-                                       pl.lit("about things").alias("topic_description"))
-    pairs = build_pairs(data, "topic_id", TrainingConfig(pairing="same_document", min_pairs=1))
-    assert pairs.height == data.height
-    assert set(pairs["anchor"]) == {f"Topic {i}: about things" for i in range(3)}
+def test_self_training_pairs_join_only_texts_of_one_topic():
+    from emerge.self_training import self_training_pairs
+    from emerge.topics import Topic
+
+    topics = [Topic("a", "Refunds", "money back", ["refund please", "give my money back"]),
+              Topic("b", "Shipping", examples=["where is my parcel"])]
+    texts = ["refund me now", "I want a refund", "parcel is late", "hello there", "refund twice"]
+    labels = np.array([0, 0, 1, -1, 0])
+    docs = ["d1", "d2", "d3", "d4", "d1"]
+    pairs = self_training_pairs(topics, texts, labels, docs, pairs_per_text=3, seed=0)
+    topic_of = {"refund please": "a", "give my money back": "a", "where is my parcel": "b",
+                "Refunds: money back": "a", "Shipping": "b"} | {t: "ab"[l] for t, l in zip(texts, labels) if l >= 0}
+    for anchor, positive, group in pairs.iter_rows():
+        assert topic_of[anchor] == topic_of[positive] == group  # never across topics
+    assert "hello there" not in set(pairs["anchor"]) | set(pairs["positive"])  # unlabelled text: never a pair
+    # the topic text anchors each example; same-topic text pairs never join one document
+    assert {("Refunds: money back", e) for e in topics[0].examples} <= set(zip(pairs["anchor"], pairs["positive"]))
+    doc_of = dict(zip(texts, docs))
+    assert all(doc_of[a] != doc_of[p] for a, p in zip(pairs["anchor"], pairs["positive"]) if a in doc_of)
+
+
+def test_confident_rows_keep_the_largest_margins_per_topic_above_the_floor():
+    from emerge.self_training import confident_rows
+
+    best = np.array([0, 0, 0, 1, 1, 1])
+    relevance = np.array([0.9, 0.8, 0.3, 0.9, 0.6, 0.7])
+    margin = np.array([0.1, 0.5, 0.9, 0.2, 0.3, 0.01])
+    rows = confident_rows(best, relevance, margin, n_topics=2, per_topic=1, min_relevance=0.5)
+    assert rows.tolist() == [1, 4]  # row 2 has the largest margin but is below the relevance floor
 
 
 @pytest.mark.parametrize("data, config, match", [

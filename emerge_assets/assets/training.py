@@ -1,25 +1,48 @@
 """Fine-tuned models: train on a curated dataset, evaluate base vs fine-tuned, track in MLflow.
 
-`fine_tuned_model` trains on the cluster dataset (recipe A: span pairs), `fine_tuned_topic_model`
-on the topic dataset (recipe B: topic text -> span). Both save a SentenceTransformer directory
+`fine_tuned_model` trains on the cluster dataset (distillation by default), `fine_tuned_topic_model`
+self-trains on the user's topics and the topic dataset's spans (`emerge.self_training`). Both save a SentenceTransformer directory
 under `models/` and log one MLflow run with params, metrics, dataset stats and the model.
 """
 
+import dataclasses
 import json
 
 import dagster as dg
 import polars as pl
+from pydantic import Field
 
 from emerge.atomic import atomic_write_text
 from emerge_assets.assets.clustering import ALL_SOURCES
 from emerge_assets.metadata import markdown_table
 from emerge_assets.pools import GPU_POOL
+from emerge.self_training import SelfTrainingConfig
 from emerge_assets.run_config import FineTuneConfig
-from emerge_resources import EmbeddingModelResource, EmergeStorage, MlflowTracking
+from emerge_resources import EmbeddingModelResource, EmergeStorage, MlflowTracking, TopicsResource
+
+_SELF_TRAINING = SelfTrainingConfig()
 
 
 class FineTuneTopicConfig(FineTuneConfig):
+    """`fine_tuned_topic_model`: self-training on the topics (see `emerge.self_training`)."""
+
     model_name: str = "emerge-minilm-topics"
+    batch_size: int = Field(default=_SELF_TRAINING.batch_size, description="Pairs per batch, one per topic at most.")
+    rounds: int = Field(default=_SELF_TRAINING.rounds, description="Self-training rounds: score the spans, keep the "
+                        "confident ones, fine-tune; the next round re-scores with the model just trained.")
+    per_topic: int = Field(default=_SELF_TRAINING.per_topic, description="Most pseudo-labelled spans per topic and "
+                           "round (largest margin over the runner-up topic first).")
+    min_relevance: float = Field(default=_SELF_TRAINING.min_relevance, description="Calibrated relevance a span "
+                                 "needs to become a training positive.")
+
+    def self_training(self):
+        from emerge.self_training import SelfTrainingConfig
+
+        return SelfTrainingConfig(rounds=self.rounds, per_topic=self.per_topic, min_relevance=self.min_relevance)
+
+    def model_post_init(self, __context) -> None:
+        super().model_post_init(__context)
+        self.self_training()
 
 
 def _comparison(metrics: dict[str, float], task: str, names: tuple[str, ...]) -> dg.MarkdownMetadataValue:
@@ -31,7 +54,8 @@ def _comparison(metrics: dict[str, float], task: str, names: tuple[str, ...]) ->
 
 def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, dataset: pl.DataFrame,
                      label_col: str, recipe: str, storage: EmergeStorage, embedding_model: EmbeddingModelResource,
-                     mlflow: MlflowTracking, texts: dict[str, str] | None = None) -> dg.MaterializeResult:
+                     mlflow: MlflowTracking, texts: dict[str, str] | None = None,
+                     **engine_kwargs) -> dg.MaterializeResult:
     from emerge.errors import InputError
     from emerge.finetune import fine_tune_and_evaluate
     from emerge.retrieval import load_beir
@@ -55,13 +79,17 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
 
     try:
         report = fine_tune_and_evaluate(dataset, label_col, base_path, output_dir, training, device=device,
-                                        beir=beir, texts=texts, on_log=log_progress, progress=context.log.info)
+                                        beir=beir, texts=texts, on_log=log_progress, progress=context.log.info,
+                                        **engine_kwargs)
     except InputError as exc:
         raise dg.Failure(str(exc)) from exc
 
     params = {"recipe": recipe, "base_model": embedding_model.display_name, "device": device,
               "dataset_hash": report.dataset_stats["dataset_hash"], "beir_dir": config.beir_dir or "",
               **report.params(training)}
+    if engine_kwargs.get("self_training") is not None:
+        chosen = dataclasses.asdict(engine_kwargs["self_training"])  # training settings come from `training`
+        params |= {f"self_training.{k}": chosen[k] for k in ("rounds", "per_topic", "min_relevance", "pairs_per_text")}
     stats = {k: v for k, v in report.dataset_stats.items() if k != "dataset_hash"}
     metrics = report.metrics | {f"dataset.{k}": float(v) for k, v in stats.items()} | {
         f"seconds.{k}": round(v, 2) for k, v in report.stage_seconds.items()}
@@ -135,12 +163,16 @@ def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, 
 @dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool=GPU_POOL,
           check_specs=_gate_check("fine_tuned_topic_model"),
           ins={"curated_topic_dataset": dg.AssetIn(), "raw_texts": ALL_SOURCES},
-          description="The base model fine-tuned with MNRL on (topic name: description -> span) pairs from the "
-                      "curated topic dataset; evaluated and tracked like fine_tuned_model.")
+          description="The base model self-trained on the user's topics: the curated topic dataset's spans are "
+                      "scored against the topics, confident ones become MNRL pairs with the topic's text and "
+                      "examples and with each other (topic-exclusive batches), for `rounds` rounds; gated, "
+                      "evaluated and tracked like fine_tuned_model.")
 def fine_tuned_topic_model(context: dg.AssetExecutionContext, config: FineTuneTopicConfig,
                            curated_topic_dataset: pl.DataFrame, raw_texts: dict, storage: EmergeStorage,
-                           embedding_model: EmbeddingModelResource, mlflow: MlflowTracking) -> dg.MaterializeResult:
+                           embedding_model: EmbeddingModelResource, mlflow: MlflowTracking,
+                           topics: TopicsResource) -> dg.MaterializeResult:
     from emerge.ingest import document_texts
 
-    return _train_and_track(context, config, curated_topic_dataset, "topic_id", "topics",
-                            storage, embedding_model, mlflow, document_texts(*raw_texts.values()))
+    return _train_and_track(context, config, curated_topic_dataset, "topic_id", "topics/self_training",
+                            storage, embedding_model, mlflow, document_texts(*raw_texts.values()),
+                            topics=topics.load(), self_training=config.self_training())
