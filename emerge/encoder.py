@@ -300,14 +300,26 @@ _CACHE: dict[tuple, TokenEncoder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def _folder_stamp(path: Path) -> int:
+    """Latest modification time of a model folder's files: a model re-trained into the same
+    folder (a fine-tuned model, a self-training round) is loaded again, not served from cache."""
+    try:
+        return max((f.stat().st_mtime_ns for f in path.iterdir()), default=0) if path.is_dir() else 0
+    except OSError:
+        return 0
+
+
 def load_encoder(config: EncoderConfig | None = None) -> TokenEncoder:
-    """Load once per process per (model path, device, settings): assets and API share it."""
+    """Load once per process per (model folder version, device, settings): assets and API share it."""
     config = config or EncoderConfig()
     device = resolve_device(config.device)
-    key = (str(resolve_model_path(config.model_name_or_path)), device,
+    path = resolve_model_path(config.model_name_or_path)
+    key = (str(path), _folder_stamp(path), device,
            config.max_seq_length, config.batch_size, config.window_overlap, resolve_dtype(config.dtype, device))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            log.info("loading model %s on %s (%s forward pass)", key[0], key[1], key[-1])
+            for stale in [k for k in _CACHE if k[0] == key[0] and k[1] != key[1]]:
+                del _CACHE[stale]  # an older version of the same folder
+            log.info("loading model %s on %s (%s forward pass)", key[0], device, key[-1])
             _CACHE[key] = TokenEncoder.from_config(config)
         return _CACHE[key]

@@ -152,6 +152,8 @@ def self_train(topics, texts: list[str], base_model: str | Path, output_dir: str
     texts = list(texts)
     if not texts:
         raise InputError("self-training needs unlabelled texts; got none")
+    if docs is not None and len(docs) != len(texts):
+        raise InputError(f"{len(docs)} document ids for {len(texts)} texts")
     say = progress or log.info
     scorer = scorer or default_scorer(topics, device)
     output_dir = Path(output_dir)

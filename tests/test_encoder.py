@@ -120,6 +120,25 @@ def test_encoder_is_loaded_once_per_process(tiny_model_dir, tiny_encoder):
     assert again is tiny_encoder
 
 
+def test_a_model_rewritten_in_place_is_loaded_again(tiny_model_dir, tmp_path):
+    """A fine-tuned model saved again into the same folder must not be served from the cache."""
+    import os
+    import shutil
+
+    from emerge.config import EncoderConfig
+    from emerge.encoder import load_encoder
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = EncoderConfig(model_name_or_path=str(folder), device="cpu", batch_size=4, dtype="float32")
+    first = load_encoder(config)
+    assert load_encoder(config) is first
+    weights = next(f for f in folder.iterdir() if f.suffix == ".safetensors")
+    later = weights.stat().st_mtime_ns + 10**9
+    os.utime(weights, ns=(later, later))  # as a re-save would
+    assert load_encoder(config) is not first
+
+
 def test_auto_dtype_picks_a_fast_path_only_where_one_exists(monkeypatch):
     from emerge import encoder as enc
 
