@@ -28,14 +28,17 @@ def source_fingerprint(folder: str | Path) -> str:
     Covers the same files `emerge.ingest.read_source` reads, so a change the fingerprint does
     not see cannot change `raw_texts` either.
     """
+    from emerge.ingest import source_files
+
     folder = Path(folder)
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files, _ = source_files(folder)  # links followed as the reader follows them
+    for rel, path in files:
         try:
             stat = path.stat()
         except FileNotFoundError:  # removed while we listed: the next look sees the new state
             continue
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:20]
 
 

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,9 +193,58 @@ def _read_parquet(col: _Collector, rel: str, path: Path) -> None:
         col.add(rel, record, text)
 
 
+def source_files(folder: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str, str]]]:
+    """(relative path, path) of every real file under `folder`, and (path, reason, detail) of
+    every entry that cannot be read as one.
+
+    Symlinked folders and files are followed, but each real folder and file is read once: a
+    second way to the same place is a `same_folder`/`same_file` skip naming the first, a link
+    back into its own ancestors a `symlink_loop`, a dangling link a `broken_link`. Entries come
+    in sorted order, so document ids and order are stable."""
+    files: list[tuple[str, Path]] = []
+    skips: list[tuple[str, str, str]] = []
+    seen_dirs: dict[str, str] = {}
+    seen_files: dict[str, str] = {}
+
+    def visit(directory: Path, prefix: str, ancestors: frozenset[str]) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            skips.append((prefix.rstrip("/") or ".", "unreadable", str(exc)))
+            return
+        for entry in entries:
+            rel, path = prefix + entry.name, Path(entry.path)
+            if entry.is_dir(follow_symlinks=True):
+                real = os.path.realpath(path)
+                if real in ancestors:
+                    skips.append((rel, "symlink_loop", f"links back to {os.readlink(path) if entry.is_symlink() else real}"))
+                elif real in seen_dirs:
+                    skips.append((rel, "same_folder", f"already read as {seen_dirs[real] or '.'}"))
+                else:
+                    seen_dirs[real] = rel
+                    visit(path, rel + "/", ancestors | {real})
+            elif entry.is_file(follow_symlinks=True):
+                real = os.path.realpath(path)
+                if real in seen_files:
+                    skips.append((rel, "same_file", f"already read as {seen_files[real]}"))
+                else:
+                    seen_files[real] = rel
+                    files.append((rel, path))
+            elif entry.is_symlink():
+                skips.append((rel, "broken_link", f"points to missing {os.readlink(path)}"))
+            else:
+                skips.append((rel, "not_a_file", "socket, pipe or device"))
+
+    root = os.path.realpath(folder)
+    seen_dirs[root] = ""
+    visit(folder, "", frozenset({root}))
+    return files, skips
+
+
 def read_source(folder: str | Path, source: str | None = None,
                 config: IngestConfig | None = None) -> IngestResult:
-    """Read every supported file under `folder` (recursively, sorted, so ids and order are stable).
+    """Read every supported file under `folder` (recursively, links followed once, sorted, so ids
+    and order are stable; see `source_files`).
 
     Raises InputError when the folder does not exist or yields no usable document at all:
     an empty dataset is never what a user meant.
@@ -205,9 +255,10 @@ def read_source(folder: str | Path, source: str | None = None,
     if not folder.is_dir():
         raise InputError(f"source {source!r}: folder {str(folder)!r} does not exist")
     col = _Collector(source, config)
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    for path in files:
-        rel = path.relative_to(folder).as_posix()
+    files, unreadable = source_files(folder)
+    for rel, reason, detail in unreadable:
+        col.skip(rel, "", reason, detail)
+    for rel, path in files:
         suffix = path.suffix.lower()
         if suffix not in SUPPORTED_SUFFIXES:
             col.skip(rel, "", "unsupported_file_type", f"suffix {suffix or '(none)'!r}")
@@ -233,7 +284,7 @@ def read_source(folder: str | Path, source: str | None = None,
             col.skip(rel, "", "malformed_file", f"{type(exc).__name__}: {exc}")
     result = IngestResult(pl.DataFrame(col.docs, schema=DOC_SCHEMA), pl.DataFrame(col.skips, schema=SKIP_SCHEMA))
     if result.documents.is_empty():
-        if not files:
+        if not files and not unreadable:
             raise InputError(f"source {source!r}: folder {str(folder)!r} contains no files")
         raise InputError(f"source {source!r}: no usable document among {len(files)} file(s); "
                          f"skipped by reason: {result.skip_counts}")

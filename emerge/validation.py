@@ -49,10 +49,36 @@ def embedding_problems(vectors: np.ndarray, min_norm: float = 1e-6) -> dict[str,
 
 
 def unaccounted_files(folder: str | Path, inventory: pl.DataFrame) -> list[str]:
-    """Files under `folder` that have no row in the raw_texts inventory (document or skip)."""
+    """Entries under `folder` (links followed) with no row in the raw_texts inventory.
+
+    Listed with `os.walk`, not with the reader's own walk, so a reader that silently drops a
+    kind of entry is caught. An entry is accounted for by a row for its own path or for a
+    folder above it (a skipped duplicate or looping folder covers what lies beneath)."""
+    import os
+
     folder = Path(folder)
-    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    return sorted(on_disk - set(inventory["path"].to_list()))
+    rows = set(inventory["path"].to_list())
+    missing, visited = [], set()
+    for here, dirs, names in os.walk(folder, followlinks=True):
+        dirs.sort()  # the reader's order, so both reach a folder linked twice by the same path first
+        real = os.path.realpath(here)
+        rel_here = Path(here).relative_to(folder).as_posix()
+        if real in visited:  # a second way into a folder (or a loop): the reader must say why it stopped
+            dirs[:] = []
+            if not any(p in rows for p in _self_and_parents(rel_here)):
+                missing.append(rel_here + "/")
+            continue
+        visited.add(real)
+        for name in names:
+            rel = name if rel_here == "." else f"{rel_here}/{name}"
+            if not any(p in rows for p in _self_and_parents(rel)):
+                missing.append(rel)
+    return sorted(missing)
+
+
+def _self_and_parents(rel: str) -> list[str]:
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
 def schema_problems(df: pl.DataFrame, required: dict[str, tuple[type, ...]],

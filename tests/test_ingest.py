@@ -101,3 +101,36 @@ def test_jsonl_strings_may_contain_unicode_line_separators(tmp_path):
     result = read_source(src)
     assert result.skip_counts == {}
     assert result.documents["text"].to_list() == [text, "plain"]
+
+
+@pytest.fixture
+def linked_source(tmp_path):
+    """A source whose documents are partly behind symlinks, with every awkward kind of link."""
+    outside = tmp_path / "shared_docs"
+    outside.mkdir()
+    (outside / "linked.txt").write_text("Soak the beans overnight before cooking them slowly.")
+    src = tmp_path / "linked"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "own.txt").write_text(GOOD)
+    (src / "b_shared").symlink_to(outside, target_is_directory=True)   # a folder kept elsewhere
+    (src / "c_again").symlink_to(src / "a", target_is_directory=True)  # the same folder twice
+    (src / "a" / "up").symlink_to(src, target_is_directory=True)       # a loop back to the root
+    (src / "copy.txt").symlink_to(src / "a" / "own.txt")               # the same file twice
+    (src / "dangling.txt").symlink_to(tmp_path / "nowhere.txt")        # a broken link
+    return src
+
+
+def test_symlinked_folders_are_read_once_and_every_link_is_accounted_for(linked_source):
+    from emerge.validation import unaccounted_files
+
+    result = read_source(linked_source)
+    assert sorted(result.documents["path"]) == ["a/own.txt", "b_shared/linked.txt"]
+    reasons = dict(zip(result.skipped["path"], result.skipped["reason"]))
+    assert reasons == {"a/up": "symlink_loop", "c_again": "same_folder", "copy.txt": "same_file",
+                       "dangling.txt": "broken_link"}
+    inv = inventory(result)
+    assert unaccounted_files(linked_source, inv) == []
+    # the check lists entries on its own: a reader that dropped the linked folder is caught
+    dropped = inv.filter(~pl.col("path").str.starts_with("b_shared"))
+    assert unaccounted_files(linked_source, dropped) == ["b_shared/linked.txt"]
+    assert unaccounted_files(linked_source, inv.filter(pl.col("path") != "c_again")) == ["c_again/"]
