@@ -291,6 +291,21 @@ def read_source(folder: str | Path, source: str | None = None,
     return result
 
 
+def preflight_sources(folders: dict[str, Path], config: IngestConfig | None = None) -> tuple[list[str], dict[str, str]]:
+    """(sources that yield documents, source -> why not), read before any model work.
+
+    One empty or unusable source must not abort a run after the others were embedded: the
+    caller reports each problem once and curates the rest."""
+    usable, problems = [], {}
+    for source, folder in folders.items():
+        try:
+            read_source(folder, source=source, config=config)
+            usable.append(source)
+        except InputError as exc:
+            problems[source] = str(exc)
+    return usable, problems
+
+
 def documents_from_texts(texts, source: str = "inline", config: IngestConfig | None = None) -> IngestResult:
     """The Python API's entry: a list of strings becomes documents with the same checks as files."""
     config = config or IngestConfig()

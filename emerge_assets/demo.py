@@ -73,6 +73,17 @@ def _main(argv=None) -> int:
     if not sources:
         print(f"error: no source folders under {args.input_root}", file=sys.stderr)
         return 2
+    problems: dict[str, str] = {}
+    if not args.register_only:  # every source is checked before any model work (the demo reads with defaults)
+        from emerge.ingest import preflight_sources
+
+        sources, problems = preflight_sources({s: storage.source_dir(s) for s in sources})
+        for problem in problems.values():
+            print(f"[emerge] WARNING skipping {problem}", file=sys.stderr, flush=True)
+        if not sources:
+            print(f"error: none of the source folders under {args.input_root} has a usable document",
+                  file=sys.stderr)
+            return 2
     instance = dg.DagsterInstance.get()
     new = [s for s in sources if not instance.has_dynamic_partition(document_source.name, s)]
     if new:
@@ -111,6 +122,8 @@ def _main(argv=None) -> int:
     ds, cl = meta["curated_dataset"], meta["hdbscan_clusters"]
     print(f"\n[emerge] done in {time.perf_counter() - t0:.0f}s")
     print(f"  sources:   {len(sources)} ({', '.join(sources)})")
+    if problems:
+        print(f"  skipped:   {len(problems)} source(s) without a usable document: {', '.join(sorted(problems))}")
     print(f"  inputs:    {ds['inputs']} ({ds['documents_in_dataset']} documents in the dataset)")
     print(f"  spans:     {ds['spans_considered']} considered, {ds['dagster/row_count']} selected")
     print(f"  clusters:  {cl['clusters']} (noise fraction over all spans {ds['unlabelled_fraction_all_spans']:.2f})")

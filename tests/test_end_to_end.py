@@ -95,12 +95,22 @@ def test_seed_api_with_saved_pipeline_labels_new_texts(curated, tmp_path, minilm
 
 
 def test_demo_command_runs_on_the_bundled_corpus(tmp_path):
+    """The bundled corpus plus one empty source folder: the empty one is reported once and
+    skipped before any model work, the others curate and train."""
+    import shutil
+
     env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "dagster_home"), HF_HUB_OFFLINE="1")
     (tmp_path / "dagster_home").mkdir()
     (tmp_path / "dagster_home" / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    proc = subprocess.run([sys.executable, "-m", "emerge_assets.demo", "--emerge-home", str(tmp_path / "home")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    corpus = tmp_path / "corpus"
+    shutil.copytree(SAMPLE_CORPUS, corpus)
+    (corpus / "aaa_empty").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "emerge_assets.demo", "--emerge-home", str(tmp_path / "home"),
+                           "--input-root", str(corpus)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("'aaa_empty'") == 1 and "Traceback" not in proc.stderr
+    assert "skipped:   1 source(s) without a usable document: aaa_empty" in proc.stdout
     assert "clusters:" in proc.stdout and "dataset:" in proc.stdout
     assert (tmp_path / "home" / "datasets" / "curated_spans.parquet").exists()
     assert (tmp_path / "home" / "datasets" / "curated_spans.card.md").exists()

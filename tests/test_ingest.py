@@ -134,3 +134,18 @@ def test_symlinked_folders_are_read_once_and_every_link_is_accounted_for(linked_
     dropped = inv.filter(~pl.col("path").str.starts_with("b_shared"))
     assert unaccounted_files(linked_source, dropped) == ["b_shared/linked.txt"]
     assert unaccounted_files(linked_source, inv.filter(pl.col("path") != "c_again")) == ["c_again/"]
+
+
+def test_preflight_reports_unusable_sources_and_keeps_the_rest(tmp_path):
+    from emerge.ingest import preflight_sources
+
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "a.txt").write_text(GOOD)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "b.txt").write_text("   ")
+    usable, problems = preflight_sources({n: tmp_path / n for n in ("blank", "empty", "good", "gone")})
+    assert usable == ["good"]
+    assert set(problems) == {"blank", "empty", "gone"}
+    assert "contains no files" in problems["empty"] and "'gone'" in problems["gone"]
+    assert "empty" in problems["blank"]  # the skip reason is named
