@@ -45,7 +45,7 @@ def dataset_card(df: pl.DataFrame, *, title: str, config: dict, model: str, coun
     per_label = (df.group_by(label_col, title_col).agg(pl.len().alias("spans"),
                                                        pl.col("relevance").mean().alias("mean_relevance"),
                                                        pl.col("quality").mean().alias("mean_quality"))
-                 .sort("spans", descending=True)) if df.height else None
+                 .sort(["spans", label_col], descending=[True, False])) if df.height else None  # ties: stable
     lines = [f"# {title}", "", f"Created {datetime.now(timezone.utc).isoformat(timespec='seconds')} by Emerge.", "",
              "## Counts", ""]
     lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in counts.items()]

@@ -27,10 +27,28 @@ def _log_to_stderr() -> None:
         logger.setLevel(logging.INFO)
 
 
+def no_sources_reason(root: Path) -> str:
+    """Why there is nothing to read under `root`, and how sources are laid out."""
+    layout = "put each source's files in its own sub-folder: ROOT/<source>/*.txt|md|jsonl|csv|parquet"
+    if not root.exists():
+        return f"input root {str(root)!r} does not exist"
+    if not root.is_dir():
+        return f"input root {str(root)!r} is a file, not a folder; {layout}"
+    loose = [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if loose:
+        return f"{str(root)!r} holds {len(loose)} file(s) but no source sub-folder; {layout}"
+    return f"{str(root)!r} is empty; {layout}"
+
+
 def main(argv=None) -> int:
     """Ctrl+C (also while a run waits for a slot) ends the demo with 130; the run is marked CANCELED/FAILURE."""
+    import warnings
+
     import dagster as dg
 
+    if "--verbose" not in (sys.argv[1:] if argv is None else argv):
+        for category in (dg.BetaWarning, dg.PreviewWarning):  # Emerge's own use of them, not the user's concern
+            warnings.filterwarnings("ignore", category=category)
     try:
         return _main(argv)
     except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
@@ -41,7 +59,8 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     from emerge_assets.definitions import EMERGE_HOME, INPUT_ROOT, PROJECT_ROOT
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--input-root", default=INPUT_ROOT, help="folder with one sub-folder per source")
     parser.add_argument("--emerge-home", default=EMERGE_HOME, help="where datasets, models and asset files go")
     parser.add_argument("--model", default=None, help="local model directory (default: packaged MiniLM)")
@@ -49,6 +68,7 @@ def _main(argv=None) -> int:
                         "(default: sample_data/topics.yaml)")
     parser.add_argument("--skip-training", action="store_true",
                         help="stop after the datasets (no fine_tuned_model / MLflow run)")
+    parser.add_argument("--verbose", action="store_true", help="also show Dagster's beta/preview warnings")
     parser.add_argument("--register-only", action="store_true",
                         help="only register each source folder as a document_source partition, then exit")
     args = parser.parse_args(argv)
@@ -71,7 +91,7 @@ def _main(argv=None) -> int:
     storage = resources["storage"]
     sources = storage.list_sources()
     if not sources:
-        print(f"error: no source folders under {args.input_root}", file=sys.stderr)
+        print(f"error: {no_sources_reason(Path(args.input_root))}", file=sys.stderr)
         return 2
     problems: dict[str, str] = {}
     if not args.register_only:  # every source is checked before any model work (the demo reads with defaults)

@@ -20,11 +20,21 @@ def markdown_table(frame: pl.DataFrame, max_rows: int = 30, max_chars: int = 160
         cells = []
         for v in row:
             text = f"{v:.3f}" if isinstance(v, float) else str(v)
-            cells.append(text.replace("|", "\\|").replace("\n", " ")[:max_chars])
+            cells.append(shorten(text.replace("\n", " "), max_chars).replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
     if frame.height > max_rows:
         lines.append(f"\n_{frame.height - max_rows} more rows_")
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def shorten(text: str, max_chars: int) -> str:
+    """`text` cut at a word boundary within `max_chars`, with an ellipsis when cut."""
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars - 1]
+    if " " in cut:
+        cut = cut[:cut.rindex(" ")]
+    return cut.rstrip() + "…"
 
 
 def counts_table(counts: dict[str, int]) -> dg.MarkdownMetadataValue:

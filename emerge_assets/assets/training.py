@@ -45,6 +45,13 @@ class FineTuneTopicConfig(FineTuneConfig):
         self.self_training()
 
 
+def training_log_line(entry: dict) -> str:
+    """One trainer log entry for the run log, floats to 4 significant digits (a learning rate of
+    2e-05 must not read 0.0)."""
+    shown = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in entry.items()}
+    return f"training step {shown.pop('step')}/{shown.pop('max_steps')}: {shown}"
+
+
 def _comparison(metrics: dict[str, float], task: str, names: tuple[str, ...]) -> dg.MarkdownMetadataValue:
     """Base | fine-tuned | delta per metric of one evaluation task, for the UI."""
     return markdown_table(pl.DataFrame([{"metric": m, **{model: metrics[f"{task}.{model}.{m}"]
@@ -74,8 +81,7 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     output_dir = storage.models_dir / config.model_name
 
     def log_progress(entry: dict) -> None:
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}
-        context.log.info(f"training step {shown.pop('step')}/{shown.pop('max_steps')}: {shown}")
+        context.log.info(training_log_line(entry))
 
     try:
         report = fine_tune_and_evaluate(dataset, label_col, base_path, output_dir, training, device=device,
