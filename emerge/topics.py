@@ -59,19 +59,20 @@ def load_topics(path: str | Path) -> list[Topic]:
         raise ConfigError("topics_file", f"no topics file at {str(path)!r}")
     suffix = path.suffix.lower()
     text = path.read_text(encoding="utf-8")
-    try:
-        if suffix in (".yaml", ".yml"):
-            import yaml
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise ConfigError("topics_file", f"unknown topic file format {suffix or '(none)'!r}; use .yaml, .yml or .json")
+    import yaml
 
-            data = yaml.safe_load(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError("topics_file", f"unknown topic file format {suffix or '(none)'!r}; use .yaml, .yml or .json")
-    except (ValueError, ImportError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError("topics_file", f"cannot parse {path.name}: {exc}") from None
+    try:
+        data = yaml.safe_load(text) if suffix != ".json" else json.loads(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError("topics_file", f"{path} is not valid YAML{where}: {problem}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError("topics_file", f"{path} is not valid JSON at line {exc.lineno}, column {exc.colno}: "
+                          f"{exc.msg}") from None
     if isinstance(data, dict):
         data = data.get("topics")
     if not isinstance(data, list):

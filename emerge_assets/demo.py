@@ -93,6 +93,13 @@ def _main(argv=None) -> int:
     if not sources:
         print(f"error: {no_sources_reason(Path(args.input_root))}", file=sys.stderr)
         return 2
+    from emerge.errors import ConfigError
+
+    try:  # a bad topics file fails now, not after embedding and clustering
+        resources["topics"].load()
+    except ConfigError as exc:
+        print(f"error: topics file {resources['topics'].topics_file}: {exc}", file=sys.stderr)
+        return 2
     problems: dict[str, str] = {}
     if not args.register_only:  # every source is checked before any model work (the demo reads with defaults)
         from emerge.ingest import preflight_sources

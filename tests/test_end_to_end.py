@@ -124,6 +124,19 @@ def test_demo_command_runs_on_the_bundled_corpus(tmp_path):
     assert (tmp_path / "home" / "mlflow" / "mlflow.db").exists() and "MLflow:" in proc.stdout
 
 
+def test_demo_rejects_a_broken_topics_file_before_any_model_work(tmp_path):
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "dagster_home"), HF_HUB_OFFLINE="1")
+    (tmp_path / "dagster_home").mkdir()
+    topics = tmp_path / "topics.yaml"
+    topics.write_text("topics:\n  - id: 1\n    name: [unclosed\n")
+    proc = subprocess.run([sys.executable, "-m", "emerge_assets.demo", "--emerge-home", str(tmp_path / "home"),
+                           "--topics", str(topics)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "topics.yaml is not valid YAML at line" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "home" / "token_embeddings").exists()
+
+
 def test_dagster_definitions_validate():
     proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m",
                            "emerge_assets.definitions"], cwd=REPO, capture_output=True, text=True, timeout=300,

@@ -51,7 +51,9 @@ def test_topics_load_from_yaml_and_json_alike(tmp_path):
     ("t.yaml", "- {id: 1, name: A}\n- {id: 1, name: B}", "duplicate topic id 1"),
     ("t.yaml", "- {id: 1, name: A, colour: red}", "unknown keys"),
     ("t.yaml", "- {id: 7}", "topic 7 has no name"),
-    ("t.json", "{not json", "cannot parse"),
+    ("t.json", '{"topics": [\n  {"id": 1,, "name": "A"}]}', r"t.json is not valid JSON at line 2, column 12"),
+    ("t.yaml", "topics:\n  - id: 1\n    name: [unclosed\n  - id: 2\n", r"t.yaml is not valid YAML at line \d+, column \d+"),
+    ("t.yaml", "topics:\n  - id: 1\n\tname: tab", r"t.yaml is not valid YAML at line 3"),
 ])
 def test_bad_topic_files_fail_clearly(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
