@@ -12,6 +12,7 @@ Ctrl+C stops it (`emerge_assets.stale_runs`).
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -64,8 +65,8 @@ def _main(argv=None) -> int:
     parser.add_argument("--input-root", default=INPUT_ROOT, help="folder with one sub-folder per source")
     parser.add_argument("--emerge-home", default=EMERGE_HOME, help="where datasets, models and asset files go")
     parser.add_argument("--model", default=None, help="local model directory (default: packaged MiniLM)")
-    parser.add_argument("--topics", default=None, help="topics file for the topic-guided path "
-                        "(default: sample_data/topics.yaml)")
+    parser.add_argument("--topics", default=None, help="topics file for the topic-guided path (the bundled "
+                        "corpus uses sample_data/topics.yaml; other corpora get no topic dataset without it)")
     parser.add_argument("--skip-training", action="store_true",
                         help="stop after the datasets (no fine_tuned_model / MLflow run)")
     parser.add_argument("--verbose", action="store_true", help="also show Dagster's beta/preview warnings")
@@ -73,8 +74,14 @@ def _main(argv=None) -> int:
                         help="only register each source folder as a document_source partition, then exit")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home"))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    # one Dagster instance per Emerge home, so two corpora never share partitions or runs
+    default_home = Path(args.emerge_home).resolve() == Path(EMERGE_HOME).resolve()
+    os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home" if default_home
+                                              else Path(args.emerge_home) / "dagster_home"))
+    dagster_home = Path(os.environ["DAGSTER_HOME"])
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists() and (PROJECT_ROOT / "dagster.yaml").exists():
+        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")  # SQLite, gpu pool of 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import dagster as dg
@@ -138,11 +145,15 @@ def _main(argv=None) -> int:
         run("label_sources", source)
     print("[emerge] selecting and exporting the dataset ...", flush=True)
     run("export_dataset")
-    for source in sources:
-        print(f"[emerge] scoring spans of {source!r} against the topics file ...", flush=True)
-        run("score_topics", source)
-    print("[emerge] exporting the topic-labelled dataset ...", flush=True)
-    run("export_topic_dataset")
+    bundled = Path(args.input_root).resolve() == (PROJECT_ROOT / "sample_data" / "corpus").resolve()
+    # never the sample's topics on someone else's corpus
+    with_topics = args.topics is not None or "EMERGE_TOPICS_FILE" in os.environ or bundled
+    if with_topics:
+        for source in sources:
+            print(f"[emerge] scoring spans of {source!r} against the topics file ...", flush=True)
+            run("score_topics", source)
+        print("[emerge] exporting the topic-labelled dataset ...", flush=True)
+        run("export_topic_dataset")
     if not args.skip_training:
         print("[emerge] fine-tuning the model on the curated dataset (base vs fine-tuned -> MLflow) ...", flush=True)
         run("train_model")
@@ -157,10 +168,13 @@ def _main(argv=None) -> int:
     print(f"  dataset:   {ds['parquet_path']}")
     print(f"             {ds['csv_path']}")
     print(f"  card:      {ds['card_path']}")
-    tds = meta["curated_topic_dataset"]
-    print(f"  topics:    {tds['dagster/row_count']} spans from {tds['documents_in_dataset']} documents, "
-          f"{tds['labels']} topics used (unlabelled share {tds['unlabelled_fraction_all_spans']:.2f})")
-    print(f"  dataset:   {tds['parquet_path']}")
+    if with_topics:
+        tds = meta["curated_topic_dataset"]
+        print(f"  topics:    {tds['dagster/row_count']} spans from {tds['documents_in_dataset']} documents, "
+              f"{tds['labels']} topics used (unlabelled share {tds['unlabelled_fraction_all_spans']:.2f})")
+        print(f"  dataset:   {tds['parquet_path']}")
+    else:
+        print("  topics:    none given, so no topic dataset (--topics FILE scores spans against your topics)")
     if "fine_tuned_model" in meta:
         fm = meta["fine_tuned_model"]
         print(f"  model:     {fm['model_path']} ({fm['train_pairs']} training rows, {fm['train_steps']} steps on "

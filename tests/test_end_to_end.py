@@ -95,13 +95,14 @@ def test_seed_api_with_saved_pipeline_labels_new_texts(curated, tmp_path, minilm
 
 
 def test_demo_command_runs_on_the_bundled_corpus(tmp_path):
-    """The bundled corpus plus one empty source folder: the empty one is reported once and
-    skipped before any model work, the others curate and train."""
+    """A user's corpus (the bundled one plus an empty source folder) with no DAGSTER_HOME and no
+    topics: the empty source is reported once and skipped before any model work, the others
+    curate and train; the runs go to a Dagster instance inside the Emerge home, and no topic
+    dataset is made from topics the user never gave."""
     import shutil
 
-    env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "dagster_home"), HF_HUB_OFFLINE="1")
-    (tmp_path / "dagster_home").mkdir()
-    (tmp_path / "dagster_home" / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "EMERGE_TOPICS_FILE")}
+    env["HF_HUB_OFFLINE"] = "1"
     corpus = tmp_path / "corpus"
     shutil.copytree(SAMPLE_CORPUS, corpus)
     (corpus / "aaa_empty").mkdir()
@@ -114,7 +115,10 @@ def test_demo_command_runs_on_the_bundled_corpus(tmp_path):
     assert "clusters:" in proc.stdout and "dataset:" in proc.stdout
     assert (tmp_path / "home" / "datasets" / "curated_spans.parquet").exists()
     assert (tmp_path / "home" / "datasets" / "curated_spans.card.md").exists()
-    assert any((tmp_path / "dagster_home").iterdir())  # runs recorded in the SQLite instance
+    assert (tmp_path / "home" / "dagster_home" / "dagster.yaml").exists()  # the instance of this home
+    assert any((tmp_path / "home" / "dagster_home").rglob("*.db"))  # runs recorded in its SQLite store
+    assert "topics:    none given" in proc.stdout
+    assert not (tmp_path / "home" / "datasets" / "topic_spans.parquet").exists()
     # the demo ends with a gated fine-tuning run tracked in a local MLflow store: the model folder
     # exists exactly when the gate promoted the candidate, and the summary says which model is current
     gate = next(line for line in proc.stdout.splitlines() if line.strip().startswith("gate:"))
