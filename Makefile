@@ -35,7 +35,7 @@ test: install services
 	$(PY) -m pytest
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -m emerge_assets.definitions
+	$(VENV)/bin/dagster dev -w workspace.yaml
 
 clean:
 	rm -rf .emerge_home .dagster_home

@@ -28,6 +28,30 @@ def _log_to_stderr() -> None:
         logger.setLevel(logging.INFO)
 
 
+def dagster_home_for(emerge_home: str | Path) -> Path:
+    """One Dagster instance per Emerge home (so two corpora never share partitions or runs):
+    `<home>/dagster_home`, or the project's `.dagster_home` for the default home (as `make ui`)."""
+    from emerge_assets.definitions import EMERGE_HOME, PROJECT_ROOT
+
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    if Path(emerge_home).resolve() == Path(EMERGE_HOME).resolve():
+        return PROJECT_ROOT / ".dagster_home"
+    return Path(emerge_home) / "dagster_home"
+
+
+def use_dagster_home(emerge_home: str | Path) -> Path:
+    """Point DAGSTER_HOME at `dagster_home_for(emerge_home)`, created with the project's dagster.yaml."""
+    from emerge_assets.definitions import PROJECT_ROOT
+
+    home = dagster_home_for(emerge_home)
+    os.environ["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists() and (PROJECT_ROOT / "dagster.yaml").exists():
+        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")  # SQLite, gpu pool of 1
+    return home
+
+
 def no_sources_reason(root: Path) -> str:
     """Why there is nothing to read under `root`, and how sources are laid out."""
     layout = "put each source's files in its own sub-folder: ROOT/<source>/*.txt|md|jsonl|csv|parquet"
@@ -41,15 +65,22 @@ def no_sources_reason(root: Path) -> str:
     return f"{str(root)!r} is empty; {layout}"
 
 
-def main(argv=None) -> int:
-    """Ctrl+C (also while a run waits for a slot) ends the demo with 130; the run is marked CANCELED/FAILURE."""
+def quiet_dagster_warnings(argv=None) -> None:
+    """Hide Dagster's beta/preview warnings (Emerge's own use of those APIs) unless --verbose."""
     import warnings
 
     import dagster as dg
 
     if "--verbose" not in (sys.argv[1:] if argv is None else argv):
-        for category in (dg.BetaWarning, dg.PreviewWarning):  # Emerge's own use of them, not the user's concern
+        for category in (dg.BetaWarning, dg.PreviewWarning):
             warnings.filterwarnings("ignore", category=category)
+
+
+def main(argv=None) -> int:
+    """Ctrl+C (also while a run waits for a slot) ends the demo with 130; the run is marked CANCELED/FAILURE."""
+    import dagster as dg
+
+    quiet_dagster_warnings(argv)
     try:
         return _main(argv)
     except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
@@ -67,6 +98,8 @@ def _main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="local model directory (default: packaged MiniLM)")
     parser.add_argument("--topics", default=None, help="topics file for the topic-guided path (the bundled "
                         "corpus uses sample_data/topics.yaml; other corpora get no topic dataset without it)")
+    parser.add_argument("--config", default=None, help="run-config YAML (`ops: {asset: {config: {...}}}`), "
+                        "checked whole before the first step and passed to every job it concerns")
     parser.add_argument("--skip-training", action="store_true",
                         help="stop after the datasets (no fine_tuned_model / MLflow run)")
     parser.add_argument("--verbose", action="store_true", help="also show Dagster's beta/preview warnings")
@@ -74,14 +107,7 @@ def _main(argv=None) -> int:
                         help="only register each source folder as a document_source partition, then exit")
     args = parser.parse_args(argv)
 
-    # one Dagster instance per Emerge home, so two corpora never share partitions or runs
-    default_home = Path(args.emerge_home).resolve() == Path(EMERGE_HOME).resolve()
-    os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home" if default_home
-                                              else Path(args.emerge_home) / "dagster_home"))
-    dagster_home = Path(os.environ["DAGSTER_HOME"])
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    if not (dagster_home / "dagster.yaml").exists() and (PROJECT_ROOT / "dagster.yaml").exists():
-        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")  # SQLite, gpu pool of 1
+    use_dagster_home(args.emerge_home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import dagster as dg
@@ -107,6 +133,13 @@ def _main(argv=None) -> int:
     except ConfigError as exc:
         print(f"error: topics file {resources['topics'].topics_file}: {exc}", file=sys.stderr)
         return 2
+    from emerge_assets.run_file import for_job, load_run_config
+
+    try:
+        run_config = load_run_config(args.config, ASSETS) if args.config else {"ops": {}}
+    except ConfigError as exc:
+        print(f"error: run config: {exc}", file=sys.stderr)
+        return 2
     problems: dict[str, str] = {}
     if not args.register_only:  # every source is checked before any model work (the demo reads with defaults)
         from emerge.ingest import preflight_sources
@@ -130,7 +163,8 @@ def _main(argv=None) -> int:
     meta: dict[str, dict] = {}
 
     def run(job: str, partition: str | None = None) -> None:
-        result = execute_watched(defs.resolve_job_def(job), instance, partition_key=partition)
+        job_def = defs.resolve_job_def(job)
+        result = execute_watched(job_def, instance, partition_key=partition, run_config=for_job(run_config, job_def))
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
             meta[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
@@ -182,7 +216,7 @@ def _main(argv=None) -> int:
         print(f"  gate:      {fm['promotion']}")
         print(f"  MLflow:    {fm['mlflow_run']}")
         print(f"             mlflow ui --backend-store-uri {fm['mlflow_tracking_uri']}")
-    print(f"  Dagster UI: DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -m emerge_assets.definitions")
+    print(f"  Dagster UI: emerge ui --home {args.emerge_home}   (instance {os.environ['DAGSTER_HOME']})")
     return 0
 
 

@@ -94,7 +94,7 @@ def test_seed_api_with_saved_pipeline_labels_new_texts(curated, tmp_path, minilm
     assert analyzer.pipeline is pipeline, "a loaded pipeline is used, never refitted"
 
 
-def test_demo_command_runs_on_the_bundled_corpus(tmp_path):
+def test_emerge_curate_and_status_on_a_users_corpus(tmp_path):
     """A user's corpus (the bundled one plus an empty source folder) with no DAGSTER_HOME and no
     topics: the empty source is reported once and skipped before any model work, the others
     curate and train; the runs go to a Dagster instance inside the Emerge home, and no topic
@@ -106,9 +106,8 @@ def test_demo_command_runs_on_the_bundled_corpus(tmp_path):
     corpus = tmp_path / "corpus"
     shutil.copytree(SAMPLE_CORPUS, corpus)
     (corpus / "aaa_empty").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "emerge_assets.demo", "--emerge-home", str(tmp_path / "home"),
-                           "--input-root", str(corpus)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "emerge_assets.cli", "curate", str(corpus), "--home",
+                           str(tmp_path / "home")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("'aaa_empty'") == 1 and "Traceback" not in proc.stderr
     assert "skipped:   1 source(s) without a usable document: aaa_empty" in proc.stdout
@@ -126,6 +125,12 @@ def test_demo_command_runs_on_the_bundled_corpus(tmp_path):
     assert ("promoted" in gate and "not promoted" not in gate) == published, gate
     assert f"current model: {'fine_tuned' if published else 'base'}" in proc.stdout
     assert (tmp_path / "home" / "mlflow" / "mlflow.db").exists() and "MLflow:" in proc.stdout
+    status = subprocess.run([sys.executable, "-m", "emerge_assets.cli", "status", "--home", str(tmp_path / "home")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "sources:   3 (field_notes, newsletters, support_tickets)" in status.stdout  # not the empty one
+    assert "curated_dataset" in status.stdout and "curated_spans.parquet" in status.stdout
+    assert "none failed or unfinished" in status.stdout
 
 
 def test_demo_rejects_a_broken_topics_file_before_any_model_work(tmp_path):

@@ -1,0 +1,68 @@
+"""A run-config file (`ops: {asset: {config: {...}}}`) checked whole before the first step.
+
+Dagster checks each step's config when the step starts; a bad `min_len` would then surface
+only after `raw_texts` ran. Building every asset's config object up front runs the same
+validation (the engine configs' own checks) before any work, naming the asset and the field.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from emerge.errors import ConfigError
+
+
+def config_classes(assets) -> dict:
+    """op name -> the `dg.Config` class its asset function takes as `config` (only assets with one)."""
+    out = {}
+    for asset in assets:
+        op = getattr(asset, "op", None)
+        fn = getattr(getattr(op, "compute_fn", None), "decorated_fn", None)
+        param = inspect.signature(fn).parameters.get("config") if fn is not None else None
+        if param is not None and inspect.isclass(param.annotation):
+            out[op.name] = param.annotation
+    return out
+
+
+def load_run_config(path: str | Path, assets) -> dict:
+    """The file's run config, every asset's config validated; ConfigError on the first problem."""
+    import pydantic
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", f"no run-config file at {str(path)!r}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError("config", f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict) or set(data) - {"ops"}:
+        raise ConfigError("config", f"{path.name} must be a mapping with one key, `ops` (got {sorted(data) if isinstance(data, dict) else type(data).__name__})")
+    ops = data.get("ops") or {}
+    classes = config_classes(assets)
+    for name, entry in ops.items():
+        if name not in classes:
+            raise ConfigError("config", f"{path.name}: unknown asset {name!r}; configurable: {sorted(classes)}")
+        if not isinstance(entry, dict) or set(entry) != {"config"} or not isinstance(entry["config"], dict):
+            raise ConfigError("config", f"{path.name}: ops.{name} must be {{config: {{field: value, ...}}}}")
+        try:
+            classes[name](**entry["config"])
+        except ConfigError as exc:
+            raise ConfigError(f"ops.{name}.{exc.field}", str(exc).split(": ", 1)[-1]) from None
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            cause = first.get("ctx", {}).get("error")
+            if isinstance(cause, ConfigError):  # the engine's check, raised inside the Config's validation
+                raise ConfigError(f"ops.{name}.{cause.field}", str(cause).split(": ", 1)[-1]) from None
+            field = ".".join(str(x) for x in first["loc"])
+            raise ConfigError(f"ops.{name}.{field}", first["msg"]) from None
+    return {"ops": ops}
+
+
+def for_job(run_config: dict, job) -> dict:
+    """The part of `run_config` that concerns the ops of `job`."""
+    names = {node.name for node in job.graph.nodes}
+    return {"ops": {k: v for k, v in run_config.get("ops", {}).items() if k in names}}
