@@ -141,10 +141,12 @@ def _main(argv=None) -> int:
         print(f"error: run config: {exc}", file=sys.stderr)
         return 2
     problems: dict[str, str] = {}
-    if not args.register_only:  # every source is checked before any model work (the demo reads with defaults)
+    if not args.register_only:  # every source is read before any model work, as raw_texts will read it
         from emerge.ingest import preflight_sources
+        from emerge_assets.run_config import RawTextsConfig
 
-        sources, problems = preflight_sources({s: storage.source_dir(s) for s in sources})
+        ingest = RawTextsConfig(**run_config["ops"].get("raw_texts", {}).get("config", {})).to_engine()
+        sources, problems = preflight_sources({s: storage.source_dir(s) for s in sources}, ingest)
         for problem in problems.values():
             print(f"[emerge] WARNING skipping {problem}", file=sys.stderr, flush=True)
         if not sources:
