@@ -180,3 +180,56 @@ def test_seed_topic_guided_example_labels_planted_topics(minilm_encoder):
     assert football["topic_id"].is_null().mean() > 0.9
     assert {"topic_id", "topic_name", "topic_description", "relevance", "quality"} <= set(final.columns)
     assert final["topic_id"].null_count() == 0 and (final["quality"] >= 0.4).all()
+
+
+# -- the product description's own snippets, run as written ------------------------------------------
+SNIPPETS = REPO / "tests" / "seed_snippets"
+SEED = REPO.parent / "shared" / "seed" / "emerge-overview.md"
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="the product description is in ../shared, not in a user's clone")
+def test_snippet_copies_are_the_product_descriptions_text():
+    seed = SEED.read_text()
+    for name in ("discovery.py.txt", "topic_guided.py.txt"):
+        assert (SNIPPETS / name).read_text() in seed
+
+
+def test_seed_discovery_snippet_runs_verbatim(curated, minilm_encoder, tmp_path, monkeypatch):
+    """`emerge.src...` imports, a pipeline loaded from artifacts/clustering/models, no refit."""
+    docs, curator, _, _, _ = curated
+    monkeypatch.chdir(tmp_path)
+    curator.analyzer.pipeline.save(tmp_path / "artifacts" / "clustering" / "models")
+    scope = {"model": minilm_encoder.model, "tokenizer": minilm_encoder.tokenizer,
+             "texts": docs["text"].to_list()[:12]}
+    exec(compile((SNIPPETS / "discovery.py.txt").read_text(), "seed-discovery", "exec"), scope)
+    out = pl.read_csv(tmp_path / "outputs" / "curated" / "curated_spans.csv")
+    assert out.height > 0 and {"text_span", "cluster_id", "relevance", "quality"} <= set(out.columns)
+    assert (out["quality"] >= 0.6).all() and scope["analyzer"].pipeline is scope["pipeline"]
+
+
+def test_seed_topic_guided_snippet_runs_verbatim(minilm_encoder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    customer_texts = ["My product stopped working after the update and nobody from support has answered my "
+                      "emails for a week, which is really frustrating.",
+                      "Please add dark mode to the app, and an integration with Slack would make it much more "
+                      "useful for our whole team."]
+    scope = {"model": minilm_encoder.model, "tokenizer": minilm_encoder.tokenizer, "customer_texts": customer_texts}
+    exec(compile((SNIPPETS / "topic_guided.py.txt").read_text(), "seed-topic-guided", "exec"), scope)
+    out = pl.read_csv(tmp_path / "outputs" / "curated" / "topic_spans.csv")
+    assert out.height > 0 and {"text_span", "topic_id", "topic_name", "relevance"} <= set(out.columns)
+    assert set(out["topic_id"].cast(pl.String)) <= {"1", "2"}
+
+
+def test_readme_recipe_a_runs_on_the_exported_csv(curated, tiny_model_dir, tmp_path, monkeypatch):
+    """The README's recipe A block, on the CSV `save_dataset` wrote (tiny model for speed)."""
+    import re
+
+    _, _, _, _, paths = curated
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"## Notes on the original product description.*?```python\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "outputs" / "curated").mkdir(parents=True)
+    (tmp_path / "outputs" / "curated" / "curated_spans.csv").write_bytes(paths["csv"].read_bytes())
+    monkeypatch.chdir(tmp_path)
+    block = block.replace("packaged_model_path()", repr(str(tiny_model_dir)))
+    exec(compile(block, "readme-recipe-a", "exec"), {})
+    assert (tmp_path / "artifacts" / "models" / "minilm-emerge-ft" / "modules.json").exists()

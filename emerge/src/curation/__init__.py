@@ -1,0 +1,1 @@
+"""`emerge.src.curation` (product-description paths): see `emerge.src`."""

@@ -1,0 +1,1 @@
+"""`emerge.src.curation.analyzers` (product-description paths): see `emerge.src`."""

@@ -1,0 +1,5 @@
+"""Product-description path of `LocalClusterAnalyzer`."""
+
+from emerge.curator import LocalClusterAnalyzer
+
+__all__ = ["LocalClusterAnalyzer"]

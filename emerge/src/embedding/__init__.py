@@ -1,0 +1,1 @@
+"""`emerge.src.embedding` (product-description paths): see `emerge.src`."""

@@ -1,0 +1,5 @@
+"""Product-description path of `ClusteringPipeline`."""
+
+from emerge.clustering import ClusteringPipeline
+
+__all__ = ["ClusteringPipeline"]
