@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     curate.add_argument("--config", default=None, help="run-config YAML: ops: {asset: {config: {...}}}")
     curate.add_argument("--model", default=None, help="local model directory (default: packaged all-MiniLM-L6-v2)")
     curate.add_argument("--skip-training", action="store_true", help="stop after the datasets")
-    curate.add_argument("--verbose", action="store_true", help="also show Dagster's beta/preview warnings")
+    curate.add_argument("--verbose", action="store_true",
+                        help="also show Dagster's DEBUG events and beta/preview warnings")
 
     ui = sub.add_parser("ui", help="the Dagster UI on a home's instance", formatter_class=fmt)
     ui.add_argument("--home", default=DEFAULT_HOME, help="the home `emerge curate` wrote to")

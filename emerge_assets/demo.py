@@ -102,7 +102,8 @@ def _main(argv=None) -> int:
                         "checked whole before the first step and passed to every job it concerns")
     parser.add_argument("--skip-training", action="store_true",
                         help="stop after the datasets (no fine_tuned_model / MLflow run)")
-    parser.add_argument("--verbose", action="store_true", help="also show Dagster's beta/preview warnings")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Dagster's DEBUG events and beta/preview warnings")
     parser.add_argument("--register-only", action="store_true",
                         help="only register each source folder as a document_source partition, then exit")
     args = parser.parse_args(argv)
@@ -166,7 +167,9 @@ def _main(argv=None) -> int:
 
     def run(job: str, partition: str | None = None) -> None:
         job_def = defs.resolve_job_def(job)
-        result = execute_watched(job_def, instance, partition_key=partition, run_config=for_job(run_config, job_def))
+        console = {"console": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}}  # no event stream
+        result = execute_watched(job_def, instance, partition_key=partition,
+                                 run_config={**for_job(run_config, job_def), "loggers": console})
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
             meta[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
