@@ -64,13 +64,17 @@ class MlflowTracking(dg.ConfigurableResource):
         return client.create_experiment(self.experiment_name, artifact_location=self._artifact_root())
 
     def log_run(self, *, run_name: str, params: dict, metrics: dict[str, float], tags: dict[str, str],
-                artifacts: dict[str, Path]) -> LoggedRun:
-        """Create a finished run with params, metrics, tags and artifact folders; FAILED if logging breaks."""
+                artifacts: dict[str, Path], started_at: float | None = None) -> LoggedRun:
+        """Create a finished run with params, metrics, tags and artifact folders; FAILED if logging breaks.
+
+        `started_at` (epoch seconds) is when the work began, so the run's duration in the MLflow UI
+        is the training's, not the few hundred milliseconds of logging."""
         from mlflow.entities import Metric, Param, RunTag
 
         client = self._client()
         experiment_id = self.experiment_id()
-        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags,
+                                start_time=int(started_at * 1000) if started_at is not None else None)
         run_id = run.info.run_id
         try:
             now = int(time.time() * 1000)

@@ -7,6 +7,7 @@ under `models/` and log one MLflow run with params, metrics, dataset stats and t
 
 import dataclasses
 import json
+import time
 
 import dagster as dg
 import polars as pl
@@ -83,6 +84,7 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     def log_progress(entry: dict) -> None:
         context.log.info(training_log_line(entry))
 
+    started_at = time.time()
     try:
         report = fine_tune_and_evaluate(dataset, label_col, base_path, output_dir, training, device=device,
                                         beir=beir, texts=texts, on_log=log_progress, progress=context.log.info,
@@ -111,7 +113,7 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     run = mlflow.log_run(run_name=f"{config.model_name}-{context.run_id[:8]}", params=params, metrics=metrics,
                          tags={"dagster.run_id": context.run_id, "dagster.asset": context.asset_key.to_user_string(),
                                "emerge.recipe": recipe},
-                         artifacts={"model": output_dir} if promoted else {})
+                         artifacts={"model": output_dir} if promoted else {}, started_at=started_at)
     meta = {
         "promoted": promoted,
         "current_model": current,
