@@ -88,11 +88,13 @@ class PartIndex:
         return self.topic_to_span(doc_tokens @ self.vectors.T, starts, ends, np.ones(len(self.vectors), np.float32))
 
     def topic_to_span(self, sims: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-                      weights: np.ndarray) -> np.ndarray:
+                      weights: np.ndarray, tiled: bool = False) -> np.ndarray:
         """Weighted mean over each part's tokens of their best cosine within each span.
 
-        `sims` is (doc tokens, columns); `weights` is one weight per column."""
-        best = range_max(sims, starts, ends) * weights        # (k, m) best span token per topic token
+        `sims` is (doc tokens, columns); `weights` is one weight per column. `tiled` says the spans
+        are consecutive and cover the sequence (texts laid end to end): one `maximum.reduceat`
+        then replaces the sparse table."""
+        best = (np.maximum.reduceat(sims, starts, axis=0) if tiled else range_max(sims, starts, ends)) * weights
         return np.add.reduceat(best, self.offsets, axis=1) / np.add.reduceat(weights, self.offsets)
 
 
@@ -236,15 +238,21 @@ class LateInteractionCrossEncoder:
 
     # -- scoring ---------------------------------------------------------------------------------
     def part_scores(self, token_ids: np.ndarray, token_vecs: np.ndarray, starts: np.ndarray,
-                    ends: np.ndarray) -> np.ndarray:
-        """(spans, parts) weighted MaxSim for spans [s, e) of one token sequence."""
+                    ends: np.ndarray, tiled: bool = False) -> np.ndarray:
+        """(spans, parts) weighted MaxSim for spans [s, e) of one token sequence (`tiled`: the
+        spans are consecutive and cover it, see `PartIndex.topic_to_span`)."""
         sims = l2_normalise(token_vecs) @ self.index.vectors.T   # (n, m)
         out = []
         if self.direction in ("both", "topic_to_span"):
-            out.append(self.index.topic_to_span(sims, starts, ends, self._col_weights))
+            out.append(self.index.topic_to_span(sims, starts, ends, self._col_weights, tiled=tiled))
         if self.direction in ("both", "span_to_topic"):
             w = self._vocab_weights[token_ids]
             per_token = np.maximum.reduceat(sims, self.index.offsets, axis=1) * w[:, None]   # (n, P)
+            if tiled:
+                denom = np.add.reduceat(w.astype(np.float64), starts)[:, None]
+                sums = np.add.reduceat(per_token.astype(np.float64), starts, axis=0)
+                out.append(np.where(denom > 0, sums / np.maximum(denom, 1e-12), 0.0))
+                return (sum(out) / len(out)).astype(np.float32)
             csum = np.vstack([np.zeros((1, per_token.shape[1]), np.float64), np.cumsum(per_token, axis=0)])
             wsum = np.concatenate([[0.0], np.cumsum(w, dtype=np.float64)])
             denom = (wsum[ends] - wsum[starts])[:, None]
@@ -305,7 +313,7 @@ class LateInteractionCrossEncoder:
             starts = ends - lengths[chunk]
             token_ids = np.concatenate([ids[i] for i in chunk])
             vecs = np.concatenate([np.asarray(embs[i], np.float32) for i in chunk])
-            parts[chunk] = self.part_scores(token_ids, vecs, starts, ends)
+            parts[chunk] = self.part_scores(token_ids, vecs, starts, ends, tiled=True)
             pooled[chunk] = np.add.reduceat(vecs, starts, axis=0) / lengths[chunk][:, None]
             start = stop
         return parts, l2_normalise(pooled)
