@@ -26,28 +26,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_corpus_arguments, emit, machine  # noqa: E402
-from discovery_quality import load_corpus  # noqa: E402
-
-
-def curated_clusters(texts: list[str], seed: int):
-    """(curated cluster dataset, doc_id -> text) from discovery on the texts, no labels."""
-    from emerge.config import ClusteringConfig, EncoderConfig, IngestConfig, SelectionConfig, SpanConfig
-    from emerge.dataset import curate
-    from emerge.discovery import fit_clustering, label_spans
-    from emerge.embedding import embed_spans
-    from emerge.encoder import load_encoder
-    from emerge.ingest import documents_from_texts
-    from emerge.spans import build_spans
-
-    encoder = load_encoder(EncoderConfig())
-    docs = documents_from_texts(texts, source="bench", config=IngestConfig(id_field=None, deduplicate=False)).documents
-    span_cfg = SpanConfig()
-    spans, _ = build_spans(docs, encoder.tokenizer, span_cfg)
-    vectors = embed_spans(docs, spans, encoder, progress=True)
-    pipeline, _ = fit_clustering(spans, vectors, ClusteringConfig(random_state=seed))
-    labelled = label_spans(pipeline, spans, vectors)
-    doc_texts = dict(zip(docs["doc_id"], docs["text"]))
-    return curate(labelled, vectors, doc_texts, SelectionConfig(), span_cfg), len(pipeline.cluster_ids)
+from discovery_quality import discover, load_corpus  # noqa: E402
 
 
 def document_vectors(model_dir, texts: list[str]):
@@ -100,7 +79,8 @@ def main(argv=None) -> int:
     texts, gold = [texts[i] for i in keep], [str(gold[i]) for i in keep]
     timings = {}
     t = time.perf_counter()
-    dataset, n_clusters = curated_clusters(texts, args.seed)
+    found = discover(texts, seed=args.seed)  # the same discovery as bench/discovery_quality.py
+    dataset, n_clusters = found.dataset, len(found.pipeline.cluster_ids)
     timings["discovery"] = time.perf_counter() - t
     config = TrainingConfig(pairing="same_cluster", pairs_per_label=args.pairs_per_cluster,
                             learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,

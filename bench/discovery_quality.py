@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,11 +39,25 @@ def load_corpus(path: str, text_field: str, label_field: str | None, limit: int 
     return texts, labels
 
 
-def run_emerge(texts: list[str], min_len: int = 16, max_len: int = 64, stride: int = 8, seed: int = 42,
-               dtype: str = "auto"):
-    """Emerge discovery on `texts`: (label per text, -1 = none; result dict with timings)."""
-    import numpy as np
+@dataclass
+class Discovery:
+    """Everything one discovery run made, for the benchmarks that measure different parts of it."""
 
+    encoder: object
+    docs: object
+    span_cfg: object
+    spans: object
+    vectors: object
+    pipeline: object
+    sample: object
+    labelled: object
+    dataset: object
+    timings: dict
+
+
+def discover(texts: list[str], min_len: int = 16, max_len: int = 64, stride: int = 8, seed: int = 42,
+             dtype: str = "auto") -> Discovery:
+    """The engine's discovery stages on `texts`, as the assets run them, each stage timed."""
     from emerge.config import ClusteringConfig, EncoderConfig, IngestConfig, SelectionConfig, SpanConfig
     from emerge.dataset import curate
     from emerge.discovery import fit_clustering, label_spans
@@ -75,6 +90,17 @@ def run_emerge(texts: list[str], min_len: int = 16, max_len: int = 64, stride: i
     t = time.perf_counter()
     dataset = curate(labelled, vectors, dict(zip(docs["doc_id"], docs["text"])), SelectionConfig(), span_cfg)
     timings["select"] = time.perf_counter() - t
+    return Discovery(encoder, docs, span_cfg, spans, vectors, pipeline, sample, labelled, dataset, timings)
+
+
+def run_emerge(texts: list[str], min_len: int = 16, max_len: int = 64, stride: int = 8, seed: int = 42,
+               dtype: str = "auto"):
+    """Emerge discovery on `texts`: (label per text, -1 = none; result dict with timings)."""
+    import numpy as np
+
+    run = discover(texts, min_len, max_len, stride, seed, dtype)
+    encoder, docs, span_cfg, spans, pipeline = run.encoder, run.docs, run.span_cfg, run.spans, run.pipeline
+    sample, labelled, dataset, timings = run.sample, run.labelled, run.dataset, run.timings
 
     top = (dataset.group_by("doc_id", "cluster_id").len()
            .sort(["doc_id", "len", "cluster_id"], descending=[False, True, False]).unique("doc_id", keep="first"))

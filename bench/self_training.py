@@ -35,7 +35,7 @@ from _common import emit, machine  # noqa: E402
 from topic_labelling import describe, macro_f1, read_rows  # noqa: E402
 
 
-def split(train, label_column_none, k: int, eval_fraction: float, has_test: bool, seed: int):
+def split(train, none_label, k: int, eval_fraction: float, has_test: bool, seed: int):
     """(examples per label, unlabelled pool texts, held-out labelled rows)."""
     rng = random.Random(seed)
     by_label: dict[str, list[str]] = defaultdict(list)
@@ -45,7 +45,7 @@ def split(train, label_column_none, k: int, eval_fraction: float, has_test: bool
     for label in sorted(by_label):
         items = list(dict.fromkeys(by_label[label]))
         rng.shuffle(items)
-        if label != label_column_none:
+        if label != none_label:
             examples[label], items = items[:k], items[k:]
         n_eval = 0 if has_test else int(round(eval_fraction * len(items)))
         held_out += [(t, label) for t in items[:n_eval]]
@@ -88,8 +88,6 @@ def main(argv=None) -> int:
     p.add_argument("--oos-at-accuracy", type=float, default=0.7)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if args.text_column != "text":
-        raise SystemExit("--text-column: only 'text' is supported by the CSV reader shared with topic_labelling")
 
     import dataclasses
 
@@ -103,9 +101,9 @@ def main(argv=None) -> int:
     from emerge.topics import Topic
 
     t_start = time.perf_counter()
-    train = read_rows(args.train, args.label_column)
+    train = read_rows(args.train, args.label_column, args.text_column)
     examples, pool, held_out = split(train, args.none_label, args.k, args.eval_fraction, bool(args.test), args.seed)
-    evaluation = read_rows(args.test, args.label_column) if args.test else held_out
+    evaluation = read_rows(args.test, args.label_column, args.text_column) if args.test else held_out
     if args.pool_limit:
         pool = pool[:args.pool_limit]
     labels = sorted(examples)

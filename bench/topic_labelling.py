@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, machine  # noqa: E402
 
 
-def read_rows(path: str, label_column: str) -> list[tuple[str, str]]:
+def read_rows(path: str, label_column: str, text_column: str = "text") -> list[tuple[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        if "text" not in reader.fieldnames or label_column not in reader.fieldnames:
-            raise SystemExit(f"{path}: needs columns text,{label_column}; has {reader.fieldnames}")
-        return [(r["text"], r[label_column]) for r in reader if r["text"].strip()]
+        if text_column not in reader.fieldnames or label_column not in reader.fieldnames:
+            raise SystemExit(f"{path}: needs columns {text_column},{label_column}; has {reader.fieldnames}")
+        return [(r[text_column], r[label_column]) for r in reader if r[text_column].strip()]
 
 
 def describe(name: str) -> str:

@@ -19,3 +19,11 @@ class ConfigError(EmergeError, ValueError):
 
 class InputError(EmergeError):
     """The input cannot produce a meaningful run (e.g. a source folder with no usable document)."""
+
+
+def yaml_syntax_error(field: str, path, exc) -> ConfigError:
+    """A ConfigError for a YAML file that does not parse, naming the file, line and column."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return ConfigError(field, f"{path} is not valid YAML{where}: {problem}")

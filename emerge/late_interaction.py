@@ -248,15 +248,14 @@ class LateInteractionCrossEncoder:
         if self.direction in ("both", "span_to_topic"):
             w = self._vocab_weights[token_ids]
             per_token = np.maximum.reduceat(sims, self.index.offsets, axis=1) * w[:, None]   # (n, P)
-            if tiled:
-                denom = np.add.reduceat(w.astype(np.float64), starts)[:, None]
+            if tiled:  # each span is one segment: segment sums
                 sums = np.add.reduceat(per_token.astype(np.float64), starts, axis=0)
-                out.append(np.where(denom > 0, sums / np.maximum(denom, 1e-12), 0.0))
-                return (sum(out) / len(out)).astype(np.float32)
-            csum = np.vstack([np.zeros((1, per_token.shape[1]), np.float64), np.cumsum(per_token, axis=0)])
-            wsum = np.concatenate([[0.0], np.cumsum(w, dtype=np.float64)])
-            denom = (wsum[ends] - wsum[starts])[:, None]
-            out.append(np.where(denom > 0, (csum[ends] - csum[starts]) / np.maximum(denom, 1e-12), 0.0))
+                denom = np.add.reduceat(w.astype(np.float64), starts)[:, None]
+            else:      # overlapping spans: differences of prefix sums
+                csum = np.vstack([np.zeros((1, per_token.shape[1]), np.float64), np.cumsum(per_token, axis=0)])
+                wsum = np.concatenate([[0.0], np.cumsum(w, dtype=np.float64)])
+                sums, denom = csum[ends] - csum[starts], (wsum[ends] - wsum[starts])[:, None]
+            out.append(np.where(denom > 0, sums / np.maximum(denom, 1e-12), 0.0))
         return (sum(out) / len(out)).astype(np.float32)
 
     def combine(self, parts: np.ndarray, pooled: np.ndarray,

@@ -171,8 +171,9 @@ def self_train(topics, texts: list[str], base_model: str | Path, output_dir: str
         pairs = self_training_pairs(topics, texts, labels, docs, config.pairs_per_text, config.seed + r)
         if pairs["group"].n_unique() < 2:
             raise InputError("self-training pairs fall in a single topic: no batch could hold a negative")
+        covered = int(len(np.unique(best[rows])))
         say(f"self-training round {r + 1}/{config.rounds}: {len(rows)} of {len(texts)} texts pseudo-labelled "
-            f"({len(np.unique(best[rows]))} of {len(topics)} topics), {pairs.height} pairs")
+            f"({covered} of {len(topics)} topics), {pairs.height} pairs")
         target = output_dir if r == config.rounds - 1 else output_dir.with_name(f"{output_dir.name}.round{r + 1}")
         result = train(pairs.sample(fraction=1.0, shuffle=True, seed=config.seed + r), base_model, target,
                        config.training_config(r), device=device, on_log=on_log)
@@ -180,7 +181,7 @@ def self_train(topics, texts: list[str], base_model: str | Path, output_dir: str
             shutil.rmtree(current, ignore_errors=True)
         current = target
         report.training = result
-        report.rounds.append(RoundReport(r + 1, len(rows), int(len(np.unique(best[rows]))), pairs.height,
+        report.rounds.append(RoundReport(r + 1, len(rows), covered, pairs.height,
                                          result.train_loss, round(time.perf_counter() - t0, 2)))
         if on_round:
             on_round(r + 1, target)

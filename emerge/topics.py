@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emerge.errors import ConfigError
+from emerge.errors import ConfigError, yaml_syntax_error
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,7 @@ def load_topics(path: str | Path) -> list[Topic]:
     try:
         data = yaml.safe_load(text) if suffix != ".json" else json.loads(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError("topics_file", f"{path} is not valid YAML{where}: {problem}") from None
+        raise yaml_syntax_error("topics_file", path, exc) from None
     except json.JSONDecodeError as exc:
         raise ConfigError("topics_file", f"{path} is not valid JSON at line {exc.lineno}, column {exc.colno}: "
                           f"{exc.msg}") from None

@@ -129,8 +129,12 @@ def _main(argv=None) -> int:
         return 2
     from emerge.errors import ConfigError
 
+    bundled = Path(args.input_root).resolve() == (PROJECT_ROOT / "sample_data" / "corpus").resolve()
+    # never the sample's topics on someone else's corpus
+    with_topics = args.topics is not None or "EMERGE_TOPICS_FILE" in os.environ or bundled
     try:  # a bad topics file fails now, not after embedding and clustering
-        resources["topics"].load()
+        if with_topics:
+            resources["topics"].load()
     except ConfigError as exc:
         print(f"error: topics file {resources['topics'].topics_file}: {exc}", file=sys.stderr)
         return 2
@@ -184,9 +188,6 @@ def _main(argv=None) -> int:
         run("label_sources", source)
     print("[emerge] selecting and exporting the dataset ...", flush=True)
     run("export_dataset")
-    bundled = Path(args.input_root).resolve() == (PROJECT_ROOT / "sample_data" / "corpus").resolve()
-    # never the sample's topics on someone else's corpus
-    with_topics = args.topics is not None or "EMERGE_TOPICS_FILE" in os.environ or bundled
     if with_topics:
         for source in sources:
             print(f"[emerge] scoring spans of {source!r} against the topics file ...", flush=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from emerge.errors import ConfigError
+from emerge.errors import ConfigError, yaml_syntax_error
 
 
 def config_classes(assets) -> dict:
@@ -36,9 +36,7 @@ def load_run_config(path: str | Path, assets) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError("config", f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise yaml_syntax_error("config", path, exc) from None
     if not isinstance(data, dict) or set(data) - {"ops"}:
         raise ConfigError("config", f"{path.name} must be a mapping with one key, `ops` (got {sorted(data) if isinstance(data, dict) else type(data).__name__})")
     ops = data.get("ops") or {}

@@ -5,7 +5,6 @@ self-trains on the user's topics and the topic dataset's spans (`emerge.self_tra
 under `models/` and log one MLflow run with params, metrics, dataset stats and the model.
 """
 
-import dataclasses
 import json
 import time
 
@@ -14,10 +13,10 @@ import polars as pl
 from pydantic import Field
 
 from emerge.atomic import atomic_write_text
+from emerge.self_training import SelfTrainingConfig
 from emerge_assets.assets.clustering import ALL_SOURCES
 from emerge_assets.metadata import markdown_table
 from emerge_assets.pools import GPU_POOL
-from emerge.self_training import SelfTrainingConfig
 from emerge_assets.run_config import FineTuneConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage, MlflowTracking, TopicsResource
 
@@ -36,9 +35,7 @@ class FineTuneTopicConfig(FineTuneConfig):
     min_relevance: float = Field(default=_SELF_TRAINING.min_relevance, description="Calibrated relevance a span "
                                  "needs to become a training positive.")
 
-    def self_training(self):
-        from emerge.self_training import SelfTrainingConfig
-
+    def self_training(self) -> SelfTrainingConfig:
         return SelfTrainingConfig(rounds=self.rounds, per_topic=self.per_topic, min_relevance=self.min_relevance)
 
     def model_post_init(self, __context) -> None:
@@ -95,9 +92,10 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     params = {"recipe": recipe, "base_model": embedding_model.display_name, "device": device,
               "dataset_hash": report.dataset_stats["dataset_hash"], "beir_dir": config.beir_dir or "",
               **report.params(training)}
-    if engine_kwargs.get("self_training") is not None:
-        chosen = dataclasses.asdict(engine_kwargs["self_training"])  # training settings come from `training`
-        params |= {f"self_training.{k}": chosen[k] for k in ("rounds", "per_topic", "min_relevance", "pairs_per_text")}
+    selection = engine_kwargs.get("self_training")  # its training settings come from `training`
+    if selection is not None:
+        params |= {f"self_training.{k}": getattr(selection, k) for k in ("rounds", "per_topic", "min_relevance",
+                                                                          "pairs_per_text")}
     stats = {k: v for k, v in report.dataset_stats.items() if k != "dataset_hash"}
     metrics = report.metrics | {f"dataset.{k}": float(v) for k, v in stats.items()} | {
         f"seconds.{k}": round(v, 2) for k, v in report.stage_seconds.items()}
