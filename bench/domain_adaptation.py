@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--query-source", default=defaults.query_source, choices=["spans", "leading_sentence"])
     p.add_argument("--max-train-queries", type=int, default=defaults.max_train_queries)
     p.add_argument("--negatives-per-query", type=int, default=defaults.negatives_per_query)
+    p.add_argument("--distill-loss", default=defaults.distill_loss, choices=["in_batch_kl", "in_batch_mse", "pairwise"],
+                   help="distill: MarginMSE over every text of the batch, or over each row's own negatives")
     p.add_argument("--lexical-weight", type=float, default=defaults.lexical_weight)
     p.add_argument("--interpolation-weights", type=float, nargs="+", default=list(defaults.interpolation_weights))
     p.add_argument("--teacher-only", action="store_true",
@@ -136,6 +138,7 @@ def main(argv=None) -> int:
                                 queries_per_document=args.queries_per_document,
                                 max_train_queries=args.max_train_queries, query_source=args.query_source,
                                 negatives_per_query=args.negatives_per_query, lexical_weight=args.lexical_weight,
+                                distill_loss=args.distill_loss,
                                 interpolation_weights=tuple(args.interpolation_weights))
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()

@@ -259,6 +259,7 @@ def as_dict(config) -> dict:
 
 PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
 QUERY_SOURCES = ("spans", "leading_sentence")
+DISTILL_LOSSES = ("in_batch_kl", "in_batch_mse", "pairwise")
 # distill's MarginMSE moves normalised-cosine margins, so it needs a larger step than MNRL's pairs;
 # WiSE-FT interpolation then takes back what the larger step costs (BENCHMARKS.md, domain adaptation)
 DEFAULT_LEARNING_RATES = {"distill": 1e-4, "span_context": 2e-5, "same_document": 2e-5, "same_cluster": 2e-5}
@@ -273,7 +274,9 @@ class TrainingConfig:
     by a base-model + BM25 teacher (`lexical_weight`) and trains with MarginMSE; its queries are
     the selected spans (`query_source="spans"`, up to `queries_per_document`) or each document's
     opening line or sentence (`"leading_sentence"`), at most `max_train_queries`, with
-    `negatives_per_query` negatives drawn from the teacher's top `negative_depth` documents.
+    `negatives_per_query` negatives drawn from the teacher's top `negative_depth` documents;
+    `distill_loss="in_batch"` matches the teacher's margins against every text of the batch
+    (`emerge.distill_loss`), `"pairwise"` only against the row's own negatives.
     `span_context` pairs each selected span with its document's surrounding text, the span cut
     out (`context_chars` of context); `same_document` pairs two selected spans of one document
     and label; `same_cluster` pairs spans of different documents in one cluster (recipe A; no
@@ -291,9 +294,10 @@ class TrainingConfig:
     query_source: Literal["spans", "leading_sentence"] = "leading_sentence"
     queries_per_document: int = 2
     max_train_queries: int | None = 2000
-    negatives_per_query: int = 1
+    negatives_per_query: int = 3
     negative_depth: int = 30
     lexical_weight: float = 1.0
+    distill_loss: Literal["in_batch_kl", "in_batch_mse", "pairwise"] = "in_batch_kl"
     interpolation_weights: tuple[float, ...] = (0.5, 1.0)
     promotion_min_gain: float = 0.0
     gate: bool = True
@@ -325,6 +329,8 @@ class TrainingConfig:
         _positive_int(self.max_train_queries, "max_train_queries", allow_none=True)
         _require(self.query_source in QUERY_SOURCES, "query_source",
                  f"must be one of {QUERY_SOURCES}, got {self.query_source!r}")
+        _require(self.distill_loss in DISTILL_LOSSES, "distill_loss",
+                 f"must be one of {DISTILL_LOSSES}, got {self.distill_loss!r}")
         _require(isinstance(self.lexical_weight, (int, float)) and self.lexical_weight >= 0, "lexical_weight",
                  f"must be >= 0, got {self.lexical_weight!r}")
         _require(isinstance(self.promotion_min_gain, (int, float)) and self.promotion_min_gain >= 0,

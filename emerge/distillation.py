@@ -6,7 +6,8 @@ learnt. Each training document's opening line or sentence (or each selected span
 pseudo-query; the rest of its document (the span cut out) is the positive; negatives are other training documents that a teacher ranks high
 for the query. The teacher is a hybrid of the base model and BM25 over the same corpus (both
 z-normalised over the query's top candidates, equal weight; no label, no network, no hub model),
-and the student is trained with MarginMSE to reproduce the teacher's score *differences*.
+and the student learns the teacher's ranking of every text in its batch (`emerge.distill_loss`;
+or, `distill_loss="pairwise"`, MarginMSE on each row's own negatives).
 
 Because the dense half of the teacher is the base model itself, the target margin is the base
 model's own margin plus what BM25 adds: the student starts at its target on everything the base
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from scipy import sparse
 
 from emerge.errors import InputError
 from emerge.lexical import BM25Index
@@ -121,12 +123,6 @@ class HybridTeacher:
         l_mean, l_std = lexical_stats
         return dense + self.lexical_weight * d_std * (lexical - l_mean) / l_std
 
-    def pair_scores(self, query_vectors: np.ndarray, queries: list[str], texts: list[str],
-                    dense_stats, lexical_stats) -> np.ndarray:
-        dense = np.einsum("ij,ij->i", query_vectors, self._encode(texts))[:, None]
-        lexical = self.bm25.pair_scores(queries, texts)[:, None]
-        return self._fuse(dense, lexical, dense_stats, lexical_stats).ravel()
-
 
 def _top_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     k = min(TEACHER_DEPTH, scores.shape[1])
@@ -135,13 +131,53 @@ def _top_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return top.mean(axis=1, keepdims=True), np.where(std > 1e-6, std, 1.0)
 
 
+@dataclass
+class InBatchTeacher:
+    """The hybrid teacher's score of any training query against any training text, on demand.
+
+    A batch of B triplets holds B(1 + n) texts, and the teacher knows how every query ranks all
+    of them, not only its own positive and negatives: `InBatchDistillationLoss` trains on all
+    of them, 2B - 1 per query at B = 32 and n = 1 instead of one, for the same forward
+    passes. Kept as base-model vectors and BM25 rows (linear in the corpus), so a batch's
+    (B x B(1 + n)) block is two small products. Scores equal `HybridTeacher`'s up to a constant
+    per query, which no margin sees. Texts 0..Q-1 are the queries' positives, Q.. the corpus.
+    """
+
+    query_vectors: np.ndarray
+    text_vectors: np.ndarray
+    query_terms: sparse.csr_matrix
+    text_weights: sparse.csr_matrix
+    lexical_scale: np.ndarray  # per query: lexical_weight * dense spread / lexical spread
+    query_docs: np.ndarray  # document index of each query
+    text_docs: np.ndarray  # document index of each text
+
+    def scores(self, queries: np.ndarray, texts: np.ndarray) -> np.ndarray:
+        dense = self.query_vectors[queries] @ self.text_vectors[texts].T
+        lexical = (self.query_terms[queries] @ self.text_weights[texts].T).toarray()
+        return (dense + self.lexical_scale[queries, None] * lexical).astype(np.float32)
+
+
+@dataclass
+class DistillationSet:
+    """Training rows (anchor, positive, negative_1..n, score, group, teacher_ids) and the teacher
+    that scores any query of them against any text of them. `score` lists the teacher's scores
+    of the row's positive and negatives; `teacher_ids` = [query, positive text, negative texts]
+    indices into `teacher`."""
+
+    rows: pl.DataFrame
+    teacher: InBatchTeacher
+
+    @property
+    def height(self) -> int:
+        return self.rows.height
+
+
 def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_per_document: int,
                           negatives_per_query: int, negative_depth: int, window_chars: int,
                           lexical_weight: float, seed: int, max_queries: int | None = None,
-                          query_source: str = "spans", progress=None) -> pl.DataFrame:
-    """(anchor, positive, negative_1..n, score, group) rows for MarginMSE; `score` lists the teacher's
-    scores of the positive and each negative. Negatives are drawn from the teacher's top
-    `negative_depth` training documents, never the query's own document."""
+                          query_source: str = "spans", progress=None) -> DistillationSet:
+    """Teacher-scored (query, positive, negatives) rows for MarginMSE. Negatives are drawn from
+    the teacher's top `negative_depth` training documents, never the query's own document."""
     say = progress or log.info
     docs = sorted(set(rows["doc_id"].cast(pl.String)))
     if len(docs) < negatives_per_query + 2:
@@ -161,26 +197,38 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
     doc_index = {d: i for i, d in enumerate(docs)}
     rng = np.random.default_rng(seed)
     q_texts, pos_texts = queries["query"].to_list(), queries["positive"].to_list()
+    n_q = len(q_texts)
     own = np.array([doc_index[d] for d in queries["doc_id"]])
-    negatives = np.empty((queries.height, negatives_per_query), dtype=np.int64)
-    neg_scores = np.empty((queries.height, negatives_per_query), dtype=np.float32)
-    pos_scores = np.empty(queries.height, dtype=np.float32)
+    pos_vectors = teacher._encode(pos_texts)
+    pos_weights = teacher.bm25.text_weights(pos_texts)
+    q_vectors = np.empty_like(pos_vectors)
+    negatives = np.empty((n_q, negatives_per_query), dtype=np.int64)
+    neg_scores = np.empty((n_q, negatives_per_query), dtype=np.float32)
+    pos_scores = np.empty(n_q, dtype=np.float32)
+    scale = np.empty(n_q, dtype=np.float64)
     depth = min(negative_depth, len(docs) - 1)
     block = 512
-    for start in range(0, queries.height, block):
-        sl = slice(start, min(start + block, queries.height))
-        scores, d_stats, l_stats, q_vec = teacher.corpus_scores(q_texts[sl])
+    for start in range(0, n_q, block):
+        sl = slice(start, min(start + block, n_q))
+        scores, d_stats, l_stats, q_vectors[sl] = teacher.corpus_scores(q_texts[sl])
         scores[np.arange(scores.shape[0]), own[sl]] = -np.inf
         ranked = np.argsort(-scores, axis=1)[:, :depth]
         for i, row in enumerate(ranked):
             pick = rng.choice(depth, size=min(negatives_per_query, depth), replace=False)
             negatives[start + i] = row[np.sort(pick)]
             neg_scores[start + i] = scores[i, negatives[start + i]]
-        pos_scores[sl] = teacher.pair_scores(q_vec, q_texts[sl], pos_texts[sl], d_stats, l_stats)
-        say(f"distillation: teacher scored {sl.stop}/{queries.height} pseudo-queries")
+        dense = np.einsum("ij,ij->i", q_vectors[sl], pos_vectors[sl])[:, None]
+        lexical = np.asarray(teacher.bm25.query_terms(q_texts[sl]).multiply(pos_weights[sl]).sum(axis=1))
+        pos_scores[sl] = teacher._fuse(dense, lexical, d_stats, l_stats).ravel()
+        scale[sl] = (lexical_weight * d_stats[1] / l_stats[1]).ravel()
+        say(f"distillation: teacher scored {sl.stop}/{n_q} pseudo-queries")
+    in_batch = InBatchTeacher(q_vectors, np.vstack([pos_vectors, teacher.corpus_vectors]),
+                              teacher.bm25.query_terms(q_texts), sparse.vstack([pos_weights, teacher.bm25.weights]).tocsr(),
+                              scale, own, np.concatenate([own, np.arange(len(docs))]))
     frame = {"anchor": q_texts, "positive": pos_texts}
     for j in range(negatives_per_query):
         frame[f"negative_{j + 1}"] = [corpus[i] for i in negatives[:, j]]
     frame["score"] = np.column_stack([pos_scores, neg_scores]).tolist()
     frame["group"] = queries["doc_id"].to_list()
-    return pl.DataFrame(frame).sample(fraction=1.0, shuffle=True, seed=seed)
+    frame["teacher_ids"] = np.column_stack([np.arange(n_q), np.arange(n_q), n_q + negatives]).tolist()
+    return DistillationSet(pl.DataFrame(frame).sample(fraction=1.0, shuffle=True, seed=seed), in_batch)

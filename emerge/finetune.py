@@ -20,7 +20,7 @@ import polars as pl
 
 from emerge.atomic import atomic_write_dir
 from emerge.config import TrainingConfig
-from emerge.distillation import distillation_triplets
+from emerge.distillation import DistillationSet, distillation_triplets
 from emerge.errors import InputError
 from emerge.pairs import build_pairs, split_by_document
 from emerge.promotion import PromotionDecision, choose_and_gate, self_retrieval_task
@@ -128,7 +128,8 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
                   "self_training_rounds": len(trained.rounds),
                   "pseudo_labelled_spans": trained.rounds[-1].pseudo_labelled}
     else:
-        stats |= {"train_pairs": rows.height, "train_groups": rows["group"].n_unique()}
+        frame = rows.rows if isinstance(rows, DistillationSet) else rows  # a DistillationSet carries its teacher
+        stats |= {"train_pairs": frame.height, "train_groups": frame["group"].n_unique()}
         result = train(rows, base_model, candidate_dir(output_dir), config, device=device, on_log=on_log)
     seconds["train"] = time.perf_counter() - t
 

@@ -65,11 +65,19 @@ class BM25Index:
         """(queries x corpus documents) BM25 scores."""
         return np.asarray((self._query_matrix(queries) @ self.weights.T).todense(), dtype=np.float32)
 
+    def query_terms(self, queries: list[str]) -> sparse.csr_matrix:
+        """(queries x vocabulary) term counts: `query_terms(q) @ text_weights(t).T` is BM25 of q on t."""
+        return self._query_matrix(queries)
+
+    def text_weights(self, texts: list[str]) -> sparse.csr_matrix:
+        """(texts x vocabulary) BM25 weights of texts that need not be in the index, with this
+        corpus' idf and average length."""
+        counts, lengths = _term_counts(tokenize(texts), self.vocab, keep_length=True)
+        return _bm25_weights(counts, lengths, self.idf, self.avgdl)
+
     def pair_scores(self, queries: list[str], texts: list[str]) -> np.ndarray:
         """BM25 of queries[i] against texts[i], with this corpus' idf and average length."""
-        counts = _term_counts(tokenize(texts), self.vocab, keep_length=True)
-        counts, lengths = counts
-        w = _bm25_weights(counts, lengths, self.idf, self.avgdl)
+        w = self.text_weights(texts)
         return np.asarray(self._query_matrix(queries).multiply(w).sum(axis=1), dtype=np.float32).ravel()
 
 

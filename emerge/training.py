@@ -5,8 +5,9 @@ Pairs train with MultipleNegativesRankingLoss: every other positive in the batch
 That is only right when no other row of the batch belongs with the anchor, so batches are
 drawn by `GroupExclusiveBatchSampler` (one row per group per batch; groups come from
 `emerge.pairs`). Rows that carry a `score` (the teacher's scores of the positive and each
-negative, `emerge.distillation`) train with MarginMSELoss instead, which compares a query only
-with its own passages.
+negative, `emerge.distillation`) train with MarginMSE instead: by default over every text of the
+batch (`emerge.distill_loss`), or with sentence-transformers' `MarginMSELoss` over the row's own
+passages only.
 """
 
 from __future__ import annotations
@@ -121,9 +122,11 @@ def mine_cross_group_negatives(model, pairs: pl.DataFrame, margin: float, batch_
     return pairs.with_columns(pl.Series("negative", negatives, dtype=pl.String))
 
 
-def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, config: TrainingConfig,
+def train(pairs, base_model: str | Path, output_dir: str | Path, config: TrainingConfig,
           device: str = "cpu", on_log: Callable[[dict], None] | None = None) -> TrainingResult:
-    """Fine-tune `base_model` on (anchor, positive[, negative]) pairs; save to `output_dir`.
+    """Fine-tune `base_model` on (anchor, positive[, negative]) pairs, or on a `DistillationSet`
+    (teacher-scored triplets; MarginMSE over the whole batch unless `distill_loss="pairwise"`);
+    save to `output_dir`.
 
     The model is saved to a temporary sibling folder and swapped into place at the end
     (`emerge.atomic`), so a killed run never leaves a half-written model where a finished one
@@ -137,6 +140,11 @@ def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, c
     from transformers import TrainerCallback, set_seed
 
     set_seed(config.seed)
+    from emerge.distillation import DistillationSet
+
+    teacher = None
+    if isinstance(pairs, DistillationSet):
+        pairs, teacher = pairs.rows, (pairs.teacher if config.distill_loss != "pairwise" else None)
     model = load_sentence_transformer(base_model, device, config.max_seq_length)
     if config.hard_negatives:
         pairs = mine_cross_group_negatives(model, pairs, config.hard_negative_margin)
@@ -145,8 +153,9 @@ def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, c
             raise InputError(f"only {pairs.height} pairs kept a hard negative; min_pairs={config.min_pairs}")
     distilled = "score" in pairs.columns  # teacher scores: MarginMSE (emerge.distillation)
     negatives = [c for c in pairs.columns if c == "negative" or c.startswith("negative_")]
-    columns = ["anchor", "positive", *negatives] + (["score"] if distilled else [])
-    dataset = Dataset.from_dict({c: pairs[c].to_list() for c in columns})
+    columns = ["anchor", "positive", *negatives]
+    labels = {"label": pairs["teacher_ids"]} if teacher is not None else {"score": pairs["score"]} if distilled else {}
+    dataset = Dataset.from_dict({c: pairs[c].to_list() for c in columns} | {k: v.to_list() for k, v in labels.items()})
     groups = pairs["group"].to_numpy()
 
     output_dir = Path(output_dir)
@@ -165,7 +174,13 @@ def train(pairs: pl.DataFrame, base_model: str | Path, output_dir: str | Path, c
         batch_sampler=functools.partial(GroupExclusiveBatchSampler, groups=groups),
         save_strategy="no", report_to="none", logging_steps=max(1, len(dataset) // config.batch_size // 10),
         use_cpu=device == "cpu", disable_tqdm=False, dataloader_num_workers=0)
-    loss = MarginMSELoss(model) if distilled else MultipleNegativesRankingLoss(model, scale=config.scale)
+    if teacher is not None:
+        from emerge.distill_loss import InBatchDistillationLoss
+
+        loss = InBatchDistillationLoss(model, teacher, kind=config.distill_loss.removeprefix("in_batch_"),
+                                    scale=config.scale)
+    else:
+        loss = MarginMSELoss(model) if distilled else MultipleNegativesRankingLoss(model, scale=config.scale)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
                                          callbacks=[_Relay()])
     out = trainer.train()

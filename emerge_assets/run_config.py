@@ -115,8 +115,8 @@ class FineTuneConfig(_ValidatedConfig):
     """Training and evaluation of `fine_tuned_model` (defaults are small enough for a CPU demo)."""
 
     model_name: str = Field(default="emerge-minilm", description="Folder name of the saved model under models/.")
-    pairing: str = Field(default=_TRAINING.pairing, description="Cluster datasets: distill (selected spans as "
-                         "pseudo-queries, MarginMSE on a base-model + BM25 teacher's scores; the measured default), "
+    pairing: str = Field(default=_TRAINING.pairing, description="Cluster datasets: distill (pseudo-queries "
+                         "ranked by a base-model + BM25 teacher, distilled into the model; the measured default), "
                          "span_context (selected span -> its document's surrounding text, span cut out), "
                          "same_document (two selected spans of one document and cluster) or same_cluster (spans of "
                          "different documents in one cluster).")
@@ -133,6 +133,10 @@ class FineTuneConfig(_ValidatedConfig):
                                 description="distill: negatives are drawn from the teacher's top this many documents.")
     lexical_weight: float = Field(default=_TRAINING.lexical_weight,
                                   description="distill: weight of BM25 beside the base model in the teacher.")
+    distill_loss: str = Field(default=_TRAINING.distill_loss, description="distill: in_batch_kl (the student's "
+                              "ranking of every text of the batch matched to the teacher's, KL; the measured default), "
+                              "in_batch_mse (raw margins to every text) or pairwise (MarginMSE on each pseudo-query's "
+                              "own negatives).")
     interpolation_weights: list[float] = Field(default=list(_TRAINING.interpolation_weights),
                                                description="WiSE-FT weights tried between base (0) and trained (1); "
                                                "the best on held-out self-retrieval is published.")
@@ -162,7 +166,7 @@ class FineTuneConfig(_ValidatedConfig):
                               query_source=self.query_source, queries_per_document=self.queries_per_document,
                               max_train_queries=self.max_train_queries,
                               negatives_per_query=self.negatives_per_query, negative_depth=self.negative_depth,
-                              lexical_weight=self.lexical_weight,
+                              lexical_weight=self.lexical_weight, distill_loss=self.distill_loss,
                               interpolation_weights=tuple(self.interpolation_weights),
                               promotion_min_gain=self.promotion_min_gain, gate=self.gate, eval_max_seq_length=self.eval_max_seq_length,
                               eval_fraction=self.eval_fraction, epochs=self.epochs, batch_size=self.batch_size,

@@ -27,7 +27,6 @@ def config_classes(assets) -> dict:
 
 def load_run_config(path: str | Path, assets) -> dict:
     """The file's run config, every asset's config validated; ConfigError on the first problem."""
-    import pydantic
     import yaml
 
     path = Path(path)
@@ -39,13 +38,21 @@ def load_run_config(path: str | Path, assets) -> dict:
         raise yaml_syntax_error("config", path, exc) from None
     if not isinstance(data, dict) or set(data) - {"ops"}:
         raise ConfigError("config", f"{path.name} must be a mapping with one key, `ops` (got {sorted(data) if isinstance(data, dict) else type(data).__name__})")
+    return validate_run_config(data, assets, path.name)
+
+
+def validate_run_config(data: dict, assets, origin: str = "run config") -> dict:
+    """`data` ({ops: {asset: {config: {...}}}}) with every asset's config built once, so the
+    engine configs' checks run now; ConfigError naming `origin`, the asset and the field."""
+    import pydantic
+
     ops = data.get("ops") or {}
     classes = config_classes(assets)
     for name, entry in ops.items():
         if name not in classes:
-            raise ConfigError("config", f"{path.name}: unknown asset {name!r}; configurable: {sorted(classes)}")
+            raise ConfigError("config", f"{origin}: unknown asset {name!r}; configurable: {sorted(classes)}")
         if not isinstance(entry, dict) or set(entry) != {"config"} or not isinstance(entry["config"], dict):
-            raise ConfigError("config", f"{path.name}: ops.{name} must be {{config: {{field: value, ...}}}}")
+            raise ConfigError("config", f"{origin}: ops.{name} must be {{config: {{field: value, ...}}}}")
         try:
             classes[name](**entry["config"])
         except ConfigError as exc:
@@ -58,6 +65,15 @@ def load_run_config(path: str | Path, assets) -> dict:
             field = ".".join(str(x) for x in first["loc"])
             raise ConfigError(f"ops.{name}.{field}", first["msg"]) from None
     return {"ops": ops}
+
+
+def check_run_before_work(context, assets) -> None:
+    """Run by the first step of a run: the whole run's config (however it was launched: the UI's
+    launchpad, a schedule, the CLI) validated before any work, so a bad `stride` for `spans` fails
+    here, not after `raw_texts` has read every source."""
+    run_config = getattr(getattr(context, "run", None), "run_config", None) or {}
+    ops = {k: v for k, v in (run_config.get("ops") or {}).items() if k in config_classes(assets)}
+    validate_run_config({"ops": ops}, assets, f"run {context.run_id[:8]}'s config")
 
 
 def for_job(run_config: dict, job) -> dict:

@@ -77,3 +77,28 @@ def test_a_valid_run_config_reaches_only_the_jobs_it_concerns(tmp_path):
                           resources=build_resources(str(tmp_path / "home"), str(SAMPLE_CORPUS)))
     assert set(for_job(config, defs.resolve_job_def("embed_sources"))["ops"]) == {"spans"}
     assert set(for_job(config, defs.resolve_job_def("export_dataset"))["ops"]) == {"curated_dataset"}
+
+
+def test_a_launched_run_with_a_bad_later_config_fails_in_its_first_step(tmp_path, tiny_model_dir):
+    """However a run is launched (UI, schedule, API), raw_texts checks every later step's config
+    before reading anything: a bad `spans` config fails the run in raw_texts, naming the field."""
+    import dagster as dg
+
+    from emerge_assets.assets.documents import raw_texts, spans
+    from emerge_assets.definitions import build_resources
+
+    (tmp_path / "in" / "notes").mkdir(parents=True)
+    (tmp_path / "in" / "notes" / "a.txt").write_text("A short note about rockets and fuel. " * 20)
+    resources = build_resources(str(tmp_path / "home"), str(tmp_path / "in"), str(tiny_model_dir), device="cpu")
+    bad = {"ops": {"spans": {"config": {"min_len": 80, "max_len": 64}}}}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("document_source", ["notes"])
+        result = dg.materialize([raw_texts, spans], partition_key="notes", instance=instance, resources=resources,
+                                run_config=bad, raise_on_error=False)
+        assert not result.success
+        failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert [e.step_key for e in failed] == ["raw_texts"]
+        assert "ops.spans.min_len" in failed[0].step_failure_data.error.cause.message
+        assert not result.asset_materializations_for_node("raw_texts")
+        good = dg.materialize([raw_texts, spans], partition_key="notes", instance=instance, resources=resources)
+        assert good.success

@@ -44,3 +44,30 @@ def test_auto_min_cluster_size_grows_with_sample():
     assert cfg.auto_min_cluster_size(100) == 5
     assert cfg.auto_min_cluster_size(10_000) == 50
     assert ClusteringConfig(min_cluster_size=7).auto_min_cluster_size(10_000) == 7
+
+
+def test_each_dagster_config_defaults_to_its_engine_configs_defaults():
+    """The launchpad's defaults are the engine's: a Dagster config built with no values must give
+    exactly the engine dataclass built with no values (one source of truth for defaults)."""
+    import dataclasses
+
+    from emerge_assets import run_config
+
+    classes = [run_config.RawTextsConfig, run_config.SpansConfig, run_config.UmapConfig, run_config.HdbscanConfig,
+               run_config.CuratedDatasetConfig, run_config.TopicScoresConfig, run_config.FineTuneConfig]
+    for cls in classes:
+        engine = cls().to_engine()
+        assert dataclasses.is_dataclass(engine), cls.__name__
+        assert engine == type(engine)(), f"{cls.__name__} defaults differ from {type(engine).__name__}'s"
+
+
+def test_topic_scores_config_defaults_are_the_scorers_defaults():
+    import inspect
+
+    from emerge.late_interaction import LateInteractionCrossEncoder
+    from emerge_assets.run_config import TopicScoresConfig
+
+    scorer = inspect.signature(LateInteractionCrossEncoder.__init__).parameters
+    config = TopicScoresConfig()
+    for name in ("relevance_threshold", "prediction_mode", "direction", "prototype_weight"):
+        assert getattr(config, name) == scorer[name].default, name

@@ -57,7 +57,7 @@ def test_distillation_triplets_cut_the_query_out_and_never_use_its_document_as_n
     rows, texts = _docs()
     model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
     triplets = distillation_triplets(rows, texts, model, queries_per_document=2, negatives_per_query=2,
-                                     negative_depth=5, window_chars=400, lexical_weight=1.0, seed=0)
+                                     negative_depth=5, window_chars=400, lexical_weight=1.0, seed=0).rows
     assert triplets.height == rows.height
     window_of = {d: t[:400].strip() for d, t in texts.items()}
     for r in triplets.iter_rows(named=True):
@@ -79,13 +79,65 @@ def test_teacher_margins_are_the_base_margins_when_bm25_weighs_nothing(tiny_mode
     rows, texts = _docs(8)
     model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
     triplets = distillation_triplets(rows, texts, model, queries_per_document=1, negatives_per_query=1,
-                                     negative_depth=3, window_chars=400, lexical_weight=0.0, seed=1)
+                                     negative_depth=3, window_chars=400, lexical_weight=0.0, seed=1).rows
     q = encode(model, triplets["anchor"].to_list())
     p = encode(model, triplets["positive"].to_list())
     n = encode(model, triplets["negative_1"].to_list())
     labels = np.array(triplets["score"].to_list())
     assert labels[:, 0] == pytest.approx(np.einsum("ij,ij->i", q, p), abs=1e-4)
     assert labels[:, 1] == pytest.approx(np.einsum("ij,ij->i", q, n), abs=1e-4)
+
+
+def test_in_batch_teacher_gives_each_rows_own_margins_and_scores_every_other_text(tiny_model_dir):
+    """The in-batch teacher must agree with the row's own teacher scores (up to a per-query
+    constant, which margins cancel) and score a query against another row's texts as the hybrid
+    does: base cosine + scaled BM25 of that text."""
+    from emerge.distillation import HybridTeacher, distillation_triplets, document_window, fit_to_tokens
+    from emerge.training import load_sentence_transformer
+
+    rows, texts = _docs(10)
+    model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
+    made = distillation_triplets(rows, texts, model, queries_per_document=1, negatives_per_query=2,
+                                 negative_depth=4, window_chars=400, lexical_weight=1.0, seed=3)
+    frame, teacher = made.rows, made.teacher
+    ids = np.array(frame["teacher_ids"].to_list())
+    scores = np.array(frame["score"].to_list())
+    for (q, *text_ids), own in zip(ids, scores):
+        got = teacher.scores(np.array([q]), np.array(text_ids))[0]
+        assert got[0] - got[1:] == pytest.approx(own[0] - own[1:], abs=1e-4)
+    # any query against the whole corpus: the hybrid's corpus scores, up to the query's constant
+    corpus = fit_to_tokens(model, [document_window(texts[d], 400) for d in sorted(texts)])
+    fused = HybridTeacher(model, corpus, 1.0).corpus_scores(frame["anchor"].head(3).to_list())[0]
+    n_q = frame.height
+    for i in range(3):
+        got = teacher.scores(np.array([ids[i, 0]]), n_q + np.arange(len(corpus)))[0]
+        assert np.ptp(got - fused[i]) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+def test_in_batch_loss_is_zero_when_the_student_is_the_teacher_and_positive_otherwise(tiny_model_dir, kind):
+    """lexical_weight 0 makes the teacher the base model: the untrained student reproduces every
+    in-batch margin (loss 0); a teacher that adds BM25 disagrees with it (loss > 0)."""
+    import torch
+
+    from emerge.distill_loss import InBatchDistillationLoss
+    from emerge.distillation import distillation_triplets
+    from emerge.training import load_sentence_transformer
+
+    rows, texts = _docs(10)
+    model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
+    model.eval()
+    losses = {}
+    for weight in (0.0, 1.0):
+        made = distillation_triplets(rows, texts, model, queries_per_document=1, negatives_per_query=1,
+                                     negative_depth=4, window_chars=400, lexical_weight=weight, seed=0)
+        batch = made.rows.head(6)
+        features = [model.tokenize(batch[c].to_list()) for c in ("anchor", "positive", "negative_1")]
+        labels = torch.tensor(batch["teacher_ids"].to_list(), dtype=torch.float32)
+        with torch.no_grad():
+            losses[weight] = float(InBatchDistillationLoss(model, made.teacher, kind=kind)(features, labels))
+    assert losses[0.0] == pytest.approx(0.0, abs=1e-6)
+    assert losses[1.0] > 1e-4
 
 
 def test_interpolation_is_the_weighted_mean_of_the_weights(tiny_model_dir):
@@ -175,3 +227,25 @@ def test_leading_sentences_take_the_opening_line_or_sentence_as_the_query():
     assert q["a"]["positive"] == "Recent studies suggest statins delay recurrence."
     assert q["b"]["query"].endswith("models ?") and q["b"]["positive"].startswith("the models")
     assert "c" not in q and "d" not in q  # an opening under 3 words, or no opening at all
+
+
+@pytest.mark.parametrize("loss", ["in_batch_kl", "in_batch_mse", "pairwise"])
+def test_every_distillation_loss_trains_the_model(tiny_model_dir, tmp_path, loss):
+    """Each loss reads its labels (teacher ids or scores) from the rows and moves the weights."""
+    import torch
+
+    from emerge.distillation import distillation_triplets
+    from emerge.training import load_sentence_transformer, train
+
+    rows, texts = _docs(16)
+    model = load_sentence_transformer(tiny_model_dir, "cpu", 32)
+    made = distillation_triplets(rows, texts, model, queries_per_document=1, negatives_per_query=1,
+                                 negative_depth=4, window_chars=400, lexical_weight=1.0, seed=0)
+    config = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, distill_loss=loss)
+    result = train(made, tiny_model_dir, tmp_path / "m", config)
+    tuned = load_sentence_transformer(result.model_dir, "cpu")
+    assert result.steps > 0 and np.isfinite(result.train_loss)
+    changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(), tuned.state_dict().values())]
+    assert any(changed)
+    with pytest.raises(ConfigError, match="distill_loss"):
+        TrainingConfig(distill_loss="listwise")

@@ -19,6 +19,10 @@ from emerge_resources import EmbeddingModelResource, EmergeStorage
           description="Every input file/record of one source folder: kept documents and skips with reasons. "
                       "Requested by the source_inbox sensor when the folder's files change.")
 def raw_texts(context: dg.AssetExecutionContext, config: RawTextsConfig, storage: EmergeStorage) -> dg.Output:
+    from emerge_assets.definitions import ASSETS
+    from emerge_assets.run_file import check_run_before_work
+
+    check_run_before_work(context, ASSETS)  # the first step: every later step's config, checked now
     return for_each_source(context, lambda source: read_raw_texts(context, config, storage, source))
 
 

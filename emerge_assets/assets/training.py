@@ -154,9 +154,10 @@ def _gate_check(asset: str) -> list[dg.AssetCheckSpec]:
 @dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool=GPU_POOL, check_specs=_gate_check("fine_tuned_model"),
           ins={"curated_dataset": dg.AssetIn(), "raw_texts": ALL_SOURCES},
           description="all-MiniLM-L6-v2 (or the embedding_model resource's model) fine-tuned on the curated "
-                      "cluster dataset: selected spans as pseudo-queries, MarginMSE on a base-model + BM25 teacher "
-                      "(pairing distill, default), interpolated with its base (WiSE-FT) and published only if it "
-                      "beats the base on held-out documents; base vs fine-tuned in MLflow.")
+                      "cluster dataset: each document's opening sentence as a pseudo-query, the student trained to "
+                      "rank every text of its batch as a base-model + BM25 teacher does (pairing distill, default), "
+                      "interpolated with its base (WiSE-FT) and published only if it beats the base on held-out "
+                      "documents; base vs fine-tuned in MLflow.")
 def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, curated_dataset: pl.DataFrame,
                      raw_texts: dict, storage: EmergeStorage, embedding_model: EmbeddingModelResource,
                      mlflow: MlflowTracking) -> dg.MaterializeResult:
