@@ -260,7 +260,7 @@ def as_dict(config) -> dict:
 PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
 QUERY_SOURCES = ("spans", "leading_sentence")
 DISTILL_LOSSES = ("in_batch_kl", "in_batch_mse", "pairwise")
-# distill's MarginMSE moves normalised-cosine margins, so it needs a larger step than MNRL's pairs;
+# distill moves normalised-cosine scores, so it needs a larger step than MNRL's pairs;
 # WiSE-FT interpolation then takes back what the larger step costs (BENCHMARKS.md, domain adaptation)
 DEFAULT_LEARNING_RATES = {"distill": 1e-4, "span_context": 2e-5, "same_document": 2e-5, "same_cluster": 2e-5}
 
@@ -271,12 +271,13 @@ class TrainingConfig:
 
     `pairing` decides what the model learns from (see `emerge.distillation`, `emerge.pairs`):
     `distill` (default) turns pseudo-queries into (query, positive, negatives) triplets scored
-    by a base-model + BM25 teacher (`lexical_weight`) and trains with MarginMSE; its queries are
+    by a base-model + BM25 teacher (`lexical_weight`) and distils the teacher; its queries are
     the selected spans (`query_source="spans"`, up to `queries_per_document`) or each document's
     opening line or sentence (`"leading_sentence"`), at most `max_train_queries`, with
     `negatives_per_query` negatives drawn from the teacher's top `negative_depth` documents;
-    `distill_loss="in_batch"` matches the teacher's margins against every text of the batch
-    (`emerge.distill_loss`), `"pairwise"` only against the row's own negatives.
+    `distill_loss="in_batch_kl"` matches the student's ranking of every text of the batch to the
+    teacher's (`emerge.distill_loss`), `"in_batch_mse"` the raw margins to every text, `"pairwise"`
+    (MarginMSE) only the margins to the row's own negatives.
     `span_context` pairs each selected span with its document's surrounding text, the span cut
     out (`context_chars` of context); `same_document` pairs two selected spans of one document
     and label; `same_cluster` pairs spans of different documents in one cluster (recipe A; no

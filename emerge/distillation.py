@@ -176,7 +176,7 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
                           negatives_per_query: int, negative_depth: int, window_chars: int,
                           lexical_weight: float, seed: int, max_queries: int | None = None,
                           query_source: str = "spans", progress=None) -> DistillationSet:
-    """Teacher-scored (query, positive, negatives) rows for MarginMSE. Negatives are drawn from
+    """Teacher-scored (query, positive, negatives) rows for distillation. Negatives are drawn from
     the teacher's top `negative_depth` training documents, never the query's own document."""
     say = progress or log.info
     docs = sorted(set(rows["doc_id"].cast(pl.String)))

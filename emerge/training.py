@@ -1,13 +1,13 @@
-"""Fine-tuning with sentence-transformers' `SentenceTransformerTrainer`: MNRL on pairs, MarginMSE
+"""Fine-tuning with sentence-transformers' `SentenceTransformerTrainer`: MNRL on pairs, distillation
 on teacher-scored triplets.
 
 Pairs train with MultipleNegativesRankingLoss: every other positive in the batch is a negative.
 That is only right when no other row of the batch belongs with the anchor, so batches are
 drawn by `GroupExclusiveBatchSampler` (one row per group per batch; groups come from
 `emerge.pairs`). Rows that carry a `score` (the teacher's scores of the positive and each
-negative, `emerge.distillation`) train with MarginMSE instead: by default over every text of the
-batch (`emerge.distill_loss`), or with sentence-transformers' `MarginMSELoss` over the row's own
-passages only.
+negative, `emerge.distillation`) learn the teacher instead: by default its ranking of every text
+of the batch (`emerge.distill_loss`), or sentence-transformers' `MarginMSELoss` over the row's own
+passages only (`distill_loss="pairwise"`).
 """
 
 from __future__ import annotations
@@ -125,8 +125,7 @@ def mine_cross_group_negatives(model, pairs: pl.DataFrame, margin: float, batch_
 def train(pairs, base_model: str | Path, output_dir: str | Path, config: TrainingConfig,
           device: str = "cpu", on_log: Callable[[dict], None] | None = None) -> TrainingResult:
     """Fine-tune `base_model` on (anchor, positive[, negative]) pairs, or on a `DistillationSet`
-    (teacher-scored triplets; MarginMSE over the whole batch unless `distill_loss="pairwise"`);
-    save to `output_dir`.
+    (teacher-scored triplets, trained with `config.distill_loss`); save to `output_dir`.
 
     The model is saved to a temporary sibling folder and swapped into place at the end
     (`emerge.atomic`), so a killed run never leaves a half-written model where a finished one
@@ -139,9 +138,9 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
     from sentence_transformers.sentence_transformer.losses import MarginMSELoss, MultipleNegativesRankingLoss
     from transformers import TrainerCallback, set_seed
 
-    set_seed(config.seed)
     from emerge.distillation import DistillationSet
 
+    set_seed(config.seed)
     teacher = None
     if isinstance(pairs, DistillationSet):
         pairs, teacher = pairs.rows, (pairs.teacher if config.distill_loss != "pairwise" else None)

@@ -276,7 +276,10 @@ def test_a_model_made_worse_is_not_promoted_and_the_previous_one_stays(pipeline_
     meta, _, _ = train_and_read_run(pipeline_run, fine_tuned_model)
     weights = Path(meta["model_path"]) / "model.safetensors"
     before = hashlib.sha256(weights.read_bytes()).hexdigest()
-    wrecked = {**SMALL_TRAINING, "learning_rate": 0.9, "epochs": 3, "gate": True, "interpolation_weights": [1.0]}
+    # lr 0.9 on MarginMSE's few margins wrecks the weights; the tiny random BERT's self-retrieval is
+    # near chance, so a softer wreck (the in-batch loss) can land above its base by luck
+    wrecked = {**SMALL_TRAINING, "learning_rate": 0.9, "epochs": 3, "gate": True, "interpolation_weights": [1.0],
+               "distill_loss": "pairwise"}
     result = dg.materialize(ASSETS, selection=[fine_tuned_model], instance=pipeline_run["instance"],
                             resources=pipeline_run["resources"],
                             run_config={"ops": {"fine_tuned_model": {"config": wrecked}}})
