@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, machine, warm_up_numba  # noqa: E402
 
-from emerge.config import PAIRINGS, TrainingConfig  # noqa: E402
+from emerge.config import DISTILL_LOSSES, PAIRINGS, TrainingConfig  # noqa: E402
 
 
 def curate_corpus(texts: list[str], min_len: int, max_len: int, stride: int, seed: int):
@@ -85,8 +85,9 @@ def main(argv=None) -> int:
     p.add_argument("--query-source", default=defaults.query_source, choices=["spans", "leading_sentence"])
     p.add_argument("--max-train-queries", type=int, default=defaults.max_train_queries)
     p.add_argument("--negatives-per-query", type=int, default=defaults.negatives_per_query)
-    p.add_argument("--distill-loss", default=defaults.distill_loss, choices=["in_batch_kl", "in_batch_mse", "pairwise"],
-                   help="distill: MarginMSE over every text of the batch, or over each row's own negatives")
+    p.add_argument("--distill-loss", default=defaults.distill_loss, choices=list(DISTILL_LOSSES),
+                   help="distill: KL to the teacher's ranking of every text of the batch, raw margins to every "
+                        "text (mse), or MarginMSE on each row's own negatives (pairwise)")
     p.add_argument("--lexical-weight", type=float, default=defaults.lexical_weight)
     p.add_argument("--interpolation-weights", type=float, nargs="+", default=list(defaults.interpolation_weights))
     p.add_argument("--teacher-only", action="store_true",

@@ -201,6 +201,7 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
     own = np.array([doc_index[d] for d in queries["doc_id"]])
     pos_vectors = teacher._encode(pos_texts)
     pos_weights = teacher.bm25.text_weights(pos_texts)
+    q_terms = teacher.bm25.query_terms(q_texts)  # tokenised once: the positives' BM25 and the in-batch teacher
     q_vectors = np.empty_like(pos_vectors)
     negatives = np.empty((n_q, negatives_per_query), dtype=np.int64)
     neg_scores = np.empty((n_q, negatives_per_query), dtype=np.float32)
@@ -218,12 +219,12 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
             negatives[start + i] = row[np.sort(pick)]
             neg_scores[start + i] = scores[i, negatives[start + i]]
         dense = np.einsum("ij,ij->i", q_vectors[sl], pos_vectors[sl])[:, None]
-        lexical = np.asarray(teacher.bm25.query_terms(q_texts[sl]).multiply(pos_weights[sl]).sum(axis=1))
+        lexical = np.asarray(q_terms[sl].multiply(pos_weights[sl]).sum(axis=1))
         pos_scores[sl] = teacher._fuse(dense, lexical, d_stats, l_stats).ravel()
         scale[sl] = (lexical_weight * d_stats[1] / l_stats[1]).ravel()
         say(f"distillation: teacher scored {sl.stop}/{n_q} pseudo-queries")
     in_batch = InBatchTeacher(q_vectors, np.vstack([pos_vectors, teacher.corpus_vectors]),
-                              teacher.bm25.query_terms(q_texts), sparse.vstack([pos_weights, teacher.bm25.weights]).tocsr(),
+                              q_terms, sparse.vstack([pos_weights, teacher.bm25.weights]).tocsr(),
                               scale, own, np.concatenate([own, np.arange(len(docs))]))
     frame = {"anchor": q_texts, "positive": pos_texts}
     for j in range(negatives_per_query):
