@@ -10,7 +10,8 @@ remaining TRAIN texts are the unlabelled pool (their labels are never read); wit
 seeded `--eval-fraction` of them, per category, is held out as the labelled evaluation part and
 taken out of the pool. Labels are read only by the final scoring. With --none-label, that
 category is not a topic: its evaluation texts measure "none of the topics" (out-of-scope recall
-where in-scope accuracy is `--oos-at-accuracy`, and at the scorer's relevance threshold).
+where in-scope accuracy is `--oos-at-accuracy`, at the model's own relevance threshold (a self-trained
+model saves one, see `emerge.self_training`) and at the default 0.4).
 
 Four classifiers, one run, one packaged all-MiniLM-L6-v2: the base model's prototype+name
 classifier (cosine to the normalised sum of the example vectors and the name vector) and
@@ -96,8 +97,8 @@ def main(argv=None) -> int:
 
     from emerge.config import EncoderConfig
     from emerge.encoder import l2_normalise, load_encoder, packaged_model_path
-    from emerge.late_interaction import LateInteractionCrossEncoder
-    from emerge.self_training import SelfTrainingConfig, self_train
+    from emerge.late_interaction import DEFAULT_RELEVANCE_THRESHOLD, LateInteractionCrossEncoder
+    from emerge.self_training import SelfTrainingConfig, model_relevance_threshold, self_train
     from emerge.topics import Topic
 
     t_start = time.perf_counter()
@@ -113,9 +114,9 @@ def main(argv=None) -> int:
     gold = np.array([l for _, l in evaluation], dtype=object)
     in_scope = gold != args.none_label
     overrides = {k: v for k, v in {"rounds": args.rounds, "per_topic": args.per_topic,
-                                    "min_relevance": args.min_relevance, "learning_rate": args.learning_rate,
-                                    "epochs": args.epochs}.items() if v is not None}
-    config = dataclasses.replace(SelfTrainingConfig(seed=args.seed), **overrides)
+                                    "min_relevance": args.min_relevance}.items() if v is not None}
+    training = {k: v for k, v in {"learning_rate": args.learning_rate, "epochs": args.epochs}.items() if v is not None}
+    config = dataclasses.replace(SelfTrainingConfig(), **overrides).with_training(seed=args.seed, **training)
 
     def report(pred_idx: np.ndarray, confidence: np.ndarray, threshold: float | None = None) -> dict:
         pred = np.array([labels[i] for i in pred_idx], dtype=object)
@@ -125,10 +126,14 @@ def main(argv=None) -> int:
             correct = pred == gold
             out["oos_at_accuracy"] = oos_at_accuracy(correct, confidence, in_scope, args.oos_at_accuracy)
             if threshold is not None:
-                accepted = confidence >= threshold
-                out["at_threshold"] = {"threshold": threshold,
-                                       "in_scope_accuracy": round(float((correct & accepted)[in_scope].mean()), 4),
-                                       "oos_recall": round(float((~accepted)[~in_scope].mean()), 4)}
+                def at(th: float) -> dict:
+                    accepted = confidence >= th
+                    return {"threshold": round(float(th), 4),
+                            "in_scope_accuracy": round(float((correct & accepted)[in_scope].mean()), 4),
+                            "oos_recall": round(float((~accepted)[~in_scope].mean()), 4)}
+
+                out["at_threshold"] = at(threshold)  # the model's own (a self-trained model saves one)
+                out["at_default_threshold"] = at(DEFAULT_RELEVANCE_THRESHOLD)  # what a fixed 0.4 would give
         return out
 
     def evaluate(model_dir) -> dict:
@@ -139,7 +144,9 @@ def main(argv=None) -> int:
                                        for i, l in enumerate(labels)]))
         sims = x @ proto.T
         t0 = time.perf_counter()
-        scorer = LateInteractionCrossEncoder(topics=topics, prediction_mode="independent").prepare(encoder)
+        scorer = LateInteractionCrossEncoder(topics=topics, prediction_mode="independent",
+                                             relevance_threshold=model_relevance_threshold(
+                                                 model_dir, DEFAULT_RELEVANCE_THRESHOLD)).prepare(encoder)
         best, relevance = scorer.decide(scorer.score_texts(texts))
         return {"prototype": report(sims.argmax(axis=1), sims.max(axis=1)),
                 "emerge": report(best, relevance, scorer.relevance_threshold),
@@ -165,6 +172,8 @@ def main(argv=None) -> int:
               "base_prototype": base["prototype"], "base_emerge": base["emerge"],
               "self_trained_prototype": last["prototype"], "self_trained_emerge": last["emerge"],
               "rounds": config.rounds, "per_round": per_round, "self_training": st.as_dict()["rounds"],
+              "relevance_threshold": {"base": st.base_relevance_threshold, "self_trained": st.relevance_threshold,
+                                      "none_share_of_unlabelled": st.none_share},
               "wall_s": round(time.perf_counter() - t_start, 1)}
     return emit(result, args.out)
 

@@ -18,6 +18,14 @@ import numpy as np
 DEFAULT_MIN_SIMILARITY = 0.8
 
 
+def check_min_similarity(min_similarity: float, field: str = "min_similarity") -> None:
+    """ConfigError unless `min_similarity` (a cosine) is within [0, 1]."""
+    from emerge.errors import ConfigError
+
+    if not 0.0 <= float(min_similarity) <= 1.0:
+        raise ConfigError(field, f"must be within [0, 1], got {min_similarity!r}")
+
+
 @dataclass
 class IdAssignment:
     """How a refit's raw HDBSCAN labels became stable ids."""
@@ -54,8 +62,7 @@ def match_cluster_ids(new_centroids: dict[int, np.ndarray], previous_centroids: 
     cluster is new. The assignment maximises the total cosine similarity
     (`scipy.optimize.linear_sum_assignment`); pairs below `min_similarity` are dropped.
     """
-    if not 0.0 <= min_similarity <= 1.0:
-        raise ValueError(f"min_similarity: must be within [0, 1], got {min_similarity!r}")
+    check_min_similarity(min_similarity)
     previous_centroids = previous_centroids or {}
     raw = sorted(new_centroids)
     old = sorted(previous_centroids)

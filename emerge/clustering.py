@@ -125,6 +125,16 @@ class ClusteringPipeline:
             self.fit_embedding_ = self.reducer.fit_transform(vectors).astype(np.float32)
         return self
 
+    @classmethod
+    def from_reducer(cls, projected: "ClusteringPipeline", config: ClusteringConfig | None = None) -> "ClusteringPipeline":
+        """A new pipeline on `projected`'s fitted UMAP (and its fit coordinates), with `config`'s
+        HDBSCAN settings, ready for `fit_clusterer`: a refit of the clusters never re-runs UMAP."""
+        if projected.reducer is None:
+            raise RuntimeError("the projected pipeline has no fitted UMAP (fit_reducer first)")
+        pipeline = cls(config or projected.config)
+        pipeline.reducer, pipeline.fit_embedding_ = projected.reducer, projected.fit_embedding_
+        return pipeline
+
     def fit_clusterer(self, vectors: np.ndarray, coords: np.ndarray | None = None) -> "ClusteringPipeline":
         """HDBSCAN on the UMAP coordinates of the fit sample; `vectors` give the centroids."""
         import hdbscan

@@ -27,6 +27,32 @@ def fit_clustering(spans: pl.DataFrame, vectors: np.ndarray, config: ClusteringC
     return pipeline, sample
 
 
+def cluster_projected_sample(projected: ClusteringPipeline, sample: pl.DataFrame, min_cluster_size: int | None,
+                             min_samples: int | None, previous: ClusteringPipeline | None = None,
+                             min_similarity: float = DEFAULT_MIN_SIMILARITY):
+    """HDBSCAN on a fit sample that UMAP has already projected (rows with `coords`, `embedding`
+    and `text_span`), so trying another `min_cluster_size` re-runs seconds of HDBSCAN, not UMAP.
+    Clusters keep `previous`'s ids where a centroid matches, and get titles.
+
+    Returns (pipeline, id assignment, the sample's rows without coords and vectors, plus
+    cluster_id, cluster_title and membership)."""
+    from dataclasses import replace
+
+    from emerge.embedding import vectors_of
+
+    pipeline = ClusteringPipeline.from_reducer(projected, replace(projected.config, min_cluster_size=min_cluster_size,
+                                                                  min_samples=min_samples))
+    pipeline.fit_clusterer(vectors_of(sample), coords=sample["coords"].to_numpy())
+    ids = pipeline.assign_stable_ids(previous, min_similarity)
+    title_clusters(pipeline, sample["text_span"].to_list())
+    labels = pipeline.fit_labels_
+    rows = sample.drop("coords", "embedding").with_columns(
+        pl.Series("cluster_id", labels, dtype=pl.Int64),
+        pl.Series("cluster_title", [pipeline.titles.get(int(c), NOISE_TITLE) for c in labels.tolist()]),
+        pl.Series("membership", pipeline.fit_strengths_, dtype=pl.Float32))
+    return pipeline, ids, rows
+
+
 def title_clusters(pipeline: ClusteringPipeline, fit_texts: list[str]) -> None:
     """Set keyphrases and titles from the fit sample's texts (non-overlapping, so no word is
     counted many times over by dense spans)."""

@@ -24,7 +24,7 @@ from emerge.distillation import DistillationSet, distillation_triplets
 from emerge.errors import InputError
 from emerge.pairs import build_pairs, split_by_document
 from emerge.promotion import PromotionDecision, choose_and_gate, self_retrieval_task
-from emerge.self_training import SelfTrainingConfig, self_train
+from emerge.self_training import SelfTrainingConfig, default_scorer, self_train, write_matched_threshold
 from emerge.retrieval import (BeirCollection, evaluate_beir, evaluate_label_retrieval, label_retrieval_task,
                               sanity_table)
 from emerge.training import TrainingResult, load_sentence_transformer, train
@@ -119,7 +119,8 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
 
     t = time.perf_counter()
     if topic_mode:
-        trained = self_train(topics or topics_from_dataset(dataset), train_rows["text_span"].to_list(), base_model,
+        trained_topics = topics or topics_from_dataset(dataset)
+        trained = self_train(trained_topics, train_rows["text_span"].to_list(), base_model,
                              candidate_dir(output_dir), _self_training_config(config, self_training),
                              docs=train_rows["doc_id"].cast(pl.String).to_list(), device=device, progress=say,
                              on_log=on_log)
@@ -144,6 +145,10 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     if decision is None or decision.promoted:
         chosen.max_seq_length = chosen.emerge_window  # publish with the model's own window, not training's
         atomic_write_dir(Path(output_dir), lambda tmp: chosen.save(str(tmp)))
+        if topic_mode:  # the published model (perhaps an interpolation) gets its own "none" threshold
+            stats["relevance_threshold"] = write_matched_threshold(
+                output_dir, default_scorer(trained_topics, device)(output_dir), trained.threshold_texts,
+                trained.none_share, trained.base_relevance_threshold)
     shutil.rmtree(result.model_dir, ignore_errors=True)
     seconds["gate"] = time.perf_counter() - t
     if decision is not None:
@@ -187,13 +192,11 @@ def topics_from_dataset(dataset: pl.DataFrame):
 
 
 def _self_training_config(config: TrainingConfig, self_training: SelfTrainingConfig | None) -> SelfTrainingConfig:
-    """The topic recipe's selection settings, trained with the run's epochs, batch, length and seed."""
-    import dataclasses
-
+    """The topic recipe's selection settings, trained with the run's epochs, batch, length and seed
+    (and its learning rate when one is set; else self-training's own)."""
     base = self_training or SelfTrainingConfig()
-    return dataclasses.replace(base, epochs=config.epochs, batch_size=config.batch_size,
-                               max_seq_length=config.max_seq_length, seed=config.seed,
-                               learning_rate=config.learning_rate or base.learning_rate)
+    return base.with_training(epochs=config.epochs, batch_size=config.batch_size, max_seq_length=config.max_seq_length,
+                              seed=config.seed, learning_rate=config.learning_rate or base.training.learning_rate)
 
 
 def candidate_dir(output_dir: str | Path) -> Path:

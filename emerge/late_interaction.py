@@ -122,6 +122,31 @@ class _Calibration:
     hi: np.ndarray   # (T,) typical raw score of the topic's own (held-out) examples
 
 
+DEFAULT_RELEVANCE_THRESHOLD = 0.4
+PREDICTION_MODES = ("late_chunking", "independent")
+DIRECTIONS = ("both", "topic_to_span", "span_to_topic")
+TOKEN_WEIGHTINGS = ("topic_idf", "none")
+
+
+def check_scorer_options(relevance_threshold: float = DEFAULT_RELEVANCE_THRESHOLD, prediction_mode: str = "late_chunking",
+                         direction: str = "both", token_weighting: str = "topic_idf",
+                         prototype_weight: float = 0.5) -> None:
+    """The scorer's own checks, callable before any topic or model exists (the Dagster config
+    runs them when a run is launched). ConfigError names the field."""
+    from emerge.errors import ConfigError
+
+    if not 0.0 <= float(relevance_threshold) <= 1.0:
+        raise ConfigError("relevance_threshold", f"must be within [0, 1], got {relevance_threshold!r}")
+    if prediction_mode not in PREDICTION_MODES:
+        raise ConfigError("prediction_mode", f"must be 'late_chunking' or 'independent', got {prediction_mode!r}")
+    if direction not in DIRECTIONS:
+        raise ConfigError("direction", f"must be both, topic_to_span or span_to_topic, got {direction!r}")
+    if token_weighting not in TOKEN_WEIGHTINGS:
+        raise ConfigError("token_weighting", f"must be topic_idf or none, got {token_weighting!r}")
+    if not 0.0 <= float(prototype_weight) <= 1.0:
+        raise ConfigError("prototype_weight", f"must be within [0, 1], got {prototype_weight!r}")
+
+
 class LateInteractionCrossEncoder:
     """Labels spans with user topics by late-interaction scoring, calibrated to [0, 1].
 
@@ -145,26 +170,16 @@ class LateInteractionCrossEncoder:
     export_columns = TOPIC_COLUMNS
     needs_token_embeddings = True
 
-    def __init__(self, config=None, topics=(), relevance_threshold: float = 0.4,
+    def __init__(self, config=None, topics=(), relevance_threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
                  prediction_mode: str = "late_chunking", model=None, tokenizer=None, direction: str = "both",
                  token_weighting: str = "topic_idf", prototype_weight: float = 0.5,
                  part_weights: tuple[float, float, float] = (0.25, 0.25, 0.5)):
         from emerge.config import AnalyzerConfig
-        from emerge.errors import ConfigError
         from emerge.topics import validate_topics
 
         self.config = config or AnalyzerConfig()
         self.topics = validate_topics(topics)
-        if not 0.0 <= float(relevance_threshold) <= 1.0:
-            raise ConfigError("relevance_threshold", f"must be within [0, 1], got {relevance_threshold!r}")
-        if prediction_mode not in ("late_chunking", "independent"):
-            raise ConfigError("prediction_mode", f"must be 'late_chunking' or 'independent', got {prediction_mode!r}")
-        if direction not in ("both", "topic_to_span", "span_to_topic"):
-            raise ConfigError("direction", f"must be both, topic_to_span or span_to_topic, got {direction!r}")
-        if token_weighting not in ("topic_idf", "none"):
-            raise ConfigError("token_weighting", f"must be topic_idf or none, got {token_weighting!r}")
-        if not 0.0 <= prototype_weight <= 1.0:
-            raise ConfigError("prototype_weight", f"must be within [0, 1], got {prototype_weight!r}")
+        check_scorer_options(relevance_threshold, prediction_mode, direction, token_weighting, prototype_weight)
         self.relevance_threshold = float(relevance_threshold)
         self.prediction_mode = prediction_mode
         self.direction = direction

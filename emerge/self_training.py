@@ -13,10 +13,20 @@ Batches are topic-exclusive (`emerge.training.GroupExclusiveBatchSampler`, group
 in-batch negative is always a text of another topic. Low-relevance and unlabelled texts never
 become positives. The next round re-scores the texts with the model just trained, so labels the
 base model got wrong can be corrected before they are trained on again.
+
+Contrastive training spreads the topics apart, which stretches the calibrated scale: with the
+self-trained model more texts clear a fixed `relevance_threshold`, so fewer are "none of the
+topics" (on CLINC150 out-of-scope recall at 0.4 fell from 0.59 to 0.43 on `val.csv`). The
+trained model therefore gets its own threshold, chosen without a label: the one at which the
+same share of the user's unlabelled texts is "none" as under the base model at its threshold
+(`write_matched_threshold`). It is saved beside the model (`RELEVANCE_FILE`) and read by
+`model_relevance_threshold`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -33,6 +43,14 @@ from emerge.topics import Topic, validate_topics
 
 log = logging.getLogger(__name__)
 
+RELEVANCE_FILE = "emerge_relevance.json"  # the self-trained model's relevance threshold and how it was set
+
+
+def self_training_defaults() -> TrainingConfig:
+    """How self-training fine-tunes, as measured (BENCHMARKS.md, self-training; BANKING77 seed 0):
+    MNRL on topic pairs in topic-exclusive batches of 64, learning rate 5e-5, one epoch."""
+    return TrainingConfig(pairing="same_cluster", batch_size=64, learning_rate=5e-5, min_pairs=2)
+
 
 @dataclass(frozen=True)
 class SelfTrainingConfig:
@@ -42,34 +60,39 @@ class SelfTrainingConfig:
     1 = as close as the topic's own examples); among those, `per_topic` texts with the largest
     margin over the runner-up topic are kept per topic and round. `pairs_per_text` draws that
     many pairs per kept text (one with a topic anchor, the others with same-topic texts).
+    `threshold_sample` unlabelled texts (at most) are re-scored with the final model to set its
+    relevance threshold (see the module docstring). `training` is how each round fine-tunes
+    (epochs, batch, learning rate, length, seed: one `TrainingConfig`, its checks included);
+    `with_training(...)` changes some of it.
     """
 
     rounds: int = 1
     per_topic: int = 64
     min_relevance: float = 0.5
     pairs_per_text: int = 2
-    epochs: int = 1
-    batch_size: int = 64
-    learning_rate: float = 5e-5
-    max_seq_length: int = 128
-    seed: int = 42
+    threshold_sample: int = 2000
+    training: TrainingConfig = field(default_factory=self_training_defaults)
 
     def __post_init__(self):
-        for name in ("rounds", "per_topic", "pairs_per_text", "epochs", "max_seq_length"):
+        for name in ("rounds", "per_topic", "pairs_per_text", "threshold_sample"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(name, f"must be an integer >= 1, got {value!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 2:
-            raise ConfigError("batch_size", f"must be an integer >= 2, got {self.batch_size!r}")
         if not 0.0 <= float(self.min_relevance) <= 1.0:
             raise ConfigError("min_relevance", f"must be within [0, 1], got {self.min_relevance!r}")
-        if not 0.0 < float(self.learning_rate) < 1.0:
-            raise ConfigError("learning_rate", f"must be within (0, 1), got {self.learning_rate!r}")
+        if not isinstance(self.training, TrainingConfig):
+            raise ConfigError("training", f"must be a TrainingConfig, got {type(self.training).__name__}")
+
+    @property
+    def seed(self) -> int:
+        return self.training.seed
+
+    def with_training(self, **changes) -> "SelfTrainingConfig":
+        """This config with some training settings changed (e.g. `learning_rate=1e-4, seed=1`)."""
+        return dataclasses.replace(self, training=dataclasses.replace(self.training, **changes))
 
     def training_config(self, round_index: int = 0) -> TrainingConfig:
-        return TrainingConfig(pairing="same_cluster", epochs=self.epochs, batch_size=self.batch_size,
-                              learning_rate=self.learning_rate, max_seq_length=self.max_seq_length,
-                              seed=self.seed + round_index, min_pairs=2)
+        return dataclasses.replace(self.training, seed=self.training.seed + round_index)
 
 
 def topic_text(topic: Topic) -> str:
@@ -108,6 +131,14 @@ def self_training_pairs(topics: list[Topic], texts: list[str], labels: np.ndarra
     return pl.DataFrame(rows, schema=["anchor", "positive", "group"], orient="row")
 
 
+def model_relevance_threshold(model_dir: str | Path, default: float | None) -> float | None:
+    """The relevance threshold saved with a self-trained model, else `default`."""
+    path = Path(model_dir) / RELEVANCE_FILE
+    if not path.is_file():
+        return default
+    return float(json.loads(path.read_text(encoding="utf-8"))["relevance_threshold"])
+
+
 @dataclass
 class RoundReport:
     round: int
@@ -123,9 +154,15 @@ class SelfTrainingReport:
     model_dir: Path
     rounds: list[RoundReport] = field(default_factory=list)
     training: object = None  # the last round's emerge.training.TrainingResult
+    relevance_threshold: float | None = None  # the trained model's own (see `write_matched_threshold`)
+    threshold_texts: list[str] = field(default_factory=list)  # the texts that set it
+    base_relevance_threshold: float | None = None
+    none_share: float | None = None  # share of the re-scored texts below the threshold (both models)
 
     def as_dict(self) -> dict:
-        return {"model_dir": str(self.model_dir), "rounds": [r.__dict__ for r in self.rounds]}
+        return {"model_dir": str(self.model_dir), "rounds": [r.__dict__ for r in self.rounds],
+                "relevance_threshold": self.relevance_threshold,
+                "base_relevance_threshold": self.base_relevance_threshold, "none_share": self.none_share}
 
 
 ScorerFactory = Callable[[str | Path], object]
@@ -159,11 +196,14 @@ def self_train(topics, texts: list[str], base_model: str | Path, output_dir: str
     output_dir = Path(output_dir)
     report = SelfTrainingReport(output_dir)
     current = Path(base_model)
+    base_relevance = base_threshold = None
     for r in range(config.rounds):
         t0 = time.perf_counter()
         labeller = scorer(current)
         raw = labeller.score_texts(texts)
         best, relevance = labeller.decide(raw)
+        if r == 0:
+            base_relevance, base_threshold = relevance, float(labeller.relevance_threshold)
         margin = _margin(raw)
         rows = confident_rows(best, relevance, margin, len(topics), config.per_topic, config.min_relevance)
         labels = np.full(len(texts), -1, np.int64)
@@ -183,9 +223,40 @@ def self_train(topics, texts: list[str], base_model: str | Path, output_dir: str
         report.training = result
         report.rounds.append(RoundReport(r + 1, len(rows), covered, pairs.height,
                                          result.train_loss, round(time.perf_counter() - t0, 2)))
+        if r == config.rounds - 1:
+            _set_relevance_threshold(report, scorer(target), texts, base_relevance, base_threshold, config, say)
         if on_round:
             on_round(r + 1, target)
     return report
+
+
+def _set_relevance_threshold(report: SelfTrainingReport, labeller, texts: list[str], base_relevance: np.ndarray,
+                             base_threshold: float, config: SelfTrainingConfig, say) -> None:
+    """Fix the "none" share on a seeded sample of the texts and save the final model's threshold."""
+    rng = np.random.default_rng(config.seed)
+    sample = np.sort(rng.choice(len(texts), size=min(config.threshold_sample, len(texts)), replace=False))
+    report.threshold_texts = [texts[i] for i in sample]
+    report.none_share = round(float(np.mean(base_relevance[sample] < base_threshold)), 4)
+    report.base_relevance_threshold = base_threshold
+    report.relevance_threshold = write_matched_threshold(report.model_dir, labeller, report.threshold_texts,
+                                                         report.none_share, base_threshold)
+    say(f"self-training: relevance threshold {report.relevance_threshold:.3f} for the trained model (base "
+        f"{base_threshold:.2f}; {100 * report.none_share:.1f}% of {len(sample)} unlabelled texts fit no topic)")
+
+
+def write_matched_threshold(model_dir: str | Path, labeller, texts: list[str], none_share: float,
+                            base_threshold: float) -> float:
+    """Score `texts` with `labeller` (the model in `model_dir`), take the threshold that leaves
+    `none_share` of them below it, and save it beside the model (`RELEVANCE_FILE`). Also for a
+    published interpolation of the trained model, which ranks differently from the trained one."""
+    _, relevance = labeller.decide(labeller.score_texts(texts))
+    threshold = round(float(np.clip(np.quantile(np.asarray(relevance, np.float64), none_share), 0.0, 1.0))
+                      if len(relevance) else float(base_threshold), 4)
+    (Path(model_dir) / RELEVANCE_FILE).write_text(json.dumps({
+        "relevance_threshold": threshold, "base_relevance_threshold": base_threshold, "none_share": none_share,
+        "texts": len(texts), "rule": "the share of unlabelled texts below it equals the base model's share "
+        "below its own threshold"}, indent=2), encoding="utf-8")
+    return threshold
 
 
 def _margin(raw: np.ndarray) -> np.ndarray:
@@ -199,11 +270,11 @@ def default_scorer(topics: list[Topic], device: str = "cpu", **scorer_kwargs) ->
     """A factory of Emerge late-interaction scorers (independent mode) for a model directory."""
     from emerge.config import EncoderConfig
     from emerge.encoder import load_encoder
-    from emerge.late_interaction import LateInteractionCrossEncoder
+    from emerge.late_interaction import DEFAULT_RELEVANCE_THRESHOLD, LateInteractionCrossEncoder
 
     def make(model_dir):
         encoder = load_encoder(EncoderConfig(model_name_or_path=str(model_dir), device=device, batch_size=64))
-        return LateInteractionCrossEncoder(topics=topics, prediction_mode="independent",
-                                           **scorer_kwargs).prepare(encoder)
+        options = {"relevance_threshold": model_relevance_threshold(model_dir, DEFAULT_RELEVANCE_THRESHOLD), **scorer_kwargs}
+        return LateInteractionCrossEncoder(topics=topics, prediction_mode="independent", **options).prepare(encoder)
 
     return make

@@ -10,12 +10,12 @@ The logic is in `emerge.validation`; this module only wires it.
 import dagster as dg
 import numpy as np
 import polars as pl
-from pydantic import Field
 
 from emerge import validation
 from emerge_assets.assets.clustering import ALL_SOURCES
 from emerge_assets.metadata import markdown_table
 from emerge_assets.partitions import document_source
+from emerge_assets.run_config import ClusterBounds, LabelBalanceBounds
 from emerge_resources import EmergeStorage
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
@@ -101,12 +101,6 @@ def raw_texts_account_for_every_file(context: dg.AssetCheckExecutionContext, raw
     return result(problems)
 
 
-class ClusterBounds(dg.Config):
-    max_noise_fraction: float = Field(default=0.5, description="Warn above this share of fit spans marked noise.")
-    min_size_balance: float = Field(default=0.05, description="Warn below this smallest/largest cluster size.")
-    min_clusters: int = Field(default=2, description="Warn with fewer clusters than this.")
-
-
 @dg.asset_check(asset="hdbscan_clusters",
                 description="Noise fraction and cluster-size balance of the fit within the configured bounds "
                             "(warns: a lopsided clustering needs a look, e.g. another min_cluster_size).")
@@ -142,11 +136,6 @@ def curated_dataset_schema(curated_dataset: pl.DataFrame) -> dg.AssetCheckResult
     if df.height == 0:
         problems.append("no rows")
     return result(problems, rows=df.height, columns=", ".join(df.columns))
-
-
-class LabelBalanceBounds(dg.Config):
-    max_label_share: float = Field(default=0.6, description="Warn when one cluster holds more than this share.")
-    min_label_balance: float = Field(default=0.02, description="Warn below this smallest/largest label count.")
 
 
 @dg.asset_check(asset="curated_dataset",

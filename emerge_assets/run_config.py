@@ -1,175 +1,262 @@
 """Run configuration of the assets (what the Dagster launchpad shows), mapped onto engine configs.
 
-Each class builds its engine config as soon as Dagster constructs it, so an invalid value fails
-the step before any input is loaded, with the engine's message naming the field.
+Each class names the engine config it mirrors (`engine`); its defaults are read from that
+config (`engine_default`) and `to_engine` passes every field the two share straight through,
+so a default or a new field lives in one place, the engine. The Dagster class only adds what
+the launchpad needs: a type Dagster can show, a description, and asset-only fields (a model
+or dataset name). The engine config is built as soon as Dagster constructs the class, so an
+invalid value fails the step before any input is loaded, with the engine's message naming the
+field.
 """
 
-from typing import Optional
+import dataclasses
+import inspect
+from typing import ClassVar, Literal, Optional
 
 import dagster as dg
 from pydantic import Field
 
-from emerge.config import ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig, TrainingConfig
+from emerge.cluster_ids import DEFAULT_MIN_SIMILARITY
+from emerge.config import (AnalyzerConfig, ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig,
+                           TrainingConfig)
 
-_TRAINING = TrainingConfig()
+
+def engine_default(engine: type, name: str, description: str | None = None):
+    """A pydantic Field whose default is the engine's default for `name` (a dataclass field or a
+    keyword of the engine's constructor); tuples become lists, which Dagster config can hold."""
+    if dataclasses.is_dataclass(engine):
+        value = getattr(engine(), name)
+    else:
+        value = inspect.signature(engine.__init__).parameters[name].default
+    return Field(default=list(value) if isinstance(value, tuple) else value, description=description)
 
 
-class _ValidatedConfig(dg.Config):
+class _EngineConfig(dg.Config):
+    engine: ClassVar[type]
+
     def model_post_init(self, __context) -> None:
         self.to_engine()
 
-    def to_engine(self):  # pragma: no cover - every subclass overrides
-        raise NotImplementedError
-
-
-class RawTextsConfig(_ValidatedConfig):
-    text_field: str = Field(default="text", description="Text column/field of .jsonl, .csv and .parquet files.")
-    id_field: Optional[str] = Field(default="id", description="Record id column/field (row number when absent).")
-    normalization: str = Field(default="NFC", description="Unicode normal form: NFC, NFKC, NFD or NFKD.")
-    max_doc_chars: int = Field(default=1_000_000, description="Longer documents are skipped as too_long.")
-    deduplicate: bool = Field(default=True, description="Skip documents whose text repeats an earlier one.")
-
-    def to_engine(self) -> IngestConfig:
-        return IngestConfig(text_field=self.text_field, id_field=self.id_field, normalization=self.normalization,
-                            max_doc_chars=self.max_doc_chars, deduplicate=self.deduplicate)
-
-
-class SpansConfig(_ValidatedConfig):
-    min_len: int = Field(default=16, description="Shortest span, in model tokens.")
-    max_len: int = Field(default=64, description="Longest span, in model tokens.")
-    stride: int = Field(default=8, description="Tokens between consecutive span starts.")
-    length_step: Optional[int] = Field(default=None, description="Step between span lengths (default: stride).")
-
-    def to_engine(self) -> SpanConfig:
-        return SpanConfig(min_len=self.min_len, max_len=self.max_len, stride=self.stride,
-                          length_step=self.length_step)
-
-
-class UmapConfig(_ValidatedConfig):
-    n_components: int = Field(default=5, description="UMAP output dimensions fed to HDBSCAN.")
-    n_neighbors: int = Field(default=15, description="UMAP neighbourhood size.")
-    min_dist: float = Field(default=0.0)
-    metric: str = Field(default="cosine")
-    max_fit_spans: int = Field(default=10_000, description="Upper bound on spans the models are fitted on.")
-    max_fit_spans_per_doc: int = Field(default=8, description="Non-overlapping spans per document in the fit.")
-    random_state: Optional[int] = Field(default=42, description="Seed; null = faster, non-reproducible.")
-    transform: str = Field(default="knn", description="How span_clusters places new spans in UMAP space: knn "
-                           "(weighted mean of nearest fit spans, fast) or umap (UMAP.transform).")
-
-    def to_engine(self) -> ClusteringConfig:
-        return ClusteringConfig(n_components=self.n_components, n_neighbors=self.n_neighbors,
-                                min_dist=self.min_dist, metric=self.metric, max_fit_spans=self.max_fit_spans,
-                                max_fit_spans_per_doc=self.max_fit_spans_per_doc, random_state=self.random_state,
-                                transform=self.transform)
-
-
-class HdbscanConfig(_ValidatedConfig):
-    min_cluster_size: Optional[int] = Field(default=None, description="null = about sqrt(fit spans)/2, >= 5.")
-    min_samples: Optional[int] = Field(default=None)
-
-    def to_engine(self) -> ClusteringConfig:
-        return ClusteringConfig(min_cluster_size=self.min_cluster_size, min_samples=self.min_samples)
-
-
-class CuratedDatasetConfig(_ValidatedConfig):
-    quality_threshold: float = Field(default=0.5, description="Minimum span quality in [0, 1].")
-    min_relevance: float = Field(default=0.0, description="Minimum relevance in [0, 1].")
-    max_spans_per_cluster: Optional[int] = Field(default=None, description="Cap per cluster (best first).")
-    near_duplicate_threshold: float = Field(default=0.95, description="Cosine above which a span is a duplicate.")
-    include_noise: bool = Field(default=False, description="Keep spans HDBSCAN marks as noise (cluster -1).")
-    target_len: Optional[int] = Field(default=None, description="Preferred span length in tokens.")
-    dataset_name: str = Field(default="curated_spans", description="File stem under <storage>/datasets/.")
-
-    def to_engine(self) -> SelectionConfig:
-        return SelectionConfig(quality_threshold=self.quality_threshold, min_relevance=self.min_relevance,
-                               target_len=self.target_len, max_spans_per_cluster=self.max_spans_per_cluster,
-                               near_duplicate_threshold=self.near_duplicate_threshold,
-                               include_noise=self.include_noise)
-
-
-class TopicScoresConfig(_ValidatedConfig):
-    relevance_threshold: float = Field(default=0.4, description="Calibrated score below which a span has no topic.")
-    prediction_mode: str = Field(default="late_chunking", description="late_chunking (document context, no extra "
-                                 "transformer pass) or independent (each span encoded alone).")
-    direction: str = Field(default="both", description="MaxSim direction: both, topic_to_span or span_to_topic.")
-    prototype_weight: float = Field(default=0.5, description="Weight of cosine to the topic prototype vs MaxSim.")
-    min_len: int = Field(default=1, description="Shortest span (tokens) to score.")
-    max_len: int = Field(default=512, description="Longest span (tokens) to score.")
+    def engine_values(self) -> dict:
+        """This config's values for the fields its engine config has (lists back to tuples)."""
+        names = {f.name for f in dataclasses.fields(self.engine)}
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.__dict__.items() if k in names}
 
     def to_engine(self):
-        from emerge.config import AnalyzerConfig
-        from emerge.errors import ConfigError
-
-        if not 0.0 <= self.relevance_threshold <= 1.0:
-            raise ConfigError("relevance_threshold", f"must be within [0, 1], got {self.relevance_threshold!r}")
-        if self.prediction_mode not in ("late_chunking", "independent"):
-            raise ConfigError("prediction_mode", f"must be late_chunking or independent, got {self.prediction_mode!r}")
-        if self.direction not in ("both", "topic_to_span", "span_to_topic"):
-            raise ConfigError("direction", f"must be both, topic_to_span or span_to_topic, got {self.direction!r}")
-        if not 0.0 <= self.prototype_weight <= 1.0:
-            raise ConfigError("prototype_weight", f"must be within [0, 1], got {self.prototype_weight!r}")
-        return AnalyzerConfig(min_len=self.min_len, max_len=self.max_len)
+        return self.engine(**self.engine_values())
 
 
-class FineTuneConfig(_ValidatedConfig):
+class RawTextsConfig(_EngineConfig):
+    engine: ClassVar[type] = IngestConfig
+    text_field: str = engine_default(IngestConfig, "text_field", "Text column/field of .jsonl, .csv and .parquet files.")
+    id_field: Optional[str] = engine_default(IngestConfig, "id_field", "Record id column/field (row number when absent).")
+    normalization: Literal["NFC", "NFKC", "NFD", "NFKD"] = engine_default(IngestConfig, "normalization",
+                                                                          "Unicode normal form.")
+    max_doc_chars: int = engine_default(IngestConfig, "max_doc_chars", "Longer documents are skipped as too_long.")
+    min_doc_chars: int = engine_default(IngestConfig, "min_doc_chars", "Shorter documents (after stripping) are "
+                                        "skipped as empty.")
+    deduplicate: bool = engine_default(IngestConfig, "deduplicate", "Skip documents whose text repeats an earlier one.")
+
+
+class SpansConfig(_EngineConfig):
+    engine: ClassVar[type] = SpanConfig
+    min_len: int = engine_default(SpanConfig, "min_len", "Shortest span, in model tokens.")
+    max_len: int = engine_default(SpanConfig, "max_len", "Longest span, in model tokens.")
+    stride: int = engine_default(SpanConfig, "stride", "Tokens between consecutive span starts.")
+    length_step: Optional[int] = engine_default(SpanConfig, "length_step", "Step between span lengths (default: stride).")
+
+
+class UmapConfig(_EngineConfig):
+    engine: ClassVar[type] = ClusteringConfig
+    n_components: int = engine_default(ClusteringConfig, "n_components", "UMAP output dimensions fed to HDBSCAN.")
+    n_neighbors: int = engine_default(ClusteringConfig, "n_neighbors", "UMAP neighbourhood size.")
+    min_dist: float = engine_default(ClusteringConfig, "min_dist")
+    metric: str = engine_default(ClusteringConfig, "metric")
+    max_fit_spans: int = engine_default(ClusteringConfig, "max_fit_spans", "Upper bound on spans the models are fitted on.")
+    max_fit_spans_per_doc: int = engine_default(ClusteringConfig, "max_fit_spans_per_doc",
+                                                "Non-overlapping spans per document in the fit.")
+    random_state: Optional[int] = engine_default(ClusteringConfig, "random_state",
+                                                 "Seed; null = faster, non-reproducible.")
+    transform: Literal["knn", "umap"] = engine_default(ClusteringConfig, "transform", "How span_clusters places new "
+                                                       "spans in UMAP space: knn (weighted mean of nearest fit spans, "
+                                                       "fast) or umap (UMAP.transform).")
+
+
+class HdbscanConfig(_EngineConfig):
+    engine: ClassVar[type] = ClusteringConfig
+    min_cluster_size: Optional[int] = engine_default(ClusteringConfig, "min_cluster_size",
+                                                     "null = about sqrt(fit spans)/2, >= 5.")
+    min_samples: Optional[int] = engine_default(ClusteringConfig, "min_samples")
+
+
+class HdbscanClustersConfig(HdbscanConfig):
+    id_match_min_similarity: float = Field(default=DEFAULT_MIN_SIMILARITY, description="Cosine between centroids above which a "
+                                           "refit's cluster keeps the previous fit's id; below it the cluster "
+                                           "gets a fresh id.")
+
+    def to_engine(self):
+        from emerge.cluster_ids import check_min_similarity
+
+        check_min_similarity(self.id_match_min_similarity, "id_match_min_similarity")
+        return super().to_engine()
+
+
+class CuratedDatasetConfig(_EngineConfig):
+    engine: ClassVar[type] = SelectionConfig
+    quality_threshold: float = engine_default(SelectionConfig, "quality_threshold", "Minimum span quality in [0, 1].")
+    min_relevance: float = engine_default(SelectionConfig, "min_relevance", "Minimum relevance in [0, 1].")
+    max_spans_per_cluster: Optional[int] = engine_default(SelectionConfig, "max_spans_per_cluster",
+                                                          "Cap per cluster (best first).")
+    near_duplicate_threshold: float = engine_default(SelectionConfig, "near_duplicate_threshold",
+                                                     "Cosine above which a span is a duplicate.")
+    include_noise: bool = engine_default(SelectionConfig, "include_noise",
+                                         "Keep spans HDBSCAN marks as noise (cluster -1).")
+    target_len: Optional[int] = engine_default(SelectionConfig, "target_len", "Preferred span length in tokens.")
+    dataset_name: str = Field(default="curated_spans", description="File stem under <storage>/datasets/.")
+
+
+class CuratedTopicDatasetConfig(CuratedDatasetConfig):
+    dataset_name: str = Field(default="topic_spans", description="File stem under <storage>/datasets/.")
+
+
+def _scorer_default(name: str, description: str | None = None):
+    from emerge.late_interaction import LateInteractionCrossEncoder
+
+    return engine_default(LateInteractionCrossEncoder, name, description)
+
+
+class TopicScoresConfig(_EngineConfig):
+    """The scorer's options (`emerge.late_interaction.LateInteractionCrossEncoder`) and the span
+    bounds of its `AnalyzerConfig`."""
+
+    engine: ClassVar[type] = AnalyzerConfig
+    relevance_threshold: Optional[float] = Field(default=None, description="Calibrated score below which a span "
+                                                 "has no topic; null = the embedding model's own (a self-trained "
+                                                 "model carries one in emerge_relevance.json), else 0.4.")
+    prediction_mode: Literal["late_chunking", "independent"] = _scorer_default(
+        "prediction_mode", "late_chunking (document context, no extra transformer pass) or independent (each "
+        "span encoded alone).")
+    direction: Literal["both", "topic_to_span", "span_to_topic"] = _scorer_default("direction", "MaxSim direction.")
+    prototype_weight: float = _scorer_default("prototype_weight", "Weight of cosine to the topic prototype vs MaxSim.")
+    min_len: int = engine_default(AnalyzerConfig, "min_len", "Shortest span (tokens) to score.")
+    max_len: int = engine_default(AnalyzerConfig, "max_len", "Longest span (tokens) to score.")
+
+    def scorer_options(self, model_threshold: float | None = None) -> dict:
+        """The scorer's keyword arguments; `model_threshold` (the model's saved one) fills an unset threshold."""
+        from emerge.late_interaction import DEFAULT_RELEVANCE_THRESHOLD
+
+        threshold = self.relevance_threshold
+        if threshold is None:
+            threshold = DEFAULT_RELEVANCE_THRESHOLD if model_threshold is None else model_threshold
+        return {"relevance_threshold": threshold, "prediction_mode": self.prediction_mode,
+                "direction": self.direction, "prototype_weight": self.prototype_weight}
+
+    def to_engine(self) -> AnalyzerConfig:
+        from emerge.late_interaction import check_scorer_options
+
+        check_scorer_options(**self.scorer_options())
+        return super().to_engine()
+
+
+def _training_default(name: str, description: str | None = None):
+    return engine_default(TrainingConfig, name, description)
+
+
+class FineTuneConfig(_EngineConfig):
     """Training and evaluation of `fine_tuned_model` (defaults are small enough for a CPU demo)."""
 
+    engine: ClassVar[type] = TrainingConfig
     model_name: str = Field(default="emerge-minilm", description="Folder name of the saved model under models/.")
-    pairing: str = Field(default=_TRAINING.pairing, description="Cluster datasets: distill (pseudo-queries "
-                         "ranked by a base-model + BM25 teacher, distilled into the model; the measured default), "
-                         "span_context (selected span -> its document's surrounding text, span cut out), "
-                         "same_document (two selected spans of one document and cluster) or same_cluster (spans of "
-                         "different documents in one cluster).")
-    context_chars: int = Field(default=1200, description="distill/span_context: characters of document around the span.")
-    query_source: str = Field(default=_TRAINING.query_source, description="distill: pseudo-queries are the "
-                              "selected spans (spans) or each document's opening line/sentence (leading_sentence).")
-    queries_per_document: int = Field(default=_TRAINING.queries_per_document,
-                                      description="distill: pseudo-queries (selected spans) per training document.")
-    max_train_queries: Optional[int] = Field(default=_TRAINING.max_train_queries, description="distill: most "
-                                             "pseudo-queries trained on (bounds training time on large corpora).")
-    negatives_per_query: int = Field(default=_TRAINING.negatives_per_query,
-                                     description="distill: teacher-mined negatives per pseudo-query.")
-    negative_depth: int = Field(default=_TRAINING.negative_depth,
-                                description="distill: negatives are drawn from the teacher's top this many documents.")
-    lexical_weight: float = Field(default=_TRAINING.lexical_weight,
-                                  description="distill: weight of BM25 beside the base model in the teacher.")
-    distill_loss: str = Field(default=_TRAINING.distill_loss, description="distill: in_batch_kl (the student's "
-                              "ranking of every text of the batch matched to the teacher's, KL; the measured default), "
-                              "in_batch_mse (raw margins to every text) or pairwise (MarginMSE on each pseudo-query's "
-                              "own negatives).")
-    interpolation_weights: list[float] = Field(default=list(_TRAINING.interpolation_weights),
-                                               description="WiSE-FT weights tried between base (0) and trained (1); "
-                                               "the best on held-out self-retrieval is published.")
-    promotion_min_gain: float = Field(default=_TRAINING.promotion_min_gain, description="The candidate must beat "
-                                      "the base's held-out self-retrieval MRR@10 by more than this to become current.")
-    gate: bool = Field(default=True, description="Publish only a candidate that beats its base (false: always publish).")
-    eval_max_seq_length: Optional[int] = Field(default=None, description="Evaluation window (default: the model's own).")
-    pairs_per_label: int = Field(default=2000, description="Most pairs per cluster/topic, highest relevance first.")
-    min_pairs: int = Field(default=16, description="Fewer training pairs than this fails the step.")
-    eval_fraction: float = Field(default=0.2, description="Share of documents held out from training for evaluation.")
-    epochs: int = Field(default=1)
-    batch_size: int = Field(default=32, description="Pairs per batch; the rest of the batch are the negatives.")
-    learning_rate: Optional[float] = Field(default=None, description="null = the recipe's default (distill 1e-4, "
-                                           "pair recipes 2e-5).")
-    warmup_ratio: float = Field(default=0.1)
-    max_seq_length: int = Field(default=128, description="Tokens per text in training (evaluation uses the model's window).")
-    hard_negatives: bool = Field(default=False, description="Add one mined negative from another group per pair.")
-    hard_negative_margin: float = Field(default=0.1, description="Skip negatives within this cosine of the positive.")
-    seed: int = Field(default=42)
+    pairing: Literal["distill", "span_context", "same_document", "same_cluster"] = _training_default(
+        "pairing", "Cluster datasets: distill (pseudo-queries ranked by a base-model + BM25 teacher, distilled into "
+        "the model; the measured default), span_context (selected span -> its document's surrounding text, span "
+        "cut out), same_document (two selected spans of one document and cluster) or same_cluster (spans of "
+        "different documents in one cluster).")
+    context_chars: int = _training_default("context_chars", "distill/span_context: characters of document around "
+                                           "the span.")
+    query_source: Literal["spans", "leading_sentence"] = _training_default(
+        "query_source", "distill: pseudo-queries are the selected spans (spans) or each document's opening "
+        "line/sentence (leading_sentence).")
+    queries_per_document: int = _training_default("queries_per_document", "distill: pseudo-queries (selected "
+                                                  "spans) per training document.")
+    max_train_queries: Optional[int] = _training_default("max_train_queries", "distill: most pseudo-queries "
+                                                         "trained on (bounds training time on large corpora).")
+    negatives_per_query: int = _training_default("negatives_per_query", "distill: teacher-mined negatives per "
+                                                 "pseudo-query.")
+    negative_depth: int = _training_default("negative_depth", "distill: negatives are drawn from the teacher's "
+                                            "top this many documents.")
+    lexical_weight: float = _training_default("lexical_weight", "distill: weight of BM25 beside the base model "
+                                              "in the teacher.")
+    distill_loss: Literal["in_batch_kl", "in_batch_mse", "pairwise"] = _training_default(
+        "distill_loss", "distill: in_batch_kl (the student's ranking of every text of the batch matched to the "
+        "teacher's, KL; the measured default), in_batch_mse (raw margins to every text) or pairwise (MarginMSE on "
+        "each pseudo-query's own negatives).")
+    interpolation_weights: list[float] = _training_default("interpolation_weights", "WiSE-FT weights tried "
+                                                           "between base (0) and trained (1); the best on held-out "
+                                                           "self-retrieval is published.")
+    promotion_min_gain: float = _training_default("promotion_min_gain", "The candidate must beat the base's "
+                                                  "held-out self-retrieval MRR@10 by more than this to become current.")
+    gate: bool = _training_default("gate", "Publish only a candidate that beats its base (false: always publish).")
+    eval_max_seq_length: Optional[int] = _training_default("eval_max_seq_length", "Evaluation window (default: "
+                                                           "the model's own).")
+    pairs_per_label: int = _training_default("pairs_per_label", "Most pairs per cluster/topic, highest relevance first.")
+    min_pairs: int = _training_default("min_pairs", "Fewer training pairs than this fails the step.")
+    eval_fraction: float = _training_default("eval_fraction", "Share of documents held out from training for "
+                                             "evaluation.")
+    epochs: int = _training_default("epochs")
+    batch_size: int = _training_default("batch_size", "Pairs per batch; the rest of the batch are the negatives.")
+    learning_rate: Optional[float] = _training_default("learning_rate", "null = the recipe's default (distill "
+                                                       "1e-4, pair recipes 2e-5).")
+    warmup_ratio: float = _training_default("warmup_ratio")
+    max_seq_length: int = _training_default("max_seq_length", "Tokens per text in training (evaluation uses the "
+                                            "model's window).")
+    scale: float = _training_default("scale", "Similarity scale (temperature) of the contrastive and KL losses.")
+    hard_negatives: bool = _training_default("hard_negatives", "Add one mined negative from another group per pair.")
+    hard_negative_margin: float = _training_default("hard_negative_margin", "Skip negatives within this cosine "
+                                                    "of the positive.")
+    seed: int = _training_default("seed")
     beir_dir: Optional[str] = Field(default=None, description="Optional evaluation set in BEIR layout (corpus.jsonl, "
                                     "queries.jsonl, qrels/<split>.tsv), scored for base and fine-tuned.")
     beir_split: str = Field(default="test")
 
-    def to_engine(self):
 
-        return TrainingConfig(pairing=self.pairing, context_chars=self.context_chars, pairs_per_label=self.pairs_per_label, min_pairs=self.min_pairs,
-                              query_source=self.query_source, queries_per_document=self.queries_per_document,
-                              max_train_queries=self.max_train_queries,
-                              negatives_per_query=self.negatives_per_query, negative_depth=self.negative_depth,
-                              lexical_weight=self.lexical_weight, distill_loss=self.distill_loss,
-                              interpolation_weights=tuple(self.interpolation_weights),
-                              promotion_min_gain=self.promotion_min_gain, gate=self.gate, eval_max_seq_length=self.eval_max_seq_length,
-                              eval_fraction=self.eval_fraction, epochs=self.epochs, batch_size=self.batch_size,
-                              learning_rate=self.learning_rate, warmup_ratio=self.warmup_ratio,
-                              max_seq_length=self.max_seq_length, hard_negatives=self.hard_negatives,
-                              hard_negative_margin=self.hard_negative_margin, seed=self.seed)
+def _self_training_default(name: str, description: str | None = None):
+    from emerge.self_training import SelfTrainingConfig, self_training_defaults
+
+    if name in {f.name for f in dataclasses.fields(TrainingConfig)}:  # how each round trains
+        return Field(default=getattr(self_training_defaults(), name), description=description)
+    return engine_default(SelfTrainingConfig, name, description)
+
+
+class FineTuneTopicConfig(FineTuneConfig):
+    """`fine_tuned_topic_model`: self-training on the topics (see `emerge.self_training`)."""
+
+    model_name: str = Field(default="emerge-minilm-topics", description="Folder name of the saved model under models/.")
+    batch_size: int = _self_training_default("batch_size", "Pairs per batch, one per topic at most.")
+    rounds: int = _self_training_default("rounds", "Self-training rounds: score the spans, keep the confident "
+                                         "ones, fine-tune; the next round re-scores with the model just trained.")
+    per_topic: int = _self_training_default("per_topic", "Most pseudo-labelled spans per topic and round (largest "
+                                            "margin over the runner-up topic first).")
+    min_relevance: float = _self_training_default("min_relevance", "Calibrated relevance a span needs to become a "
+                                                  "training positive.")
+
+    def self_training(self):
+        from emerge.self_training import SelfTrainingConfig
+
+        return SelfTrainingConfig(rounds=self.rounds, per_topic=self.per_topic, min_relevance=self.min_relevance)
+
+    def to_engine(self):
+        self.self_training()
+        return super().to_engine()
+
+
+# Asset-check bounds: they have no engine config, so they are declared here in full.
+class ClusterBounds(dg.Config):
+    max_noise_fraction: float = Field(default=0.5, description="Warn above this share of fit spans marked noise.")
+    min_size_balance: float = Field(default=0.05, description="Warn below this smallest/largest cluster size.")
+    min_clusters: int = Field(default=2, description="Warn with fewer clusters than this.")
+
+
+class LabelBalanceBounds(dg.Config):
+    max_label_share: float = Field(default=0.6, description="Warn when one cluster holds more than this share.")
+    min_label_balance: float = Field(default=0.02, description="Warn below this smallest/largest label count.")

@@ -264,6 +264,11 @@ def test_fine_tuned_topic_model_self_trains_on_the_topics(pipeline_run):
     # the MLflow run spans the work (opened before training), not only the logging at the end
     assert run.info.end_time - run.info.start_time >= 1000 * sum(meta["seconds"].values()) * 0.99
     assert "heldout.fine_tuned.ndcg_at_10" in run.data.metrics
+    if meta["promoted"]:  # the published model carries its own "none of the topics" threshold
+        from emerge.self_training import model_relevance_threshold
+
+        saved = model_relevance_threshold(meta["model_path"], None)
+        assert saved is not None and saved == meta["relevance_threshold"]
 
 
 def test_a_model_made_worse_is_not_promoted_and_the_previous_one_stays(pipeline_run):
@@ -276,16 +281,18 @@ def test_a_model_made_worse_is_not_promoted_and_the_previous_one_stays(pipeline_
     meta, _, _ = train_and_read_run(pipeline_run, fine_tuned_model)
     weights = Path(meta["model_path"]) / "model.safetensors"
     before = hashlib.sha256(weights.read_bytes()).hexdigest()
-    # lr 0.9 on MarginMSE's few margins wrecks the weights; the tiny random BERT's self-retrieval is
-    # near chance, so a softer wreck (the in-batch loss) can land above its base by luck
+    # lr 0.9 wrecks the weights, but the tiny random BERT's self-retrieval is near chance, so a wrecked
+    # model can still land above its base by luck (0.1429 vs 0.0966 on one machine): the gate is asked
+    # for a gain no MRR can reach, so this tests the asset's not-promoted path deterministically. That
+    # the gate's comparison rejects a model that really is worse is tested in test_distillation.py.
     wrecked = {**SMALL_TRAINING, "learning_rate": 0.9, "epochs": 3, "gate": True, "interpolation_weights": [1.0],
-               "distill_loss": "pairwise"}
+               "distill_loss": "pairwise", "promotion_min_gain": 1.0}
     result = dg.materialize(ASSETS, selection=[fine_tuned_model], instance=pipeline_run["instance"],
                             resources=pipeline_run["resources"],
                             run_config={"ops": {"fine_tuned_model": {"config": wrecked}}})
     assert result.success
     meta = metadata_of(result, fine_tuned_model)
-    assert meta["promoted"] is False and meta["current_model"] == "previous"
+    assert meta["promoted"] is False and meta["current_model"] == "previous", meta["promotion"]
     assert "not promoted" in meta["promotion"]
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == before
     (check,) = result.get_asset_check_evaluations()

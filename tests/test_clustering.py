@@ -158,3 +158,24 @@ def test_vectorised_approximate_predict_equals_hdbscans(seed):
     assert (want_labels == -1).any()
     np.testing.assert_array_equal(labels, want_labels)
     np.testing.assert_allclose(prob, want_prob, atol=1e-12)
+
+
+def test_clustering_a_projected_sample_takes_new_hdbscan_settings_without_touching_the_projection(fitted):
+    """`hdbscan_clusters` refits on `umap_projection`'s saved UMAP: the new min_cluster_size is
+    used, the projected pipeline keeps its own config, and the rows carry the fit's labels."""
+    from emerge.discovery import NOISE_TITLE, cluster_projected_sample
+
+    pipe, x, y = fitted
+    sample = pl.DataFrame({"doc_id": [str(i) for i in range(len(x))], "text_span": [f"span {c}" for c in y]}).with_columns(
+        pl.Series("coords", pipe.fit_embedding_, dtype=pl.Array(pl.Float32, pipe.fit_embedding_.shape[1])),
+        pl.Series("embedding", x, dtype=pl.Array(pl.Float32, x.shape[1])))
+    coarse, ids, rows = cluster_projected_sample(pipe, sample, min_cluster_size=70, min_samples=None)
+    assert pipe.config.min_cluster_size == 10 and coarse.config.min_cluster_size == 70
+    assert coarse.reducer is pipe.reducer
+    assert len(coarse.cluster_ids) < len(pipe.cluster_ids)  # 60-span blobs cannot each be a 70-span cluster
+    assert rows.columns == ["doc_id", "text_span", "cluster_id", "cluster_title", "membership"]
+    assert rows["cluster_id"].to_list() == coarse.fit_labels_.tolist()
+    noise = rows.filter(pl.col("cluster_id") < 0)["cluster_title"].unique().to_list()
+    assert noise in ([], [NOISE_TITLE])
+    _, _, same = cluster_projected_sample(pipe, sample, min_cluster_size=10, min_samples=None)
+    assert adjusted_rand_score(same["cluster_id"].to_list(), pipe.fit_labels_) == 1.0

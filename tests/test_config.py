@@ -54,7 +54,8 @@ def test_each_dagster_config_defaults_to_its_engine_configs_defaults():
     from emerge_assets import run_config
 
     classes = [run_config.RawTextsConfig, run_config.SpansConfig, run_config.UmapConfig, run_config.HdbscanConfig,
-               run_config.CuratedDatasetConfig, run_config.TopicScoresConfig, run_config.FineTuneConfig]
+               run_config.HdbscanClustersConfig, run_config.CuratedDatasetConfig,
+               run_config.CuratedTopicDatasetConfig, run_config.TopicScoresConfig, run_config.FineTuneConfig]
     for cls in classes:
         engine = cls().to_engine()
         assert dataclasses.is_dataclass(engine), cls.__name__
@@ -69,5 +70,44 @@ def test_topic_scores_config_defaults_are_the_scorers_defaults():
 
     scorer = inspect.signature(LateInteractionCrossEncoder.__init__).parameters
     config = TopicScoresConfig()
+    options = config.scorer_options()
     for name in ("relevance_threshold", "prediction_mode", "direction", "prototype_weight"):
-        assert getattr(config, name) == scorer[name].default, name
+        assert options[name] == scorer[name].default, name
+    assert config.relevance_threshold is None  # unset: the model's own threshold, if it has one
+    assert config.scorer_options(model_threshold=0.55)["relevance_threshold"] == 0.55
+    assert TopicScoresConfig(relevance_threshold=0.3).scorer_options(model_threshold=0.55)["relevance_threshold"] == 0.3
+
+
+def test_every_engine_field_reaches_the_launchpad_and_back():
+    """A field added to an engine config shows up in the Dagster config without a hand copy, and a
+    value set in the launchpad is the value the engine gets (lists become the engine's tuples)."""
+    import dataclasses
+
+    from emerge.config import ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig, TrainingConfig
+    from emerge_assets import run_config as rc
+
+    mirrors = {IngestConfig: [rc.RawTextsConfig], SpanConfig: [rc.SpansConfig],
+               ClusteringConfig: [rc.UmapConfig, rc.HdbscanConfig], SelectionConfig: [rc.CuratedDatasetConfig],
+               TrainingConfig: [rc.FineTuneConfig]}
+    for engine, classes in mirrors.items():
+        shown = set().union(*(cls.model_fields for cls in classes))
+        missing = {f.name for f in dataclasses.fields(engine)} - shown
+        assert not missing, f"{engine.__name__} fields not in the launchpad: {sorted(missing)}"
+    tuned = rc.FineTuneConfig(distill_loss="pairwise", interpolation_weights=[1.0], negatives_per_query=2).to_engine()
+    assert (tuned.distill_loss, tuned.interpolation_weights, tuned.negatives_per_query) == ("pairwise", (1.0,), 2)
+    assert rc.UmapConfig(transform="umap").to_engine().transform == "umap"
+
+
+def test_fixed_choices_are_refused_by_the_launchpad_with_the_field_named():
+    import pydantic
+
+    from emerge_assets import run_config as rc
+
+    for cls, field in [(rc.FineTuneConfig, "distill_loss"), (rc.TopicScoresConfig, "direction"),
+                       (rc.UmapConfig, "transform"), (rc.RawTextsConfig, "normalization")]:
+        with pytest.raises(pydantic.ValidationError, match=field):
+            cls(**{field: "no-such-choice"})
+    with pytest.raises(pydantic.ValidationError, match="id_match_min_similarity"):
+        rc.HdbscanClustersConfig(id_match_min_similarity=1.5)
+    with pytest.raises(pydantic.ValidationError, match="prototype_weight"):
+        rc.TopicScoresConfig(prototype_weight=2.0)

@@ -254,3 +254,34 @@ def test_span_context_pairs_cut_the_span_out_of_its_own_document():
         assert len(row["positive"]) <= 300 + 1
     with pytest.raises(InputError, match="needs the documents' texts"):
         build_pairs(pl.DataFrame(rows), "cluster_id", TrainingConfig(pairing="span_context", min_pairs=1))
+
+
+def test_a_self_trained_model_keeps_the_base_models_share_of_none_of_the_topics(tiny_model_dir, tmp_path):
+    """Self-training stretches the calibrated scale; the trained model's saved threshold leaves the
+    same share of the unlabelled texts outside every topic as the base model did at its own."""
+    from emerge.late_interaction import DEFAULT_RELEVANCE_THRESHOLD
+    from emerge.self_training import (RELEVANCE_FILE, SelfTrainingConfig, default_scorer,
+                                      model_relevance_threshold, self_train)
+    from emerge.topics import Topic
+
+    topics = [Topic("r", "Refunds", "money back", ["refund please", "give my money back", "I want a refund"]),
+              Topic("s", "Shipping", "parcels", ["where is my parcel", "the parcel is late", "track my package"]),
+              Topic("w", "Weather", "forecast", ["will it rain", "is it sunny today", "weather this weekend"])]
+    texts = [f"{w} {n}" for n in range(8) for w in ("refund my order", "parcel not here", "rain tomorrow",
+                                                     "the cat sat", "a song about trains")]
+    config = SelfTrainingConfig(per_topic=6, min_relevance=0.0, threshold_sample=30).with_training(batch_size=3, seed=1)
+    report = self_train(topics, texts, tiny_model_dir, tmp_path / "model", config)
+
+    assert (tmp_path / "model" / RELEVANCE_FILE).is_file()
+    assert model_relevance_threshold(tmp_path / "model", None) == report.relevance_threshold
+    assert model_relevance_threshold(tiny_model_dir, None) is None  # the base carries none
+    assert len(report.threshold_texts) == 30 and set(report.threshold_texts) <= set(texts)
+    base = default_scorer(topics)(tiny_model_dir)
+    assert base.relevance_threshold == DEFAULT_RELEVANCE_THRESHOLD
+    _, base_rel = base.decide(base.score_texts(report.threshold_texts))
+    assert report.none_share == pytest.approx(float(np.mean(base_rel < DEFAULT_RELEVANCE_THRESHOLD)), abs=1e-4)
+    trained = default_scorer(topics)(tmp_path / "model")
+    assert trained.relevance_threshold == report.relevance_threshold  # the factory reads the saved threshold
+    _, rel = trained.decide(trained.score_texts(report.threshold_texts))
+    assert abs(float(np.mean(rel < trained.relevance_threshold)) - report.none_share) <= 2 / 30
+    assert report.relevance_threshold == pytest.approx(float(np.quantile(rel, report.none_share)), abs=1e-4)

@@ -3,14 +3,12 @@
 import dagster as dg
 import numpy as np
 import polars as pl
-from pydantic import Field
 
-from emerge.cluster_ids import DEFAULT_MIN_SIMILARITY
 from emerge_assets.automation import FOLLOW_INPUTS, REFIT
 from emerge_assets.metadata import cluster_map, markdown_table
 from emerge_assets.partitioned import SINGLE_RUN, SOURCE_IN, for_each_source
 from emerge_assets.partitions import document_source
-from emerge_assets.run_config import HdbscanConfig, UmapConfig
+from emerge_assets.run_config import HdbscanClustersConfig, UmapConfig
 from emerge_resources import EmergeStorage
 
 ALL_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True})
@@ -58,46 +56,22 @@ def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans
     })
 
 
-class HdbscanClustersConfig(HdbscanConfig):
-    id_match_min_similarity: float = Field(
-        default=DEFAULT_MIN_SIMILARITY, description="Cosine between centroids above which a refit's cluster "
-        "keeps the previous fit's id; below it the cluster gets a fresh id.")
-
-    def to_engine(self):
-        from emerge.errors import ConfigError
-
-        if not 0.0 <= self.id_match_min_similarity <= 1.0:
-            raise ConfigError("id_match_min_similarity", f"must be within [0, 1], got {self.id_match_min_similarity!r}")
-        return super().to_engine()
-
-
 @dg.asset(group_name="clustering", kinds={"hdbscan", "polars"}, automation_condition=FOLLOW_INPUTS,
           description="HDBSCAN on the UMAP sample, c-TF-IDF titles; saves the full ClusteringPipeline that "
                       "span_clusters applies to every source without refitting. Cluster ids stay stable "
                       "across refits (centroids matched to the previous fit).")
 def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersConfig, umap_projection: pl.DataFrame,
                      storage: EmergeStorage) -> dg.Output:
-    from dataclasses import replace
-
     from emerge.clustering import ClusteringPipeline
-    from emerge.discovery import cluster_table, title_clusters
-    from emerge.embedding import vectors_of
+    from emerge.discovery import cluster_projected_sample, cluster_table
 
-    pipeline = ClusteringPipeline.load(storage.models_dir / "umap_projection")
-    pipeline.config = replace(pipeline.config, min_cluster_size=config.min_cluster_size,
-                              min_samples=config.min_samples)
-    coords = umap_projection["coords"].to_numpy()
-    pipeline.fit_clusterer(vectors_of(umap_projection), coords=coords)
     previous = (ClusteringPipeline.load(storage.clustering_path)
                 if (storage.clustering_path / "pipeline.json").exists() else None)
-    ids = pipeline.assign_stable_ids(previous, config.id_match_min_similarity)
-    title_clusters(pipeline, umap_projection["text_span"].to_list())
+    pipeline, ids, out = cluster_projected_sample(
+        ClusteringPipeline.load(storage.models_dir / "umap_projection"), umap_projection,
+        config.min_cluster_size, config.min_samples, previous, config.id_match_min_similarity)
     path = pipeline.save(storage.clustering_path)
-    labels = pipeline.fit_labels_
-    out = umap_projection.select("source", "span_idx", "doc_id", "text_span").with_columns(
-        pl.Series("cluster_id", labels, dtype=pl.Int64),
-        pl.Series("cluster_title", [pipeline.titles.get(int(c), "Noise") for c in labels.tolist()]),
-        pl.Series("membership", pipeline.fit_strengths_, dtype=pl.Float32))
+    labels, coords = pipeline.fit_labels_, pipeline.fit_embedding_
     noise = float((labels < 0).mean())
     context.log.info(f"{len(pipeline.cluster_ids)} clusters on {len(labels)} fit spans, noise {noise:.3f}; "
                      f"ids: {len(ids.similarity)} kept, {len(ids.new_ids)} new, {len(ids.retired_ids)} retired")

@@ -10,7 +10,7 @@ import polars as pl
 from emerge_assets.assets.clustering import ALL_SOURCES, concat_sources
 from emerge_assets.automation import FOLLOW_INPUTS
 from emerge_assets.metadata import counts_table, markdown_table
-from emerge_assets.run_config import CuratedDatasetConfig
+from emerge_assets.run_config import CuratedDatasetConfig, CuratedTopicDatasetConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage
 
 LABEL_INPUTS = {"raw_texts": ALL_SOURCES, "spans": ALL_SOURCES, "span_embeddings": ALL_SOURCES}
@@ -97,10 +97,6 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetCon
                          ["cluster_id", "cluster_title", "membership", "centroid_sim", "relevance"],
                          "cluster_id", "cluster_title", CLUSTER_COLUMNS, storage,
                          embedding_model.display_name, "span_clusters")
-
-
-class CuratedTopicDatasetConfig(CuratedDatasetConfig):
-    dataset_name: str = "topic_spans"
 
 
 @dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={**LABEL_INPUTS, "topic_scores": ALL_SOURCES},

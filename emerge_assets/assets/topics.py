@@ -34,11 +34,11 @@ def topic_scores(context: dg.AssetExecutionContext, config: TopicScoresConfig, s
                  span_embeddings: pl.DataFrame | dict, topics: TopicsResource,
                  embedding_model: EmbeddingModelResource, storage: EmergeStorage) -> dg.Output:
     from emerge.late_interaction import LateInteractionCrossEncoder
+    from emerge.self_training import model_relevance_threshold
 
-    analyzer = LateInteractionCrossEncoder(config=config.to_engine(), topics=topics.load(),
-                                           relevance_threshold=config.relevance_threshold,
-                                           prediction_mode=config.prediction_mode, direction=config.direction,
-                                           prototype_weight=config.prototype_weight)
+    options = config.scorer_options(model_relevance_threshold(embedding_model.model_path(), None))
+    context.log.info(f"topic scores: relevance threshold {options['relevance_threshold']:.3f}")
+    analyzer = LateInteractionCrossEncoder(config=config.to_engine(), topics=topics.load(), **options)
     return for_each_source(context, lambda source, spans, span_embeddings: score_source(
         context, config, analyzer, topics, embedding_model, storage, source, spans, span_embeddings),
         spans=spans, span_embeddings=span_embeddings)

@@ -10,38 +10,13 @@ import time
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
 
 from emerge.atomic import atomic_write_text
-from emerge.self_training import SelfTrainingConfig
 from emerge_assets.assets.clustering import ALL_SOURCES
 from emerge_assets.metadata import markdown_table
 from emerge_assets.pools import GPU_POOL
-from emerge_assets.run_config import FineTuneConfig
+from emerge_assets.run_config import FineTuneConfig, FineTuneTopicConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage, MlflowTracking, TopicsResource
-
-_SELF_TRAINING = SelfTrainingConfig()
-
-
-class FineTuneTopicConfig(FineTuneConfig):
-    """`fine_tuned_topic_model`: self-training on the topics (see `emerge.self_training`)."""
-
-    model_name: str = "emerge-minilm-topics"
-    batch_size: int = Field(default=_SELF_TRAINING.batch_size, description="Pairs per batch, one per topic at most.")
-    rounds: int = Field(default=_SELF_TRAINING.rounds, description="Self-training rounds: score the spans, keep the "
-                        "confident ones, fine-tune; the next round re-scores with the model just trained.")
-    per_topic: int = Field(default=_SELF_TRAINING.per_topic, description="Most pseudo-labelled spans per topic and "
-                           "round (largest margin over the runner-up topic first).")
-    min_relevance: float = Field(default=_SELF_TRAINING.min_relevance, description="Calibrated relevance a span "
-                                 "needs to become a training positive.")
-
-    def self_training(self) -> SelfTrainingConfig:
-        return SelfTrainingConfig(rounds=self.rounds, per_topic=self.per_topic, min_relevance=self.min_relevance)
-
-    def model_post_init(self, __context) -> None:
-        super().model_post_init(__context)
-        self.self_training()
-
 
 def training_log_line(entry: dict) -> str:
     """One trainer log entry for the run log, floats to 4 significant digits (a learning rate of
