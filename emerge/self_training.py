@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from emerge.atomic import atomic_write_text
 from emerge.config import TrainingConfig
 from emerge.errors import ConfigError, InputError
 from emerge.topics import Topic, validate_topics
@@ -252,10 +253,10 @@ def write_matched_threshold(model_dir: str | Path, labeller, texts: list[str], n
     _, relevance = labeller.decide(labeller.score_texts(texts))
     threshold = round(float(np.clip(np.quantile(np.asarray(relevance, np.float64), none_share), 0.0, 1.0))
                       if len(relevance) else float(base_threshold), 4)
-    (Path(model_dir) / RELEVANCE_FILE).write_text(json.dumps({
+    atomic_write_text(Path(model_dir) / RELEVANCE_FILE, json.dumps({
         "relevance_threshold": threshold, "base_relevance_threshold": base_threshold, "none_share": none_share,
         "texts": len(texts), "rule": "the share of unlabelled texts below it equals the base model's share "
-        "below its own threshold"}, indent=2), encoding="utf-8")
+        "below its own threshold"}, indent=2))
     return threshold
 
 
