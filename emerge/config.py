@@ -14,6 +14,7 @@ from typing import Literal
 from emerge.errors import ConfigError
 
 UNICODE_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
+TRANSFORMS = ("knn", "umap")  # how ClusteringConfig places spans the fit did not see
 
 
 def _require(cond: bool, field_name: str, message: str) -> None:
@@ -147,7 +148,7 @@ class ClusteringConfig:
 
     def __post_init__(self):
         _positive_int(self.n_components, "n_components")
-        _require(self.transform in ("knn", "umap"), "transform", f"must be knn or umap, got {self.transform!r}")
+        _require(self.transform in TRANSFORMS, "transform", f"must be knn or umap, got {self.transform!r}")
         _require(isinstance(self.n_neighbors, int) and self.n_neighbors >= 2, "n_neighbors",
                  f"must be an integer >= 2, got {self.n_neighbors!r}")
         _require(0.0 <= float(self.min_dist) <= 1.0, "min_dist", f"must be in [0, 1], got {self.min_dist!r}")
@@ -290,15 +291,15 @@ class TrainingConfig:
     `learning_rate` None takes the recipe's measured default (`DEFAULT_LEARNING_RATES`).
     """
 
-    pairing: Literal["distill", "span_context", "same_document", "same_cluster"] = "distill"
+    pairing: Literal[PAIRINGS] = "distill"
     context_chars: int = 1200
-    query_source: Literal["spans", "leading_sentence"] = "leading_sentence"
+    query_source: Literal[QUERY_SOURCES] = "leading_sentence"
     queries_per_document: int = 2
     max_train_queries: int | None = 2000
     negatives_per_query: int = 3
     negative_depth: int = 30
     lexical_weight: float = 1.0
-    distill_loss: Literal["in_batch_kl", "in_batch_mse", "pairwise"] = "in_batch_kl"
+    distill_loss: Literal[DISTILL_LOSSES] = "in_batch_kl"
     interpolation_weights: tuple[float, ...] = (0.5, 1.0)
     promotion_min_gain: float = 0.0
     gate: bool = True

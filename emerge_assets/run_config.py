@@ -17,8 +17,10 @@ import dagster as dg
 from pydantic import Field
 
 from emerge.cluster_ids import DEFAULT_MIN_SIMILARITY
-from emerge.config import (AnalyzerConfig, ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig,
-                           TrainingConfig)
+from emerge.config import (DISTILL_LOSSES, PAIRINGS, QUERY_SOURCES, TRANSFORMS, UNICODE_FORMS, AnalyzerConfig,
+                           ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig, TrainingConfig)
+from emerge.late_interaction import (DEFAULT_RELEVANCE_THRESHOLD, DIRECTIONS, PREDICTION_MODES,
+                                     LateInteractionCrossEncoder, check_scorer_options)
 
 
 def engine_default(engine: type, name: str, description: str | None = None):
@@ -50,7 +52,7 @@ class RawTextsConfig(_EngineConfig):
     engine: ClassVar[type] = IngestConfig
     text_field: str = engine_default(IngestConfig, "text_field", "Text column/field of .jsonl, .csv and .parquet files.")
     id_field: Optional[str] = engine_default(IngestConfig, "id_field", "Record id column/field (row number when absent).")
-    normalization: Literal["NFC", "NFKC", "NFD", "NFKD"] = engine_default(IngestConfig, "normalization",
+    normalization: Literal[UNICODE_FORMS] = engine_default(IngestConfig, "normalization",
                                                                           "Unicode normal form.")
     max_doc_chars: int = engine_default(IngestConfig, "max_doc_chars", "Longer documents are skipped as too_long.")
     min_doc_chars: int = engine_default(IngestConfig, "min_doc_chars", "Shorter documents (after stripping) are "
@@ -77,7 +79,7 @@ class UmapConfig(_EngineConfig):
                                                 "Non-overlapping spans per document in the fit.")
     random_state: Optional[int] = engine_default(ClusteringConfig, "random_state",
                                                  "Seed; null = faster, non-reproducible.")
-    transform: Literal["knn", "umap"] = engine_default(ClusteringConfig, "transform", "How span_clusters places new "
+    transform: Literal[TRANSFORMS] = engine_default(ClusteringConfig, "transform", "How span_clusters places new "
                                                        "spans in UMAP space: knn (weighted mean of nearest fit spans, "
                                                        "fast) or umap (UMAP.transform).")
 
@@ -120,8 +122,6 @@ class CuratedTopicDatasetConfig(CuratedDatasetConfig):
 
 
 def _scorer_default(name: str, description: str | None = None):
-    from emerge.late_interaction import LateInteractionCrossEncoder
-
     return engine_default(LateInteractionCrossEncoder, name, description)
 
 
@@ -133,18 +133,16 @@ class TopicScoresConfig(_EngineConfig):
     relevance_threshold: Optional[float] = Field(default=None, description="Calibrated score below which a span "
                                                  "has no topic; null = the embedding model's own (a self-trained "
                                                  "model carries one in emerge_relevance.json), else 0.4.")
-    prediction_mode: Literal["late_chunking", "independent"] = _scorer_default(
+    prediction_mode: Literal[PREDICTION_MODES] = _scorer_default(
         "prediction_mode", "late_chunking (document context, no extra transformer pass) or independent (each "
         "span encoded alone).")
-    direction: Literal["both", "topic_to_span", "span_to_topic"] = _scorer_default("direction", "MaxSim direction.")
+    direction: Literal[DIRECTIONS] = _scorer_default("direction", "MaxSim direction.")
     prototype_weight: float = _scorer_default("prototype_weight", "Weight of cosine to the topic prototype vs MaxSim.")
     min_len: int = engine_default(AnalyzerConfig, "min_len", "Shortest span (tokens) to score.")
     max_len: int = engine_default(AnalyzerConfig, "max_len", "Longest span (tokens) to score.")
 
     def scorer_options(self, model_threshold: float | None = None) -> dict:
         """The scorer's keyword arguments; `model_threshold` (the model's saved one) fills an unset threshold."""
-        from emerge.late_interaction import DEFAULT_RELEVANCE_THRESHOLD
-
         threshold = self.relevance_threshold
         if threshold is None:
             threshold = DEFAULT_RELEVANCE_THRESHOLD if model_threshold is None else model_threshold
@@ -152,8 +150,6 @@ class TopicScoresConfig(_EngineConfig):
                 "direction": self.direction, "prototype_weight": self.prototype_weight}
 
     def to_engine(self) -> AnalyzerConfig:
-        from emerge.late_interaction import check_scorer_options
-
         check_scorer_options(**self.scorer_options())
         return super().to_engine()
 
@@ -167,14 +163,14 @@ class FineTuneConfig(_EngineConfig):
 
     engine: ClassVar[type] = TrainingConfig
     model_name: str = Field(default="emerge-minilm", description="Folder name of the saved model under models/.")
-    pairing: Literal["distill", "span_context", "same_document", "same_cluster"] = _training_default(
+    pairing: Literal[PAIRINGS] = _training_default(
         "pairing", "Cluster datasets: distill (pseudo-queries ranked by a base-model + BM25 teacher, distilled into "
         "the model; the measured default), span_context (selected span -> its document's surrounding text, span "
         "cut out), same_document (two selected spans of one document and cluster) or same_cluster (spans of "
         "different documents in one cluster).")
     context_chars: int = _training_default("context_chars", "distill/span_context: characters of document around "
                                            "the span.")
-    query_source: Literal["spans", "leading_sentence"] = _training_default(
+    query_source: Literal[QUERY_SOURCES] = _training_default(
         "query_source", "distill: pseudo-queries are the selected spans (spans) or each document's opening "
         "line/sentence (leading_sentence).")
     queries_per_document: int = _training_default("queries_per_document", "distill: pseudo-queries (selected "
@@ -187,7 +183,7 @@ class FineTuneConfig(_EngineConfig):
                                             "top this many documents.")
     lexical_weight: float = _training_default("lexical_weight", "distill: weight of BM25 beside the base model "
                                               "in the teacher.")
-    distill_loss: Literal["in_batch_kl", "in_batch_mse", "pairwise"] = _training_default(
+    distill_loss: Literal[DISTILL_LOSSES] = _training_default(
         "distill_loss", "distill: in_batch_kl (the student's ranking of every text of the batch matched to the "
         "teacher's, KL; the measured default), in_batch_mse (raw margins to every text) or pairwise (MarginMSE on "
         "each pseudo-query's own negatives).")
