@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, machine, warm_up_numba  # noqa: E402
 
-from emerge.config import DISTILL_LOSSES, PAIRINGS, TrainingConfig  # noqa: E402
+from emerge.config import DISTILL_LOSSES, PAIRINGS, QUERY_SOURCES, TrainingConfig  # noqa: E402
 
 
 def curate_corpus(texts: list[str], min_len: int, max_len: int, stride: int, seed: int):
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--hard-negatives", action="store_true")
     p.add_argument("--context-chars", type=int, default=defaults.context_chars)
     p.add_argument("--queries-per-document", type=int, default=defaults.queries_per_document)
-    p.add_argument("--query-source", default=defaults.query_source, choices=["spans", "leading_sentence"])
+    p.add_argument("--query-source", default=defaults.query_source, choices=list(QUERY_SOURCES))
     p.add_argument("--max-train-queries", type=int, default=defaults.max_train_queries)
     p.add_argument("--negatives-per-query", type=int, default=defaults.negatives_per_query)
     p.add_argument("--distill-loss", default=defaults.distill_loss, choices=list(DISTILL_LOSSES),

@@ -259,7 +259,7 @@ def as_dict(config) -> dict:
 
 
 PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
-QUERY_SOURCES = ("spans", "leading_sentence")
+QUERY_SOURCES = ("spans", "leading_sentence", "sentences")
 DISTILL_LOSSES = ("in_batch_kl", "in_batch_mse", "pairwise")
 # distill moves normalised-cosine scores, so it needs a larger step than MNRL's pairs;
 # WiSE-FT interpolation then takes back what the larger step costs (BENCHMARKS.md, domain adaptation)
@@ -274,7 +274,8 @@ class TrainingConfig:
     `distill` (default) turns pseudo-queries into (query, positive, negatives) triplets scored
     by a base-model + BM25 teacher (`lexical_weight`) and distils the teacher; its queries are
     the selected spans (`query_source="spans"`, up to `queries_per_document`) or each document's
-    opening line or sentence (`"leading_sentence"`), at most `max_train_queries`, with
+    opening line or sentence (`"leading_sentence"`), or the opening and `queries_per_document - 1`
+    other sentences, each cut out of its positive (`"sentences"`), at most `max_train_queries`, with
     `negatives_per_query` negatives drawn from the teacher's top `negative_depth` documents;
     `distill_loss="in_batch_kl"` matches the student's ranking of every text of the batch to the
     teacher's (`emerge.distill_loss`), `"in_batch_mse"` the raw margins to every text, `"pairwise"`

@@ -88,6 +88,42 @@ def leading_sentences(rows: pl.DataFrame, texts: dict[str, str], window_chars: i
     return pl.DataFrame(out, schema=["query", "positive", "doc_id"], orient="row")
 
 
+def document_sentences(rows: pl.DataFrame, texts: dict[str, str], window_chars: int, per_document: int,
+                       seed: int, max_queries: int | None = None, max_words: int = 40,
+                       min_words: int = 5) -> pl.DataFrame:
+    """Each document's opening line or sentence and up to `per_document - 1` of its other sentences
+    (drawn by `seed`) as pseudo-queries; the positive is the document with that sentence cut out,
+    read from its start as the evaluation reads it. The opening is a title-like query; the other
+    sentences ask for what a document says further down, where the leading-sentence source has
+    nothing to teach. Past `max_queries`, every document's opening is kept before any other
+    sentence. Columns: query, positive, doc_id."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for doc in sorted(set(rows["doc_id"].cast(pl.String))):
+        text = texts[doc].strip()
+        bounds, begin = [], 0
+        for m in _SENTENCE_END.finditer(text):
+            bounds.append((begin, m.start()))
+            begin = m.end()
+        bounds.append((begin, len(text)))
+        picked = []
+        lead_start, lead_end = bounds[0]
+        if len(bounds) > 1 and 3 <= len(text[lead_start:lead_end].split()) <= max_words:
+            picked.append((0, bounds[0]))
+        body = [(k, b) for k, b in enumerate(bounds[1:], 1) if min_words <= len(text[b[0]:b[1]].split()) <= max_words]
+        extra = per_document - len(picked)
+        if body and extra > 0:
+            picked += [body[k] for k in sorted(rng.choice(len(body), size=min(extra, len(body)), replace=False))]
+        for nth, (_, (start, end)) in enumerate(picked):
+            positive = f"{text[:start].strip()} {text[end:].strip()}".strip()[:window_chars]
+            if positive:
+                out.append((text[start:end].strip(), positive, doc, nth, rng.random()))
+    frame = pl.DataFrame(out, schema=["query", "positive", "doc_id", "_nth", "_draw"], orient="row")
+    if max_queries is not None and frame.height > max_queries:
+        frame = frame.sort(["_nth", "_draw"]).head(max_queries)
+    return frame.drop("_nth", "_draw")
+
+
 def document_window(text: str, window_chars: int) -> str:
     """What a document looks like as a training negative: its opening `window_chars`."""
     return text[:window_chars].strip()
@@ -186,6 +222,8 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
         queries = leading_sentences(rows, texts, window_chars)
         if max_queries is not None and queries.height > max_queries:
             queries = queries.sample(n=max_queries, seed=seed)
+    elif query_source == "sentences":
+        queries = document_sentences(rows, texts, window_chars, queries_per_document, seed, max_queries)
     else:
         queries = pseudo_queries(rows, texts, queries_per_document, window_chars, seed, max_queries)
     if queries.height == 0:

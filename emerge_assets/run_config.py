@@ -171,10 +171,10 @@ class FineTuneConfig(_EngineConfig):
     context_chars: int = _training_default("context_chars", "distill/span_context: characters of document around "
                                            "the span.")
     query_source: Literal[QUERY_SOURCES] = _training_default(
-        "query_source", "distill: pseudo-queries are the selected spans (spans) or each document's opening "
-        "line/sentence (leading_sentence).")
+        "query_source", "distill: pseudo-queries are the selected spans (spans), each document's opening "
+        "line/sentence (leading_sentence), or the opening and other sentences cut out of the document (sentences).")
     queries_per_document: int = _training_default("queries_per_document", "distill: pseudo-queries (selected "
-                                                  "spans) per training document.")
+                                                  "spans, or sentences) per training document.")
     max_train_queries: Optional[int] = _training_default("max_train_queries", "distill: most pseudo-queries "
                                                          "trained on (bounds training time on large corpora).")
     negatives_per_query: int = _training_default("negatives_per_query", "distill: teacher-mined negatives per "

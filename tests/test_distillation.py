@@ -229,6 +229,24 @@ def test_leading_sentences_take_the_opening_line_or_sentence_as_the_query():
     assert "c" not in q and "d" not in q  # an opening under 3 words, or no opening at all
 
 
+def test_document_sentences_cut_each_query_sentence_out_and_keep_openings_first():
+    from emerge.distillation import document_sentences
+
+    texts = {"a": "Statin use and breast cancer survival\nRecent studies suggest statins delay the recurrence. "
+                  "We followed thirty thousand patients for ten years. Statin users died less often of cancer.",
+             "b": "rotor noise in hover . the blade vortex interaction was measured in a wind tunnel ."}
+    rows = pl.DataFrame({"doc_id": list(texts)})
+    q = document_sentences(rows, texts, 1000, per_document=3, seed=0)
+    assert q.filter(pl.col("doc_id") == "a").height == 3 and q.filter(pl.col("doc_id") == "b").height == 2
+    for query, positive, doc in q.iter_rows():
+        assert query in texts[doc] and query not in positive  # the sentence is cut out of its positive
+        assert positive.split()[0] == texts[doc].split()[0] or query.startswith(texts[doc].split()[0])
+    assert set(q.filter(pl.col("doc_id") == "a")["query"]) >= {"Statin use and breast cancer survival"}
+    capped = document_sentences(rows, texts, 1000, per_document=3, seed=1, max_queries=2)
+    assert sorted(capped["query"]) == ["Statin use and breast cancer survival", "rotor noise in hover ."]
+    assert document_sentences(rows, texts, 1000, per_document=3, seed=0).equals(q)  # the draw is the seed's
+
+
 @pytest.mark.parametrize("loss", ["in_batch_kl", "in_batch_mse", "pairwise"])
 def test_every_distillation_loss_trains_the_model(tiny_model_dir, tmp_path, loss):
     """Each loss reads its labels (teacher ids or scores) from the rows and moves the weights."""
