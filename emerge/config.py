@@ -95,9 +95,9 @@ class EncoderConfig:
     `window_overlap` tokens are shared by consecutive windows of a long document so every
     token keeps at least half a window of context.
 
-    `dtype` is the precision of the forward pass. `auto` picks the fastest one that keeps span
-    vectors within ~1e-4 cosine of float32: bfloat16 autocast on CPUs with native bf16 (AVX512-BF16
-    or AMX; 3x faster than float32 there), float16 autocast on CUDA, float32 otherwise. Set
+    `dtype` is the precision of the forward pass. `auto` picks the fastest one whose span vectors
+    stay close to float32's: bfloat16 autocast on CPUs with native bf16 (AVX512-BF16 or AMX),
+    float16 autocast on CUDA, float32 otherwise (speed and distance measured in BENCHMARKS.md). Set
     `float32` for bit-for-bit reproducible vectors across machines.
     """
 

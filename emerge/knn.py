@@ -3,7 +3,7 @@
 Labelling places every dense span by its nearest fit spans, and UMAP's fit needs the kNN graph
 of the fit sample: both are (queries x keys) cosine products with a top-k. Done here with torch
 (all cores, `topk` instead of numpy's `argpartition`, which was 40x slower on a 4096 x 10k
-block) and, on CPUs with native bfloat16, a bf16 product (3x faster). With `refine=True`
+block) and, on CPUs with native bfloat16, a bf16 product (faster; see BENCHMARKS.md). With `refine=True`
 (the fit's kNN graph) the bf16 product only shortlists k + 8 candidates whose cosines are
 recomputed in float32: a neighbour can only be missed when its cosine is within bf16 rounding
 (~4e-3) of the k-th one's. With `refine=False` (placing millions of spans) the bf16 cosines
