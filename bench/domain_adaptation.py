@@ -65,7 +65,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--beir", required=True, help="folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None, help="first N corpus documents only; judgments of the others and queries left without any are dropped (counted in collection_stats)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="first N corpus documents only; judgments of the others and queries left without "
+                        "any are dropped (counted in collection_stats)")
     p.add_argument("--out", default=None)
     p.add_argument("--model", default=None, help="base model directory (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--device", default="auto")
