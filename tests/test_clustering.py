@@ -8,9 +8,12 @@ from emerge.config import ClusteringConfig
 from emerge.errors import InputError
 
 
-def blobs(n_per=60, k=3, dim=32, seed=0, spread=0.15):
+def blobs(n_per=60, k=3, dim=32, seed=0, spread=0.15, noise_seed=None):
+    """Points around `seed`'s centres; another `noise_seed` draws new points around the same centres."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(k, dim))
+    if noise_seed is not None:
+        rng = np.random.default_rng(noise_seed)
     x = np.concatenate([c + spread * rng.normal(size=(n_per, dim)) for c in centres])
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), np.repeat(np.arange(k), n_per)
@@ -30,10 +33,7 @@ def test_recovers_planted_blobs(fitted):
 
 def test_predict_new_points_without_refit(fitted):
     pipe, _, _ = fitted
-    x_new, y_new = blobs(n_per=20, seed=0)  # same centres (same seed), new noise draws
-    rng = np.random.default_rng(5)
-    x_new = x_new + 0.02 * rng.normal(size=x_new.shape).astype(np.float32)
-    x_new /= np.linalg.norm(x_new, axis=1, keepdims=True)
+    x_new, y_new = blobs(n_per=20, seed=0, noise_seed=5)  # same centres, points the fit never saw
     labels, strengths = pipe.predict(x_new)
     assert adjusted_rand_score(y_new, labels) > 0.9
     assert ((strengths >= 0) & (strengths <= 1)).all()
@@ -104,7 +104,7 @@ def test_knn_projection_agrees_with_umap_transform(fitted):
     from dataclasses import replace
 
     pipe, x, y = fitted
-    x_new, _ = blobs(n_per=20, seed=0)
+    x_new, _ = blobs(n_per=20, seed=0, noise_seed=7)
     exact = ClusteringPipeline(replace(pipe.config, transform="umap")).fit(x)  # keeps UMAP's own NN index
     knn = ClusteringPipeline(replace(pipe.config, transform="knn"))
     knn.reducer, knn.clusterer, knn.centroids = exact.reducer, exact.clusterer, exact.centroids
