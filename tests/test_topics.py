@@ -235,3 +235,23 @@ def test_texts_scored_end_to_end_equal_texts_scored_one_by_one(tiny_encoder):
         parts, pooled = analyzer.score_token_embeddings(ids, embs, chunk_tokens=chunk_tokens)
         np.testing.assert_allclose(parts, one_by_one, atol=1e-5)
         assert np.allclose(np.linalg.norm(pooled[[0, 2, 3, 4]], axis=1), 1.0) and not pooled[1].any()
+
+
+def test_calibration_maps_unrelated_text_to_zero_and_held_out_examples_to_one(tiny_encoder):
+    """What calibration means: 0 = the typical score of text about something else (background
+    sentences and the other topics' parts), 1 = the typical score of the topic's own examples,
+    each scored without itself; a topic with fewer than two examples borrows the others' span.
+    (Where 0 and 1 fall on real text needs a real model: see BENCHMARKS.md, topic labelling.)"""
+    topics = TOPICS + [Topic(id=3, name="Weather", description="Rain and sunshine", examples=["It rained"])]
+    analyzer = LateInteractionCrossEncoder(topics=topics).prepare(tiny_encoder)
+    lo, hi = analyzer.calibration.lo, analyzer.calibration.hi
+    assert (hi > lo).all()
+    # 0 and 1 are where they are defined: a raw score at lo calibrates to 0, at hi to 1, halfway to 0.5
+    np.testing.assert_allclose(analyzer.calibrate(np.stack([lo, hi, (lo + hi) / 2])),
+                               [[0] * 3, [1] * 3, [0.5] * 3], atol=1e-4)
+    # topic 3 has one example, so no leave-one-out score: its span is the median of the others'
+    np.testing.assert_allclose(hi[2] - lo[2], np.median(hi[:2] - lo[:2]), rtol=1e-5)
+    # a topic without examples borrows too (here the only other topic's span)
+    fewer = LateInteractionCrossEncoder(topics=[TOPICS[0], Topic(id=2, name="Feature Requests")]).prepare(tiny_encoder)
+    assert fewer.calibration.hi[1] - fewer.calibration.lo[1] == pytest.approx(
+        fewer.calibration.hi[0] - fewer.calibration.lo[0], rel=1e-5)
