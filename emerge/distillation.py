@@ -71,6 +71,15 @@ def fit_to_tokens(model, texts: list[str]) -> list[str]:
 _SENTENCE_END = re.compile(r"\n|(?<=[.?!])\s")
 
 
+def _sentence_bounds(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each line or sentence of `text`, in order; the first is its opening."""
+    bounds, begin = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        bounds.append((begin, m.start()))
+        begin = m.end()
+    return bounds + [(begin, len(text))]
+
+
 def leading_sentences(rows: pl.DataFrame, texts: dict[str, str], window_chars: int, max_words: int = 40,
                       min_words: int = 3) -> pl.DataFrame:
     """Each document's opening line or sentence as its pseudo-query (a title, a subject line, a
@@ -79,10 +88,10 @@ def leading_sentences(rows: pl.DataFrame, texts: dict[str, str], window_chars: i
     out = []
     for doc in sorted(set(rows["doc_id"].cast(pl.String))):
         text = texts[doc].strip()
-        cut = _SENTENCE_END.search(text)
-        if cut is None:
+        bounds = _sentence_bounds(text)
+        if len(bounds) < 2:
             continue
-        query, rest = text[:cut.start()].strip(), text[cut.end():].strip()
+        query, rest = text[:bounds[0][1]].strip(), text[bounds[1][0]:].strip()
         if min_words <= len(query.split()) <= max_words and rest:
             out.append((query, rest[:window_chars], doc))
     return pl.DataFrame(out, schema=["query", "positive", "doc_id"], orient="row")
@@ -101,20 +110,15 @@ def document_sentences(rows: pl.DataFrame, texts: dict[str, str], window_chars: 
     out = []
     for doc in sorted(set(rows["doc_id"].cast(pl.String))):
         text = texts[doc].strip()
-        bounds, begin = [], 0
-        for m in _SENTENCE_END.finditer(text):
-            bounds.append((begin, m.start()))
-            begin = m.end()
-        bounds.append((begin, len(text)))
-        picked = []
-        lead_start, lead_end = bounds[0]
-        if len(bounds) > 1 and 3 <= len(text[lead_start:lead_end].split()) <= max_words:
-            picked.append((0, bounds[0]))
-        body = [(k, b) for k, b in enumerate(bounds[1:], 1) if min_words <= len(text[b[0]:b[1]].split()) <= max_words]
+        bounds = _sentence_bounds(text)
+        words = [len(text[start:end].split()) for start, end in bounds]
+        # the opening follows leading_sentences' rule (a title may be 3 words); a body sentence needs min_words
+        picked = [bounds[0]] if len(bounds) > 1 and 3 <= words[0] <= max_words else []
+        body = [b for b, n in zip(bounds[1:], words[1:]) if min_words <= n <= max_words]
         extra = per_document - len(picked)
         if body and extra > 0:
             picked += [body[k] for k in sorted(rng.choice(len(body), size=min(extra, len(body)), replace=False))]
-        for nth, (_, (start, end)) in enumerate(picked):
+        for nth, (start, end) in enumerate(picked):
             positive = f"{text[:start].strip()} {text[end:].strip()}".strip()[:window_chars]
             if positive:
                 out.append((text[start:end].strip(), positive, doc, nth, rng.random()))
