@@ -103,12 +103,26 @@ def test_embeddings_are_unit_norm_and_finite(tiny_encoder):
     assert (exact * v.astype(np.float32)).sum(axis=1).min() > 0.999
 
 
-def test_resolve_device_auto_is_cpu_without_gpu():
+def test_resolve_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    from types import SimpleNamespace
+
     from emerge.encoder import resolve_device
 
-    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
-    assert resolve_device("auto") == expected
-    assert resolve_device("cpu") == "cpu"
+    def machine(cuda: bool, mps: bool | None):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        backends = SimpleNamespace() if mps is None else SimpleNamespace(mps=SimpleNamespace(is_available=lambda: mps))
+        monkeypatch.setattr(torch, "backends", backends)
+
+    machine(cuda=True, mps=True)
+    assert resolve_device("auto") == "cuda"
+    machine(cuda=False, mps=True)
+    assert resolve_device("auto") == "mps"
+    machine(cuda=False, mps=False)
+    assert resolve_device("auto") == "cpu"
+    machine(cuda=False, mps=None)  # a torch build without the MPS backend
+    assert resolve_device("auto") == "cpu"
+    machine(cuda=True, mps=True)
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"  # an explicit device wins
 
 
 def test_encoder_is_loaded_once_per_process(tiny_model_dir, tiny_encoder):

@@ -255,3 +255,56 @@ def test_calibration_maps_unrelated_text_to_zero_and_held_out_examples_to_one(ti
     fewer = LateInteractionCrossEncoder(topics=[TOPICS[0], Topic(id=2, name="Feature Requests")]).prepare(tiny_encoder)
     assert fewer.calibration.hi[1] - fewer.calibration.lo[1] == pytest.approx(
         fewer.calibration.hi[0] - fewer.calibration.lo[0], rel=1e-5)
+
+
+# -- the ablation switches: each must change what its docstring says it changes -------------------
+def _one_text(encoder, text):
+    from emerge.late_interaction import encode_alone
+
+    ids, embs, _ = encode_alone(encoder, [text])
+    return ids[0], embs[0]
+
+
+def test_direction_topic_to_span_only_grows_as_a_span_grows_and_both_is_their_mean(tiny_encoder):
+    """topic_to_span asks "is every topic token somewhere in the span?": with late chunking the
+    token vectors are fixed, so a longer span can only match better. span_to_topic averages over
+    the span's tokens, so unrelated tokens added to a span may pull it down."""
+    text = "refund my order please, the weather was mild and we walked along the river"
+    scores = {}
+    for direction in ("both", "topic_to_span", "span_to_topic"):
+        analyzer = LateInteractionCrossEncoder(topics=TOPICS, direction=direction).prepare(tiny_encoder)
+        ids, embs = _one_text(tiny_encoder, text)
+        starts, ends = np.zeros(len(ids) - 2, np.int64), np.arange(3, len(ids) + 1)  # nested spans from token 0
+        scores[direction] = analyzer.part_scores(ids, embs, starts, ends)
+    assert (np.diff(scores["topic_to_span"], axis=0) >= -1e-6).all()
+    assert (np.diff(scores["span_to_topic"], axis=0) < -1e-4).any()
+    assert not np.allclose(scores["topic_to_span"], scores["span_to_topic"])
+    np.testing.assert_allclose(scores["both"], (scores["topic_to_span"] + scores["span_to_topic"]) / 2, atol=1e-5)
+
+
+def test_topic_idf_weights_a_token_of_every_topic_below_a_token_of_one_topic(tiny_encoder):
+    topics = [Topic(1, "order refund"), Topic(2, "order shipping"), Topic(3, "order tracking")]
+    vocab = tiny_encoder.tokenizer.convert_tokens_to_ids
+    idf = LateInteractionCrossEncoder(topics=topics, token_weighting="topic_idf").prepare(tiny_encoder)
+    flat = LateInteractionCrossEncoder(topics=topics, token_weighting="none").prepare(tiny_encoder)
+    shared, own, punct = vocab("order"), vocab("refund"), vocab(",")
+    assert idf._vocab_weights[shared] < idf._vocab_weights[own]
+    assert flat._vocab_weights[shared] == flat._vocab_weights[own] > 0
+    assert idf._vocab_weights[punct] == flat._vocab_weights[punct] == 0.0  # punctuation never votes
+
+
+def test_prototype_weight_moves_the_score_between_token_matching_and_the_pooled_vector(tiny_encoder):
+    texts = ["refund my order", "the parcel is late", "dark mode please"]
+    rng = np.random.default_rng(0)
+    for weight, ignored in ((1.0, "parts"), (0.0, "pooled")):
+        analyzer = LateInteractionCrossEncoder(topics=TOPICS, prototype_weight=weight).prepare(tiny_encoder)
+        parts, pooled = analyzer._score_texts(tiny_encoder, texts)
+        before = analyzer.combine(parts, pooled)
+        other_parts = parts + rng.normal(0, 0.3, parts.shape).astype(np.float32)
+        other_pooled = pooled[::-1].copy()
+        if ignored == "parts":  # weight 1: the token matches do not count
+            np.testing.assert_allclose(analyzer.combine(other_parts, pooled), before, atol=1e-6)
+            assert not np.allclose(analyzer.combine(parts, other_pooled), before)
+        else:                   # weight 0: the pooled vector does not count
+            np.testing.assert_allclose(analyzer.combine(parts, other_pooled), before, atol=1e-6)
+            assert not np.allclose(analyzer.combine(other_parts, pooled), before)

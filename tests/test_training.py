@@ -285,3 +285,40 @@ def test_a_self_trained_model_keeps_the_base_models_share_of_none_of_the_topics(
     _, rel = trained.decide(trained.score_texts(report.threshold_texts))
     assert abs(float(np.mean(rel < trained.relevance_threshold)) - report.none_share) <= 2 / 30
     assert report.relevance_threshold == pytest.approx(float(np.quantile(rel, report.none_share)), abs=1e-4)
+
+
+def test_hard_negatives_come_from_another_group_and_keep_the_margin(tiny_model_dir):
+    """Each mined negative is another group's positive, at least `margin` less similar to the
+    anchor than its own positive; a margin nothing can meet leaves every row without one."""
+    from sentence_transformers import SentenceTransformer
+
+    from emerge.retrieval import encode
+    from emerge.training import mine_cross_group_negatives
+
+    data = make_dataset(n_docs=18)
+    pairs = pl.DataFrame({"anchor": data["text_span"].to_list()[0::3], "positive": data["text_span"].to_list()[1::3],
+                          "group": data["cluster_id"].to_list()[0::3]})
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    margin = 0.05
+    mined = mine_cross_group_negatives(model, pairs, margin)
+    assert mined.height == pairs.height and mined["negative"].null_count() < mined.height
+    group_of = dict(zip(pairs["positive"].to_list(), pairs["group"].to_list()))
+    rows = mined.filter(pl.col("negative").is_not_null())
+    a, p, n = (encode(model, rows[c].to_list()) for c in ("anchor", "positive", "negative"))
+    for i, (group, negative) in enumerate(zip(rows["group"].to_list(), rows["negative"].to_list())):
+        assert group_of[negative] != group
+        assert a[i] @ n[i] <= a[i] @ p[i] - margin + 1e-5
+    assert mine_cross_group_negatives(model, pairs, margin=3.0)["negative"].null_count() == pairs.height
+
+
+def test_a_small_fine_tune_retrieves_better_than_its_base_on_held_out_documents(tiny_model_dir, tmp_path):
+    """Behaviour, not timing: spans of held-out documents find their document's other spans better
+    after training than before (the random base model knows nothing of the vocabulary)."""
+    from emerge.finetune import fine_tune_and_evaluate
+
+    config = TrainingConfig(pairing="same_document", min_pairs=4, batch_size=8, max_seq_length=32,
+                            learning_rate=1e-3, epochs=3, eval_fraction=0.25)
+    report = fine_tune_and_evaluate(make_dataset(n_docs=24), "cluster_id", tiny_model_dir, tmp_path / "model", config)
+    assert report.metrics["heldout.base.ndcg@10"] < 1.0  # room to improve: the check can fail
+    assert report.metrics["heldout.fine_tuned.ndcg@10"] > report.metrics["heldout.base.ndcg@10"]
+    assert report.metrics["heldout.fine_tuned.mrr@10"] >= report.metrics["heldout.base.mrr@10"]
