@@ -71,7 +71,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--model", default=None, help="base model directory (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1: pair sampling, negatives, training order")
+    p.add_argument("--seeds", type=int, default=3, help="how many seeds: pair sampling, negatives, training order")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds run are first-seed..first-seed+seeds-1 (curation is deterministic, so runs over "
+                        "disjoint seed ranges combine into one multi-seed result)")
     defaults = TrainingConfig()
     p.add_argument("--pairing", default=defaults.pairing, choices=list(PAIRINGS))
     p.add_argument("--epochs", type=int, default=defaults.epochs)
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
     timings["curate"] = time.perf_counter() - t
 
     per_seed = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         config = TrainingConfig(pairing=args.pairing, epochs=args.epochs, batch_size=args.batch_size,
                                 learning_rate=args.lr, max_seq_length=args.max_seq_length,
                                 eval_max_seq_length=args.eval_max_seq_length,
