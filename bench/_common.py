@@ -12,7 +12,22 @@ def machine() -> dict:
 
     return {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
             "cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "libraries": library_versions()}
+
+
+def library_versions() -> dict:
+    """Versions of the libraries whose numerics a benchmark's numbers depend on (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("transformers", "sentence-transformers", "numpy", "scikit-learn", "umap-learn", "hdbscan",
+                 "polars", "bm25s", "bertopic"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def cpu_flags() -> list[str]:

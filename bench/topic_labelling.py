@@ -1,13 +1,17 @@
 """Topic-guided labelling accuracy: zero-shot name vs prototype+name vs Emerge late interaction.
 
     python bench/topic_labelling.py --train ../shared/data/banking77/train.csv --k 5 --seed 0 --out r.json
-    python bench/topic_labelling.py --train clinc_train.csv --test clinc_test.csv --none-label oos --k 5 --out r.json
+    python bench/topic_labelling.py --train clinc_train.csv --val clinc_val.csv --test clinc_test.csv \
+        --none-label oos --k 5 --out r.json
 
 Both CSVs have `text,category` columns (`--label-column` for another name). Every category is a
 topic: name from the label ("card_arrival" -> "card arrival"), a generic one-line description
 written from the name, and k examples drawn from TRAIN. Without --test, the evaluation texts are
 TRAIN's rows that were not drawn as examples. With --none-label, rows of that category are not a
-topic: they measure "none of the topics" (out-of-scope recall at the threshold).
+topic: they measure "none of the topics" (out-of-scope recall at the threshold). With --val as well,
+the threshold is chosen on VAL (the sweep's best overall accuracy, "none" counted as a class) and
+TEST is scored once, at that threshold; without it the sweep is over the evaluation texts
+themselves (a dev view, not a result).
 All three methods use the same packaged all-MiniLM-L6-v2 in one run. Last stdout line = JSON.
 """
 
@@ -45,6 +49,25 @@ def macro_f1(gold: list, pred: list, labels: list) -> float:
     return float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0))
 
 
+SWEEP = tuple(round(0.05 * i, 2) for i in range(2, 19))  # 0.1 .. 0.9
+
+
+def threshold_sweep(top, predicted, gold, none_label: str, thresholds=SWEEP) -> dict:
+    """Per threshold: in-scope accuracy (an in-scope text left unlabelled is wrong), out-of-scope
+    recall, and overall accuracy with "none of the topics" counted as one more class."""
+    import numpy as np
+
+    in_scope = gold != none_label
+    out = {}
+    for th in thresholds:
+        labelled = top >= th
+        correct = np.where(in_scope, labelled & (predicted == gold), ~labelled)
+        out[str(th)] = {"in_scope_accuracy": round(float(correct[in_scope].mean()), 4),
+                        "oos_recall": round(float(correct[~in_scope].mean()), 4) if (~in_scope).any() else None,
+                        "overall_accuracy": round(float(correct.mean()), 4)}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train", required=True)
@@ -54,7 +77,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--none-label", default=None, help="category meaning 'none of the topics' (e.g. oos)")
     p.add_argument("--threshold", type=float, default=0.4, help="Emerge relevance_threshold")
+    p.add_argument("--val", default=None, help="CSV on which --none-label's threshold is chosen (then TEST is scored once)")
     p.add_argument("--limit-eval", type=int, default=None, help="evaluate on a seeded sample of this size")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="forward-pass precision (EncoderConfig.dtype)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -89,7 +115,9 @@ def main(argv=None) -> int:
     gold = [l for _, l in evaluation]
     in_scope = np.array([g != args.none_label for g in gold])
 
-    encoder = load_encoder(EncoderConfig(device="auto", batch_size=64))
+    if args.val and not args.none_label:
+        raise SystemExit("--val chooses the 'none of the topics' threshold: it needs --none-label")
+    encoder = load_encoder(EncoderConfig(device="auto", batch_size=64, dtype=args.dtype))
     names = {l: l.replace("_", " ").replace("-", " ") for l in labels}
     timings = {}
     t0 = time.perf_counter()
@@ -141,23 +169,33 @@ def main(argv=None) -> int:
         vp, vpool = variant._score_texts(encoder, texts)
         ablations[name] = report([labels[i] for i in variant.combine(vp, vpool).argmax(axis=1)])
     result = {"config": {"train": args.train, "test": args.test, "k": args.k, "seed": args.seed,
-                         "none_label": args.none_label, "threshold": args.threshold, "model": encoder.name,
-                         "device": encoder.device, "topics": len(labels), "eval_texts": len(texts),
+                         "none_label": args.none_label, "threshold": args.threshold, "val": args.val,
+                         "model": encoder.name, "device": encoder.device, "dtype": encoder.compute_dtype, "topics": len(labels), "eval_texts": len(texts),
                          "eval_in_scope": int(in_scope.sum())},
               "machine": machine(),
               **results, "ablations": ablations, "wall_s": {k: round(v, 2) for k, v in timings.items()},
               "scoring_to_encoding_ratio": round(timings["emerge_scoring"] / max(timings["encode_tokens"], 1e-9), 3)}
     if args.none_label:
-        sweep = {}
-        for th in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
-            labelled = top >= th
-            correct = labelled & (np.array([labels[i] for i in best]) == np.array(gold))
-            sweep[str(th)] = {"in_scope_accuracy": round(float(correct[in_scope].mean()), 4),
-                              "oos_recall": round(float((~labelled)[~in_scope].mean()), 4)}
-        result["emerge"]["in_scope_accuracy_at_threshold"] = sweep.get(str(args.threshold), {}).get(
-            "in_scope_accuracy", round(float(((top >= args.threshold) & (np.array([labels[i] for i in best]) == np.array(gold)))[in_scope].mean()), 4))
-        result["emerge"]["oos_recall_at_threshold"] = round(float((top < args.threshold)[~in_scope].mean()), 4)
-        result["emerge"]["threshold_sweep"] = sweep
+        predicted = np.array([labels[i] for i in best])
+        if args.val:
+            val = [(t, l) for t, l in read_rows(args.val, args.label_column) if t not in used]
+            t0 = time.perf_counter()
+            v_raw = analyzer.combine(*analyzer._score_texts(encoder, [t for t, _ in val]))
+            v_best, v_top = analyzer.decide(v_raw)
+            result["wall_s"]["val_encode_and_score"] = round(time.perf_counter() - t0, 2)
+            v_gold = np.array([l for _, l in val])
+            v_pred = np.array([labels[i] for i in v_best])
+            sweep = threshold_sweep(v_top, v_pred, v_gold, args.none_label)
+            chosen = max(sweep, key=lambda th: (sweep[th]["overall_accuracy"], -float(th)))
+            result["emerge"]["threshold_chosen_on_val"] = float(chosen)
+            result["emerge"]["val_sweep"] = sweep
+            result["emerge"]["test_at_chosen_threshold"] = threshold_sweep(
+                top, predicted, np.array(gold), args.none_label, [float(chosen)])[chosen]
+        else:
+            result["emerge"]["threshold_sweep"] = threshold_sweep(top, predicted, np.array(gold), args.none_label)
+        at_arg = threshold_sweep(top, predicted, np.array(gold), args.none_label, [args.threshold])[str(args.threshold)]
+        result["emerge"]["in_scope_accuracy_at_threshold"] = at_arg["in_scope_accuracy"]
+        result["emerge"]["oos_recall_at_threshold"] = at_arg["oos_recall"]
     return emit(result, args.out)
 
 

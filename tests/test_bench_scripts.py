@@ -28,6 +28,22 @@ def test_discovery_quality_script():
     assert r["ari"] > 0.8
 
 
+def test_discovery_agreement_counts_outliers_as_one_class_and_separately_without_them():
+    sys.path.insert(0, str(REPO / "bench"))
+    from discovery_quality import agreement
+
+    gold = ["a", "a", "a", "b", "b", "b", "c", "c"]
+    renamed = [7, 7, 7, 3, 3, 3, 5, 5]  # the same partition under other names
+    assert agreement(gold, renamed) == {"nmi": 1.0, "ari": 1.0, "nmi_non_outliers": 1.0}
+    # outliers (-1) on two documents: perfect on the rest, penalised over all documents
+    with_outliers = [7, 7, -1, 3, 3, 3, -1, 5]
+    r = agreement(gold, with_outliers)
+    assert r["nmi_non_outliers"] == 1.0 and r["nmi"] < 1.0 and r["ari"] < 1.0
+    # one cluster for everything carries no information
+    assert agreement(gold, [0] * len(gold))["nmi"] == 0.0
+    assert agreement(gold, [-1] * len(gold))["nmi_non_outliers"] == 0.0  # no inliers at all
+
+
 def test_span_embedding_script(tmp_path):
     out = tmp_path / "r.json"
     r = run_script("span_embedding.py", "--docs", str(PLANTED), "--limit", "4", "--naive-sample", "40",
@@ -42,11 +58,21 @@ def test_topic_labelling_script(tmp_path):
         writer = csv.writer(fh)
         writer.writerow(["text", "category"])
         writer.writerows((r["text"], r["topic"]) for r in rows)
-    r = run_script("topic_labelling.py", "--train", str(tmp_path / "train.csv"), "--k", "3", "--seed", "0",
-                   "--none-label", "football")
+    with open(tmp_path / "val.csv", "w", newline="") as fh:  # the threshold is chosen on other texts
+        writer = csv.writer(fh)
+        writer.writerow(["text", "category"])
+        writer.writerows((r["text"] + " again", r["topic"]) for r in rows[::2])
+    v = run_script("topic_labelling.py", "--train", str(tmp_path / "train.csv"), "--k", "3", "--seed", "0",
+                   "--none-label", "football", "--val", str(tmp_path / "val.csv"), "--dtype", "float32")
     for method in ("zero_shot_name", "prototype_plus_name", "emerge"):
-        assert 0.0 <= r[method]["accuracy"] <= 1.0 and "macro_f1" in r[method]
-    assert "oos_recall_at_threshold" in r["emerge"] and r["config"]["topics"] == 4
+        assert 0.0 <= v[method]["accuracy"] <= 1.0 and "macro_f1" in v[method]
+    assert "oos_recall_at_threshold" in v["emerge"] and v["config"]["topics"] == 4
+    assert v["config"]["dtype"] == "float32" and v["machine"]["libraries"]["transformers"]
+    assert {"emerge_scoring", "encode_tokens", "val_encode_and_score"} <= set(v["wall_s"])
+    sweep, chosen = v["emerge"]["val_sweep"], v["emerge"]["threshold_chosen_on_val"]
+    assert str(chosen) in sweep and "threshold_sweep" not in v["emerge"]  # the test texts get one threshold
+    assert sweep[str(chosen)]["overall_accuracy"] == max(x["overall_accuracy"] for x in sweep.values())
+    assert set(v["emerge"]["test_at_chosen_threshold"]) == {"in_scope_accuracy", "oos_recall", "overall_accuracy"}
 
 
 def test_scale_script():
@@ -95,6 +121,15 @@ def test_window_overlap_script(tmp_path):
     assert r["spans_in_multi_window_docs"] > 0  # the long document really spans several windows
     other = r["runs"][1]["cosine_to_reference_multi_window_docs"]
     assert -1.0 <= other["min"] <= other["p1"] <= other["mean"] <= 1.0
+
+
+def test_precision_script(tmp_path):
+    r = run_script("precision.py", "--docs", str(PLANTED), "--limit", "3", "--repeats", "1", "--out",
+                   str(tmp_path / "r.json"))
+    cos = r["cosine_bf16_to_float32"]
+    assert r["spans"] > 0 and -1.0 <= cos["min"] <= cos["p1"] <= cos["mean"] <= 1.0
+    assert cos["mean"] > 0.99  # bf16 is an approximation of the same model, not another model
+    assert r["speedup_bf16"] == pytest.approx(r["wall_s"]["float32"] / r["wall_s"]["bfloat16"], rel=0.05)
 
 
 def _planted_csv(path) -> None:
