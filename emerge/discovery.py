@@ -15,21 +15,24 @@ NOISE_TITLE = "Noise (no cluster)"
 
 def fit_clustering(spans: pl.DataFrame, vectors: np.ndarray, config: ClusteringConfig,
                    previous: ClusteringPipeline | None = None,
-                   min_similarity: float = DEFAULT_MIN_SIMILARITY) -> tuple[ClusteringPipeline, np.ndarray]:
+                   min_similarity: float = DEFAULT_MIN_SIMILARITY,
+                   title_overrides: dict[int, str] | None = None) -> tuple[ClusteringPipeline, np.ndarray]:
     """Fit UMAP+HDBSCAN on the fit sample and title the clusters; returns (pipeline, sample rows).
 
-    With `previous` (the last saved fit) clusters keep their ids where a centroid matches.
+    With `previous` (the last saved fit) clusters keep their ids where a centroid matches, and
+    their titles where it barely moved (`title_clusters`).
     """
     sample = select_fit_sample(spans, config)
     pipeline = ClusteringPipeline(config).fit(vectors[sample])
     pipeline.assign_stable_ids(previous, min_similarity)
-    title_clusters(pipeline, spans["text_span"].gather(sample).to_list())
+    title_clusters(pipeline, spans["text_span"].gather(sample).to_list(), previous, title_overrides)
     return pipeline, sample
 
 
 def cluster_projected_sample(projected: ClusteringPipeline, sample: pl.DataFrame, min_cluster_size: int | None,
                              min_samples: int | None, previous: ClusteringPipeline | None = None,
-                             min_similarity: float = DEFAULT_MIN_SIMILARITY):
+                             min_similarity: float = DEFAULT_MIN_SIMILARITY,
+                             title_overrides: dict[int, str] | None = None):
     """HDBSCAN on a fit sample that UMAP has already projected (rows with `coords`, `embedding`
     and `text_span`), so trying another `min_cluster_size` re-runs seconds of HDBSCAN, not UMAP.
     Clusters keep `previous`'s ids where a centroid matches, and get titles.
@@ -44,7 +47,7 @@ def cluster_projected_sample(projected: ClusteringPipeline, sample: pl.DataFrame
                                                                   min_samples=min_samples))
     pipeline.fit_clusterer(vectors_of(sample), coords=sample["coords"].to_numpy())
     ids = pipeline.assign_stable_ids(previous, min_similarity)
-    title_clusters(pipeline, sample["text_span"].to_list())
+    title_clusters(pipeline, sample["text_span"].to_list(), previous, title_overrides)
     labels = pipeline.fit_labels_
     rows = sample.drop("coords", "embedding").with_columns(
         pl.Series("cluster_id", labels, dtype=pl.Int64),
@@ -53,15 +56,62 @@ def cluster_projected_sample(projected: ClusteringPipeline, sample: pl.DataFrame
     return pipeline, ids, rows
 
 
-def title_clusters(pipeline: ClusteringPipeline, fit_texts: list[str]) -> None:
+KEEP_TITLE_SIMILARITY = 0.95  # a refit cluster this close to its previous centroid keeps its title
+
+
+def title_clusters(pipeline: ClusteringPipeline, fit_texts: list[str], previous: ClusteringPipeline | None = None,
+                   overrides: dict[int, str] | None = None) -> None:
     """Set keyphrases and titles from the fit sample's texts (non-overlapping, so no word is
-    counted many times over by dense spans)."""
+    counted many times over by dense spans).
+
+    A title is something users learn and refer to, so after a refit a matched cluster whose
+    centroid barely moved (cosine >= KEEP_TITLE_SIMILARITY to the previous fit's) keeps the
+    previous fit's title and keyphrases; a user's `overrides` (stable id -> title) win over both.
+    """
     by_cluster: dict[int, list[str]] = {}
     for text, label in zip(fit_texts, pipeline.fit_labels_.tolist()):
         if label != NOISE:
             by_cluster.setdefault(int(label), []).append(text)
     pipeline.keyphrases = ctfidf_keyphrases(by_cluster)
     pipeline.titles = {c: title_from_keyphrases(k) for c, k in pipeline.keyphrases.items()}
+    if previous is not None and pipeline.id_assignment is not None:
+        for c, similarity in pipeline.id_assignment.similarity.items():
+            if similarity >= KEEP_TITLE_SIMILARITY and c in previous.titles and c in pipeline.titles:
+                pipeline.titles[c] = previous.titles[c]
+                pipeline.keyphrases[c] = previous.keyphrases.get(c, pipeline.keyphrases[c])
+    for c, title in (overrides or {}).items():
+        if c in pipeline.titles:
+            pipeline.titles[c] = title
+
+
+def load_title_overrides(path) -> dict[int, str]:
+    """A user's cluster titles from a YAML or JSON mapping `cluster id: title`. Ids are stable
+    across refits, so the file keeps naming the same clusters; ids no longer present are ignored."""
+    from pathlib import Path
+
+    import yaml
+
+    from emerge.errors import ConfigError
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError("cluster_titles", f"{path}{where}: not valid YAML/JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("cluster_titles", f"{path}: expected a mapping of cluster id to title")
+    out = {}
+    for key, title in raw.items():
+        try:
+            cid = int(key)
+        except (TypeError, ValueError):
+            raise ConfigError("cluster_titles", f"{path}: {key!r} is not a cluster id (an integer)") from None
+        if not isinstance(title, str) or not title.strip():
+            raise ConfigError("cluster_titles", f"{path}: the title of cluster {cid} must be non-empty text")
+        out[cid] = title.strip()
+    return out
 
 
 def cluster_relevance(membership: np.ndarray, centroid_sim: np.ndarray) -> np.ndarray:

@@ -1,55 +1,164 @@
-"""Readable cluster titles from class-based TF-IDF keyphrases: no model, no network."""
+"""Readable cluster titles from distinctive keyphrases: no model, no network.
+
+A title word must say what sets a cluster apart, so the score of a phrase in a cluster is the
+share of the cluster's texts that contain it (how typical it is there) times its *lift*: how far
+its concentration in this cluster rises above an even spread over all clusters. Words every
+cluster uses ("said", "would") get no lift whatever their frequency, so no corpus-specific stop
+list is needed. Candidates are 1-3-word runs between stop words and punctuation (noun-phrase-like,
+RAKE style), after e-mail addresses, URLs and dotted host names are cut out of the text (they
+are signatures and quoting, not topics), and single letters and numbers never count as words.
+Every word of a chosen phrase must itself be distinctive (lift >= `min_word_lift`), so an
+honorific or a reporting verb cannot ride into titles on a name ("Mr Blunkett" -> "Blunkett").
+Phrases of one title share no word stem ("Virus, Viruses" is one idea), and a title keeps the
+surface form the texts use most ("GM", "HIV", "Kilroy-Silk").
+"""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+_ADDRESS = re.compile(r"\S+@\S+|\bhttps?://\S+|\bwww\.\S+|\b[^\W_]+(?:\.[^\W_]+)+\b")
+_BREAK = re.compile(r"[^\w\s'’-]+|\s[-'’]+\s|\n")  # punctuation ends a phrase
+_WORD = re.compile(r"(?u)\b[^\W\d_][\w'’-]*[^\W_]\b|\S+")  # a word of 2+ letters, or something else
+_MAX_WORDS = 3
+
+
+def _stop_words() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+def candidate_phrases(text: str, stop_words: frozenset[str]) -> set[str]:
+    """The distinct 1-3-word phrases of one text: n-grams inside runs of content words, a run
+    being broken by punctuation, a stop word, a number or a one-letter token."""
+    phrases: set[str] = set()
+    for segment in _BREAK.split(_ADDRESS.sub(" . ", text.lower())):
+        run: list[str] = []
+        for token in _WORD.findall(segment) + [""]:
+            word = token.strip("'’-")
+            if len(word) > 1 and word not in stop_words and word[0].isalpha() and not any(c.isdigit() for c in word):
+                run.append(word)
+                continue
+            for n in range(1, _MAX_WORDS + 1):
+                phrases.update(" ".join(run[i:i + n]) for i in range(len(run) - n + 1))
+            run = []
+    return phrases
+
+
+def _stemmer():
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
 
 
 def ctfidf_keyphrases(texts_by_cluster: dict[int, list[str]], top_n: int = 5,
-                      ngram_range: tuple[int, int] = (1, 2)) -> dict[int, list[str]]:
-    """Top keyphrases per cluster by c-TF-IDF (BERTopic's weighting), made diverse.
+                      expand_share: float = 0.5, min_word_lift: float = 0.25) -> dict[int, list[str]]:
+    """Top keyphrases per cluster, best first, made diverse.
 
-    Diversity: a phrase that shares a word with a higher-ranked chosen phrase is skipped, so
-    titles read "Revenue Growth / Supply Chain" rather than "Revenue / Revenue Growth".
+    Score = share of the cluster's texts containing the phrase x lift (see the module
+    docstring). A chosen single word is replaced by a longer phrase containing it when that
+    phrase occurs in at least `expand_share` of the texts the word occurs in ("shuttle" ->
+    "space shuttle"): the phrase is how the cluster uses the word. A phrase sharing a word with
+    a phrase chosen before it is skipped, so titles read "Revenue Growth, Supply Chain" rather
+    than "Revenue, Revenue Growth".
     """
     from sklearn.feature_extraction.text import CountVectorizer
 
     ids = sorted(texts_by_cluster)
     if not ids:
         return {}
-    docs = [" ".join(texts_by_cluster[c]) for c in ids]
-    vectorizer = CountVectorizer(ngram_range=ngram_range, stop_words="english",
-                                 token_pattern=r"(?u)\b[^\W\d_][\w'-]*[^\W_]\b|\b[^\W\d_]\b")
+    stop_words = _stop_words()
+    sizes = np.array([max(len(texts_by_cluster[c]), 1) for c in ids], np.float64)
+    vectorizer = CountVectorizer(analyzer=lambda text: candidate_phrases(text, stop_words), binary=True)
+    texts = [t for c in ids for t in texts_by_cluster[c]]
     try:
-        counts = vectorizer.fit_transform(docs)
-    except ValueError:  # only stop words / no tokens at all
+        presence = vectorizer.fit_transform(texts).tocsc()
+    except ValueError:  # no candidate phrase anywhere
         return {c: [] for c in ids}
-    counts = counts.astype(np.float64)
     vocab = np.asarray(vectorizer.get_feature_names_out())
-    tf = counts.multiply(1.0 / np.maximum(counts.sum(axis=1), 1)).tocsr()
-    term_freq = np.asarray(counts.sum(axis=0)).ravel()
-    avg_words = counts.sum() / len(ids)
-    idf = np.log1p(avg_words / np.maximum(term_freq, 1))
-    scores = tf.multiply(idf).tocsr()
+    owner = np.repeat(np.arange(len(ids)), [len(texts_by_cluster[c]) for c in ids])
+    from scipy.sparse import csr_matrix
+
+    by_cluster = csr_matrix((np.ones(len(texts)), (owner, np.arange(len(texts)))), shape=(len(ids), len(texts)))
+    counts = np.asarray((by_cluster @ presence).todense(), np.float64)        # (clusters, phrases): texts containing
+    share = counts / sizes[:, None]
+    k = len(ids)
+    if k > 1:
+        concentration = share / np.maximum(share.sum(axis=0, keepdims=True), 1e-12)
+        lift = np.clip((concentration - 1.0 / k) / (1.0 - 1.0 / k), 0.0, 1.0)
+    else:
+        lift = np.ones_like(share)
+    scores = share * lift
+    n_words = np.array([p.count(" ") + 1 for p in vocab])
+    word_index = {p: i for i, p in enumerate(vocab) if " " not in p}
+    stem = _stemmer().stemWord
+
+    def distinctive(row: int, phrase: str) -> bool:
+        return all(w in word_index and lift[row, word_index[w]] >= min_word_lift for w in phrase.split())
+    longer: dict[str, list[int]] = {}
+    for i, p in enumerate(vocab):
+        if n_words[i] > 1:
+            for w in set(p.split()):
+                longer.setdefault(w, []).append(i)
     out: dict[int, list[str]] = {}
     for row, c in enumerate(ids):
-        r = scores.getrow(row)
-        order = r.indices[np.argsort(-r.data, kind="stable")]
+        order = np.flatnonzero(scores[row] > 0)
+        order = order[np.lexsort((vocab[order], -scores[row, order]))]  # best first, ties by text
         chosen: list[str] = []
         used: set[str] = set()
-        for term in vocab[order]:
-            words = set(term.split())
-            if words & used:
+        for i in order:
+            phrase = vocab[i]
+            if not distinctive(row, phrase):
                 continue
-            chosen.append(term)
-            used |= words
+            options = [phrase]
+            if n_words[i] == 1:
+                wider = [j for j in longer.get(phrase, []) if counts[row, j] >= expand_share * counts[row, i]
+                         and scores[row, j] > 0 and distinctive(row, vocab[j])]
+                if wider:  # the phrase first; the word alone if the phrase repeats a chosen word
+                    options.insert(0, vocab[max(wider, key=lambda j: (counts[row, j], -n_words[j], vocab[j]))])
+            for option in options:
+                stems = {stem(w) for w in option.split()}
+                if not stems & used:
+                    chosen.append(option)
+                    used |= stems
+                    break
             if len(chosen) == top_n:
                 break
-        out[c] = chosen
+        out[c] = [surface_form(p, texts_by_cluster[c]) for p in chosen]
     return out
 
 
-def title_from_keyphrases(phrases: list[str], n: int = 2) -> str:
+def surface_form(phrase: str, texts: list[str], max_texts: int = 200) -> str:
+    """`phrase` as the texts write it most often ("gm" -> "GM"); the lower-case phrase when no
+    text has it verbatim."""
+    import re
+    from collections import Counter
+
+    pattern = re.compile(r"(?<![\w'’-])" + r"[\s'’-]+".join(re.escape(w) for w in phrase.split()) + r"(?![\w'’-])",
+                         re.IGNORECASE)
+    forms = Counter(m.group(0) for t in texts[:max_texts] for m in pattern.finditer(t))
+    if not forms:
+        return phrase
+    best = max(forms.items(), key=lambda kv: (kv[1], kv[0].islower()))[0]
+    return " ".join(best.split())
+
+
+def title_from_keyphrases(phrases: list[str], n: int = 2, max_words: int = 4) -> str:
+    """The first `n` keyphrases as one short title ("Space Shuttle, Orbit"), at most
+    `max_words` words (the first phrase always counts in full)."""
     if not phrases:
         return "Untitled"
-    return " / ".join(p.title() for p in phrases[:n])
+    picked = [phrases[0]]
+    for phrase in phrases[1:n]:
+        if sum(p.count(" ") + 1 for p in picked) + phrase.count(" ") + 1 > max_words:
+            break
+        picked.append(phrase)
+    return ", ".join(_title_case(p) for p in picked)
+
+
+def _title_case(phrase: str) -> str:
+    """Capitalise lower-case words only: "GM", "iPhone" and "Kilroy-Silk" stay as written."""
+    return " ".join(w[:1].upper() + w[1:] if w.islower() else w for w in phrase.split())

@@ -37,6 +37,11 @@ class EmergeStorage(dg.ConfigurableResource):
     def clustering_path(self) -> Path:
         return self.models_dir / "clustering"
 
+    @property
+    def cluster_titles_path(self) -> Path:
+        """The user's own cluster titles (`cluster id: title`, YAML), applied at every refit."""
+        return Path(self.root).expanduser() / "cluster_titles.yaml"
+
     def source_dir(self, source: str) -> Path:
         return Path(self.input_root).expanduser() / source
 

@@ -100,6 +100,7 @@ def test_cluster_metadata_and_saved_pipeline(pipeline_run):
     assert 0.0 <= meta["fit_noise_fraction"] <= 1.0
     assert meta["cluster_map"].startswith("![cluster map](data:image/png;base64,")
     assert "| cluster_id | title | spans |" in meta["cluster_table"]
+    assert meta["title_overrides"].startswith("none") and "cluster_titles.yaml" in meta["title_overrides"]
     pipe = ClusteringPipeline.load(meta["pipeline_path"])
     emb = pl.read_parquet(pipeline_run["home"] / "assets" / "span_embeddings" / "newsletters.parquet")
     labels, _ = pipe.predict(emb["embedding"].to_numpy()[:20])

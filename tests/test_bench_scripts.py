@@ -44,6 +44,39 @@ def test_discovery_agreement_counts_outliers_as_one_class_and_separately_without
     assert agreement(gold, [-1] * len(gold))["nmi_non_outliers"] == 0.0  # no inliers at all
 
 
+def test_titles_script(tmp_path):
+    dump = tmp_path / "clusters.npz"
+    r = run_script("titles.py", "--docs", str(PLANTED), "--no-bertopic", "--dump", str(dump))
+    m = r["emerge"]
+    assert {"title_to_cluster_top1", "max_term_share", "mean_title_words", "n_clusters", "titles"} <= set(m)
+    assert m["n_clusters"] == len(m["titles"]) >= 2 and 0.0 <= m["title_to_cluster_top1"] <= 1.0
+    assert r["bertopic"] is None and r["bertopic_skipped"] == "--no-bertopic"
+    import numpy as np
+
+    saved = np.load(dump, allow_pickle=True)
+    assert len(saved["ids"]) == m["n_clusters"] == len(saved["texts"]) == len(saved["centroids"])
+
+
+def test_title_measures_find_leaks_and_titles_that_name_other_clusters():
+    sys.path.insert(0, str(REPO / "bench"))
+    import numpy as np
+    from titles import title_measures
+
+    class WordEncoder:  # one axis per known word: a title embeds onto the words it contains
+        vocab = ["space", "edu", "cooking", "law"]
+
+        def embed_texts(self, texts):
+            v = np.array([[w in t.lower().split() for w in self.vocab] for t in texts], np.float32)
+            return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    centroids = {0: np.array([1, 0, 0, 0.0]), 1: np.array([0, 0, 1, 0.0]), 2: np.array([0, 0, 0, 1.0])}
+    good = title_measures({0: "Space", 1: "Cooking", 2: "Law"}, centroids, WordEncoder())
+    assert good["title_to_cluster_top1"] == 1.0 and good["max_term_share"] == 0.0
+    leaky = title_measures({0: "Space edu", 1: "Cooking edu", 2: "edu"}, centroids, WordEncoder())
+    assert leaky["max_term_share"] == 1.0 and leaky["most_shared_term"] == "edu"
+    assert leaky["title_to_cluster_top1"] < 1.0 and leaky["mean_title_words"] == round(5 / 3, 2)
+
+
 def test_span_embedding_script(tmp_path):
     out = tmp_path / "r.json"
     r = run_script("span_embedding.py", "--docs", str(PLANTED), "--limit", "4", "--naive-sample", "40",

@@ -141,3 +141,49 @@ def test_interrupted_folder_swap_is_recovered_on_load(two_fits, tmp_path):
     target.rename(tmp_path / ".clustering.old-99999-deadbeef")
     loaded = ClusteringPipeline.load(target)
     assert loaded.next_cluster_id == 4 and target.exists() and not leftover_temps(tmp_path)
+
+
+def test_titles_follow_stable_ids_unless_the_content_moved_and_user_titles_win(tmp_path):
+    from emerge.discovery import load_title_overrides, title_clusters
+
+    rng = np.random.default_rng(5)
+    centres = unit_rows(rng, 3, 24)
+    moved = 0.9 * centres[2] + np.sqrt(1 - 0.81) * unit_rows(rng, 1, 24)[0]  # cosine ~0.9 to the old centre
+    cfg = ClusteringConfig(n_neighbors=10, min_cluster_size=15, random_state=7)
+    per = 40
+
+    def fit(cents, words, previous=None, overrides=None):
+        pipe = ClusteringPipeline(cfg).fit(blobs(rng, np.stack(cents) * 3, per=per))
+        pipe.assign_stable_ids(previous)
+        texts = [f"{words[i]} topic text number {j}" for i in range(len(cents)) for j in range(per)]
+        title_clusters(pipe, texts, previous, overrides)
+        return pipe
+
+    first = fit([centres[0], centres[1], centres[2]], ["rocket", "carrot", "penalty"])
+    # the refit's texts would title every cluster differently; only the moved cluster should change
+    second = fit([centres[0], centres[1], moved], ["orbit", "garden", "goalkeeper"], previous=first)
+    sims = second.id_assignment.similarity
+    assert len(sims) == 3 and min(sims.values()) < 0.95 <= sorted(sims.values())[1]
+    steady = [c for c, s in sims.items() if s >= 0.95]
+    moved_id = next(c for c, s in sims.items() if s < 0.95)
+    assert all(second.titles[c] == first.titles[c] for c in steady)
+    assert second.titles[moved_id] != first.titles[moved_id] and "Goalkeeper" in second.titles[moved_id]
+
+    (tmp_path / "titles.yaml").write_text(f'{steady[0]}: "Space exploration"\n99: "gone"\n')
+    overrides = load_title_overrides(tmp_path / "titles.yaml")
+    third = fit([centres[0], centres[1], moved], ["orbit", "garden", "goalkeeper"], previous=second,
+                overrides=overrides)
+    assert third.titles[steady[0]] == "Space exploration" and 99 not in third.titles
+
+
+@pytest.mark.parametrize("content, message", [
+    ("1: [unclosed", "line 1"), ("- a list", "mapping"), ("abc: Title", "not a cluster id"), ("3: ''", "non-empty")])
+def test_bad_cluster_titles_file_names_the_file_and_the_problem(tmp_path, content, message):
+    from emerge.discovery import load_title_overrides
+    from emerge.errors import ConfigError
+
+    path = tmp_path / "cluster_titles.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_title_overrides(path)
+    assert str(path) in str(err.value)

@@ -87,8 +87,32 @@ def test_ctfidf_titles_pick_distinctive_terms():
              1: ["sow carrot seeds in the garden", "garden compost for carrot beds", "weed the garden"]}
     phrases = ctfidf_keyphrases(texts, top_n=3)
     assert "penalty" in phrases[0][0] and "garden" in phrases[1][0]
-    assert title_from_keyphrases(["revenue growth", "profit"]) == "Revenue Growth / Profit"
+    assert title_from_keyphrases(["revenue growth", "profit"]) == "Revenue Growth, Profit"
+    assert title_from_keyphrases(["supply chain management", "logistics costs"]) == "Supply Chain Management"
     assert title_from_keyphrases([]) == "Untitled"
+
+
+def test_words_every_cluster_uses_and_address_fragments_never_make_a_title():
+    """No stop list for the corpus: "said" is in every text of every cluster, so it has no lift;
+    e-mail domains, URLs, numbers and single letters are not title words at all."""
+    def post(words: str, n: int) -> list[str]:
+        return [f"From: user{i}@cs.uni.edu (A. B. Name) he said {words} in 1993 http://x.org/{i}" for i in range(n)]
+
+    texts = {0: post("the shuttle orbit launch", 12), 1: post("a carrot garden compost", 9),
+             2: post("the goal penalty striker", 15)}
+    phrases = ctfidf_keyphrases(texts, top_n=5)
+    for chosen in phrases.values():
+        words = {w for p in chosen for w in p.split()}
+        assert chosen and not words & {"said", "edu", "cs", "uni", "org", "from", "user0", "1993", "a", "b"}
+    assert {w for p in phrases[0] for w in p.split()} >= {"shuttle", "orbit", "launch"}
+
+
+def test_a_word_the_cluster_uses_inside_one_phrase_is_titled_by_that_phrase():
+    texts = {0: [f"the space shuttle flew mission {m}" for m in ("alpha", "beta", "gamma", "delta")]
+             + ["a shuttle bus to the airport"],
+             1: ["sow carrot seeds", "garden compost beds", "weed the garden", "carrot soup"]}
+    first = ctfidf_keyphrases(texts)[0][0]
+    assert first == "space shuttle flew" or first.startswith("space shuttle")
 
 
 # --- quality: each component must penalise its own defect, wherever the span sits in the batch --

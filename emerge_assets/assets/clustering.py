@@ -63,13 +63,15 @@ def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans
 def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersConfig, umap_projection: pl.DataFrame,
                      storage: EmergeStorage) -> dg.Output:
     from emerge.clustering import ClusteringPipeline
-    from emerge.discovery import cluster_projected_sample, cluster_table
+    from emerge.discovery import cluster_projected_sample, cluster_table, load_title_overrides
 
     previous = (ClusteringPipeline.load(storage.clustering_path)
                 if (storage.clustering_path / "pipeline.json").exists() else None)
+    titles_file = storage.cluster_titles_path
+    overrides = load_title_overrides(titles_file) if titles_file.exists() else {}
     pipeline, ids, out = cluster_projected_sample(
         ClusteringPipeline.load(storage.models_dir / "umap_projection"), umap_projection,
-        config.min_cluster_size, config.min_samples, previous, config.id_match_min_similarity)
+        config.min_cluster_size, config.min_samples, previous, config.id_match_min_similarity, overrides)
     path = pipeline.save(storage.clustering_path)
     labels, coords = pipeline.fit_labels_, pipeline.fit_embedding_
     noise = float((labels < 0).mean())
@@ -86,6 +88,8 @@ def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersC
         "cluster_map": cluster_map(coords, labels, pipeline.titles, storage.figures_dir / "cluster_map.png"),
         "pipeline_path": dg.MetadataValue.path(str(path)),
         "refit_of_previous": previous is not None,
+        "title_overrides": f"{sum(c in pipeline.titles for c in overrides)} from {titles_file}" if overrides
+        else f"none (write `cluster id: title` lines to {titles_file} to name clusters yourself)",
         "cluster_ids_kept": len(ids.similarity),
         "cluster_ids_new": ", ".join(map(str, ids.new_ids)),
         "cluster_ids_retired": ", ".join(map(str, ids.retired_ids)),

@@ -1,0 +1,143 @@
+"""Cluster titles: do they name their cluster, and does one word leak into many of them?
+
+    python bench/titles.py --docs ../shared/data/bbc_news/bbc_news.jsonl --out result.json
+    python bench/titles.py --docs ../shared/data/20newsgroups/train.jsonl --limit 4000 --out result.json
+
+Runs Emerge's discovery (the engine path of the assets) and BERTopic's default pipeline on the
+same documents with the same packaged all-MiniLM-L6-v2, and measures each method's titles
+(BERTopic's: its default topic name, "3_space_nasa_orbit_launch", read as the words a user
+sees, "space nasa orbit launch"):
+
+* `title_to_cluster_top1`: each title embedded with the base model; the share of clusters whose
+  own centroid (mean of the cluster's span vectors for Emerge, of its document vectors for
+  BERTopic) is the title's nearest centroid. A title that names its cluster finds it.
+* `max_term_share`: the largest share of titles containing one same word, among words found in
+  at least two titles (0 when no word repeats; boilerplate such as e-mail domains leaks into
+  many titles at once).
+* `mean_title_words`, `n_clusters` and the titles themselves.
+
+`--dump FILE` also writes each Emerge cluster's fit texts and centroid (npz), so title methods
+can be compared offline on the same clusters. No gold label is read. The last stdout line is the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_corpus_arguments, emit, machine, warm_up_numba  # noqa: E402
+from discovery_quality import discover, load_corpus  # noqa: E402
+
+WORD = re.compile(r"[^\W_]+")
+
+
+def title_measures(titles: dict[int, str], centroids: dict[int, "np.ndarray"], encoder) -> dict:
+    """The three measures of the docstring for one method's titles."""
+    import numpy as np
+
+    from emerge.encoder import l2_normalise
+
+    ids = sorted(titles)
+    if not ids:
+        return {"n_clusters": 0, "title_to_cluster_top1": None, "max_term_share": None, "mean_title_words": None,
+                "titles": {}}
+    title_vecs = encoder.embed_texts([titles[c] for c in ids])
+    cents = l2_normalise(np.stack([np.asarray(centroids[c], np.float32) for c in ids]))
+    nearest = (title_vecs @ cents.T).argmax(axis=1)
+    words = [set(w.lower() for w in WORD.findall(titles[c])) for c in ids]
+    share = Counter(w for ws in words for w in ws)
+    term, count = share.most_common(1)[0] if share else ("", 0)
+    if count < 2:  # a word of one title is that title's own, not a leak
+        term, count = "", 0
+    return {"n_clusters": len(ids),
+            "title_to_cluster_top1": round(float(np.mean(nearest == np.arange(len(ids)))), 4),
+            "max_term_share": round(count / len(ids), 4), "most_shared_term": term,
+            "mean_title_words": round(float(np.mean([len(WORD.findall(titles[c])) for c in ids])), 2),
+            "titles": {int(c): titles[c] for c in ids}}
+
+
+def emerge_titles(texts: list[str], seed: int, dtype: str, dump: str | None) -> tuple[dict, dict, dict, object]:
+    import numpy as np
+
+    from emerge.clustering import NOISE
+
+    run = discover(texts, seed=seed, dtype=dtype)
+    pipeline = run.pipeline
+    if dump:
+        fit_texts = run.spans["text_span"].gather(run.sample).to_list()
+        ids = pipeline.cluster_ids
+        by_cluster = {c: [] for c in ids}
+        for text, label in zip(fit_texts, pipeline.fit_labels_.tolist()):  # stable ids, like the titles'
+            if label != NOISE:
+                by_cluster[label].append(text)
+        np.savez_compressed(dump, ids=np.array(ids), centroids=np.stack([pipeline.centroids[c] for c in ids]),
+                            texts=np.array(["\x1e".join(by_cluster[c]) for c in ids], dtype=object),
+                            allow_pickle=True)
+    timing = {"wall_s": round(sum(v for k, v in run.timings.items() if k != "load_model"), 2)}
+    return pipeline.titles, pipeline.centroids, timing, run.encoder
+
+
+def bertopic_titles(texts: list[str], seed: int, encoder) -> tuple[dict, dict, dict]:
+    import numpy as np
+    from bertopic import BERTopic
+    from sentence_transformers import SentenceTransformer
+    from umap import UMAP
+
+    from emerge.encoder import packaged_model_path
+
+    st = SentenceTransformer(str(packaged_model_path()), device=encoder.device)
+    t0 = time.perf_counter()
+    with encoder.autocast():
+        embeddings = st.encode(texts, batch_size=32, normalize_embeddings=True).astype("float32")
+    model = BERTopic(embedding_model=st, umap_model=UMAP(n_neighbors=15, n_components=5, min_dist=0.0,
+                                                         metric="cosine", random_state=seed),
+                     calculate_probabilities=False)
+    topics, _ = model.fit_transform(texts, embeddings=embeddings)
+    info = model.get_topic_info()
+    topics = np.asarray(topics)
+    titles, centroids = {}, {}
+    for topic_id, name in zip(info["Topic"].tolist(), info["Name"].tolist()):
+        if topic_id == -1:
+            continue
+        titles[int(topic_id)] = " ".join(name.split("_")[1:])
+        centroids[int(topic_id)] = embeddings[topics == topic_id].mean(axis=0)
+    return titles, centroids, {"wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_corpus_arguments(p, label_required=False)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dump", default=None, help="npz of each Emerge cluster's fit texts and centroid")
+    p.add_argument("--no-bertopic", action="store_true", help="Emerge only (BERTopic is a bench extra)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+
+    texts, _ = load_corpus(args.docs, args.text_field, None, args.limit)
+    warm_up_numba(args.seed)
+    titles, centroids, timing, encoder = emerge_titles(texts, args.seed, args.dtype, args.dump)
+    result = {"config": {"docs": args.docs, "limit": args.limit, "documents": len(texts), "seed": args.seed,
+                         "forward_dtype": encoder.compute_dtype},
+              "machine": machine(), "emerge": title_measures(titles, centroids, encoder) | timing}
+    try:
+        import bertopic  # noqa: F401
+    except ImportError:
+        bertopic = None
+    if args.no_bertopic or bertopic is None:
+        result["bertopic"] = None
+        result["bertopic_skipped"] = "--no-bertopic" if args.no_bertopic else "bertopic is not installed"
+    else:
+        b_titles, b_centroids, b_timing = bertopic_titles(texts, args.seed, encoder)
+        result["bertopic"] = title_measures(b_titles, b_centroids, encoder) | b_timing
+    return emit(result, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
