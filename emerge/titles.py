@@ -61,10 +61,11 @@ def ctfidf_keyphrases(texts_by_cluster: dict[int, list[str]], top_n: int = 5,
     Score = share of the cluster's texts containing the phrase x lift (see the module
     docstring). A chosen single word is replaced by a longer phrase containing it when that
     phrase occurs in at least `expand_share` of the texts the word occurs in ("shuttle" ->
-    "space shuttle"): the phrase is how the cluster uses the word. A phrase sharing a word with
-    a phrase chosen before it is skipped, so titles read "Revenue Growth, Supply Chain" rather
-    than "Revenue, Revenue Growth".
+    "space shuttle"): the phrase is how the cluster uses the word. A phrase with a word below
+    `min_word_lift`, or sharing a word stem with a phrase chosen before it, is skipped, so titles
+    read "Revenue Growth, Supply Chain" rather than "Revenue, Revenue Growth".
     """
+    from scipy.sparse import csr_matrix
     from sklearn.feature_extraction.text import CountVectorizer
 
     ids = sorted(texts_by_cluster)
@@ -75,13 +76,11 @@ def ctfidf_keyphrases(texts_by_cluster: dict[int, list[str]], top_n: int = 5,
     vectorizer = CountVectorizer(analyzer=lambda text: candidate_phrases(text, stop_words), binary=True)
     texts = [t for c in ids for t in texts_by_cluster[c]]
     try:
-        presence = vectorizer.fit_transform(texts).tocsc()
+        presence = vectorizer.fit_transform(texts)
     except ValueError:  # no candidate phrase anywhere
         return {c: [] for c in ids}
     vocab = np.asarray(vectorizer.get_feature_names_out())
     owner = np.repeat(np.arange(len(ids)), [len(texts_by_cluster[c]) for c in ids])
-    from scipy.sparse import csr_matrix
-
     by_cluster = csr_matrix((np.ones(len(texts)), (owner, np.arange(len(texts)))), shape=(len(ids), len(texts)))
     counts = np.asarray((by_cluster @ presence).todense(), np.float64)        # (clusters, phrases): texts containing
     share = counts / sizes[:, None]
@@ -98,6 +97,7 @@ def ctfidf_keyphrases(texts_by_cluster: dict[int, list[str]], top_n: int = 5,
 
     def distinctive(row: int, phrase: str) -> bool:
         return all(w in word_index and lift[row, word_index[w]] >= min_word_lift for w in phrase.split())
+
     longer: dict[str, list[int]] = {}
     for i, p in enumerate(vocab):
         if n_words[i] > 1:
@@ -134,7 +134,6 @@ def ctfidf_keyphrases(texts_by_cluster: dict[int, list[str]], top_n: int = 5,
 def surface_form(phrase: str, texts: list[str], max_texts: int = 200) -> str:
     """`phrase` as the texts write it most often ("gm" -> "GM"); the lower-case phrase when no
     text has it verbatim."""
-    import re
     from collections import Counter
 
     pattern = re.compile(r"(?<![\w'’-])" + r"[\s'’-]+".join(re.escape(w) for w in phrase.split()) + r"(?![\w'’-])",
