@@ -12,6 +12,7 @@ evaluation: curation and training see the corpus alone. The last stdout line is 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -134,6 +135,22 @@ def main(argv=None) -> int:
     dataset, report, texts = curate_corpus(collection.corpus_texts, args.span_min, args.span_max, args.stride, 0)
     timings["curate"] = time.perf_counter() - t
 
+    def summary() -> dict:
+        mean, sd = _mean_sd(per_seed, keys)
+        base_out = {k: round(base_metrics[k], 5) for k in keys}
+        delta = {k: round(mean[k] - base_out[k], 5) for k in keys}
+        out = {
+            "benchmark": "domain_adaptation", "collection": str(args.beir), "split": args.split,
+            "base": base_out, "fine_tuned": mean, "fine_tuned_sd": sd, "delta": delta,
+            "delta_over_2sd": {k: (abs(delta[k]) > 2 * sd[k]) for k in keys},
+            "bm25": {k: round(bm25[k], 5) for k in keys}, "per_seed": per_seed, "seeds": len(per_seed),
+            "wall_s": round(time.perf_counter() - t0, 1), "stage_wall_s": {k: round(v, 1) for k, v in timings.items()},
+            "collection_stats": collection.stats(), "curation": report | {"dataset_rows": dataset.height,
+                                                                          "clusters": int(dataset["cluster_id"].n_unique())},
+            "training": {**vars(args), "beir": str(args.beir)}, "device": device, "machine": machine(),
+        }
+        return out
+
     per_seed = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         config = TrainingConfig(pairing=args.pairing, epochs=args.epochs, batch_size=args.batch_size,
@@ -166,20 +183,9 @@ def main(argv=None) -> int:
         print(f"seed {seed}: nDCG@10 {per_seed[-1]['ndcg@10']:.4f} (base {base_metrics['ndcg@10']:.4f}, "
               f"bm25 {bm25['ndcg@10']:.4f})", file=sys.stderr, flush=True)
         timings[f"seed_{seed}"] = seconds
-    mean, sd = _mean_sd(per_seed, keys)
-    base_out = {k: round(base_metrics[k], 5) for k in keys}
-    delta = {k: round(mean[k] - base_out[k], 5) for k in keys}
-    out = {
-        "benchmark": "domain_adaptation", "collection": str(args.beir), "split": args.split,
-        "base": base_out, "fine_tuned": mean, "fine_tuned_sd": sd, "delta": delta,
-        "delta_over_2sd": {k: (abs(delta[k]) > 2 * sd[k]) for k in keys},
-        "bm25": {k: round(bm25[k], 5) for k in keys}, "per_seed": per_seed, "seeds": args.seeds,
-        "wall_s": round(time.perf_counter() - t0, 1), "stage_wall_s": {k: round(v, 1) for k, v in timings.items()},
-        "collection_stats": collection.stats(), "curation": report | {"dataset_rows": dataset.height,
-                                                                      "clusters": int(dataset["cluster_id"].n_unique())},
-        "training": {**vars(args), "beir": str(args.beir)}, "device": device, "machine": machine(),
-    }
-    return emit(out, args.out)
+        if args.out and len(per_seed) < args.seeds:  # a partial result survives a crash in a later seed
+            Path(args.out).write_text(json.dumps(summary() | {"partial": True}, indent=2))
+    return emit(summary(), args.out)
 
 
 if __name__ == "__main__":
