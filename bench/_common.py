@@ -56,10 +56,15 @@ def add_corpus_arguments(parser, label_required: bool = True) -> None:
     parser.add_argument("--seed", type=int, default=42)
 
 
-def emit(result: dict, out: str | None) -> int:
-    """Write the result to `out` (pretty) and print it as the last stdout line (one line)."""
+def write_result(result: dict, out: str | None) -> None:
+    """Write the result to `out` (pretty), if given."""
     if out:
         Path(out).write_text(json.dumps(result, indent=2))
+
+
+def emit(result: dict, out: str | None) -> int:
+    """Write the result to `out` (pretty) and print it as the last stdout line (one line)."""
+    write_result(result, out)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -12,7 +12,6 @@ evaluation: curation and training see the corpus alone. The last stdout line is 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine, warm_up_numba  # noqa: E402
+from _common import emit, machine, warm_up_numba, write_result  # noqa: E402
 
 from emerge.config import DISTILL_LOSSES, PAIRINGS, QUERY_SOURCES, TrainingConfig  # noqa: E402
 
@@ -139,7 +138,7 @@ def main(argv=None) -> int:
         mean, sd = _mean_sd(per_seed, keys)
         base_out = {k: round(base_metrics[k], 5) for k in keys}
         delta = {k: round(mean[k] - base_out[k], 5) for k in keys}
-        out = {
+        return {
             "benchmark": "domain_adaptation", "collection": str(args.beir), "split": args.split,
             "base": base_out, "fine_tuned": mean, "fine_tuned_sd": sd, "delta": delta,
             "delta_over_2sd": {k: (abs(delta[k]) > 2 * sd[k]) for k in keys},
@@ -149,7 +148,6 @@ def main(argv=None) -> int:
                                                                           "clusters": int(dataset["cluster_id"].n_unique())},
             "training": {**vars(args), "beir": str(args.beir)}, "device": device, "machine": machine(),
         }
-        return out
 
     per_seed = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -183,8 +181,8 @@ def main(argv=None) -> int:
         print(f"seed {seed}: nDCG@10 {per_seed[-1]['ndcg@10']:.4f} (base {base_metrics['ndcg@10']:.4f}, "
               f"bm25 {bm25['ndcg@10']:.4f})", file=sys.stderr, flush=True)
         timings[f"seed_{seed}"] = seconds
-        if args.out and len(per_seed) < args.seeds:  # a partial result survives a crash in a later seed
-            Path(args.out).write_text(json.dumps(summary() | {"partial": True}, indent=2))
+        if len(per_seed) < args.seeds:  # a partial result survives a crash in a later seed
+            write_result(summary() | {"partial": True}, args.out)
     return emit(summary(), args.out)
 
 
