@@ -58,9 +58,7 @@ class Discovery:
 def discover(texts: list[str], min_len: int = 16, max_len: int = 64, stride: int = 8, seed: int = 42,
              dtype: str = "auto") -> Discovery:
     """The engine's discovery stages on `texts`, as the assets run them, each stage timed."""
-    from emerge.config import ClusteringConfig, EncoderConfig, IngestConfig, SelectionConfig, SpanConfig
-    from emerge.dataset import curate
-    from emerge.discovery import fit_clustering, label_spans
+    from emerge.config import EncoderConfig, IngestConfig, SpanConfig
     from emerge.embedding import embed_spans
     from emerge.encoder import load_encoder
     from emerge.ingest import documents_from_texts
@@ -81,24 +79,41 @@ def discover(texts: list[str], min_len: int = 16, max_len: int = 64, stride: int
     t = time.perf_counter()
     vectors = embed_spans(docs, spans, encoder, progress=True)
     timings["embed"] = time.perf_counter() - t
+    return refit(Discovery(encoder, docs, span_cfg, spans, vectors, None, None, None, None, timings), seed)
+
+
+def refit(run: Discovery, seed: int) -> Discovery:
+    """`run`'s spans and embeddings (deterministic) clustered again with UMAP seed `seed`:
+    the fit, labelling and selection stages, timed."""
+    from emerge.config import ClusteringConfig, SelectionConfig
+    from emerge.dataset import curate
+    from emerge.discovery import fit_clustering, label_spans
+
+    timings = {k: run.timings[k] for k in ("load_model", "ingest", "spans", "embed")}
     t = time.perf_counter()
-    pipeline, sample = fit_clustering(spans, vectors, ClusteringConfig(random_state=seed))
+    pipeline, sample = fit_clustering(run.spans, run.vectors, ClusteringConfig(random_state=seed))
     timings["fit_clustering"] = time.perf_counter() - t
     t = time.perf_counter()
-    labelled = label_spans(pipeline, spans, vectors)
+    labelled = label_spans(pipeline, run.spans, run.vectors)
     timings["label_all_spans"] = time.perf_counter() - t
     t = time.perf_counter()
-    dataset = curate(labelled, vectors, dict(zip(docs["doc_id"], docs["text"])), SelectionConfig(), span_cfg)
+    dataset = curate(labelled, run.vectors, dict(zip(run.docs["doc_id"], run.docs["text"])), SelectionConfig(),
+                     run.span_cfg)
     timings["select"] = time.perf_counter() - t
-    return Discovery(encoder, docs, span_cfg, spans, vectors, pipeline, sample, labelled, dataset, timings)
+    return Discovery(run.encoder, run.docs, run.span_cfg, run.spans, run.vectors, pipeline, sample, labelled,
+                     dataset, timings)
 
 
 def run_emerge(texts: list[str], min_len: int = 16, max_len: int = 64, stride: int = 8, seed: int = 42,
                dtype: str = "auto"):
     """Emerge discovery on `texts`: (label per text, -1 = none; result dict with timings)."""
+    return summarize(discover(texts, min_len, max_len, stride, seed, dtype), texts, seed)
+
+
+def summarize(run: Discovery, texts: list[str], seed: int):
+    """(label per text, -1 = none; result dict with timings) of one discovery run."""
     import numpy as np
 
-    run = discover(texts, min_len, max_len, stride, seed, dtype)
     encoder, docs, span_cfg, spans, pipeline = run.encoder, run.docs, run.span_cfg, run.spans, run.pipeline
     sample, labelled, dataset, timings = run.sample, run.labelled, run.dataset, run.timings
 
@@ -115,6 +130,8 @@ def run_emerge(texts: list[str], min_len: int = 16, max_len: int = 64, stride: i
         "model": encoder.name, "device": encoder.device, "forward_dtype": encoder.compute_dtype, "span": vars(span_cfg), "seed": seed,
         "documents": docs.height, "spans": spans.height, "fit_spans": int(len(sample)),
         "selected_spans": dataset.height, "tokens_embedded": tokens, "n_clusters": len(pipeline.cluster_ids),
+        "largest_cluster_fraction": round(max(pipeline.sizes.values(), default=0) / max(len(sample), 1), 4),
+        "max_cluster_size": pipeline.size_cap_,
         "span_noise_fraction": round(float((labelled["cluster_id"] < 0).mean()), 4),
         "outlier_fraction": round(float(np.mean([x == -1 for x in doc_labels])), 4),
         "titles": {int(c): pipeline.titles[c] for c in pipeline.cluster_ids},
@@ -143,18 +160,41 @@ def main(argv=None) -> int:
     p.add_argument("--min-len", type=int, default=16)
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--stride", type=int, default=8)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="UMAP seed (the first, with --seeds)")
+    p.add_argument("--seeds", type=int, default=1, help="UMAP seeds seed, seed+1, ...: the embeddings are made "
+                   "once, fit, labelling and selection run per seed; top-level keys are the first seed's")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="forward-pass precision (EncoderConfig.dtype)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
     texts, gold = load_corpus(args.docs, args.text_field, args.label_field, args.limit)
-    pred, info = run_emerge(texts, args.min_len, args.max_len, args.stride, args.seed, args.dtype)
-    result = {"config": {"docs": args.docs, "limit": args.limit}, "machine": machine(), **info}
-    if args.label_field:
-        result.update(agreement(gold, pred))
+    run = discover(texts, args.min_len, args.max_len, args.stride, args.seed, args.dtype)
+    per_seed = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        pred, info = summarize(run if seed == args.seed else refit(run, seed), texts, seed)
+        per_seed.append(info | (agreement(gold, pred) if args.label_field else {}))
+    result = {"config": {"docs": args.docs, "limit": args.limit, "seeds": args.seeds}, "machine": machine(),
+              **per_seed[0], "per_seed": [{k: r[k] for k in SEED_KEYS if k in r} for r in per_seed],
+              "over_seeds": over_seeds(per_seed)}
     return emit(result, args.out)
+
+
+SEED_KEYS = ("seed", "nmi", "ari", "nmi_non_outliers", "outlier_fraction", "n_clusters", "span_noise_fraction",
+             "largest_cluster_fraction", "max_cluster_size", "wall_s")
+
+
+def over_seeds(per_seed: list[dict]) -> dict:
+    """Mean and sample sd of each numeric per-seed measure (sd 0 for one seed)."""
+    import numpy as np
+
+    out = {}
+    for key in SEED_KEYS[1:]:
+        if key in per_seed[0]:
+            values = np.array([r[key] for r in per_seed], float)
+            out[key] = {"mean": round(float(values.mean()), 4),
+                        "sd": round(float(values.std(ddof=1)) if len(values) > 1 else 0.0, 4)}
+    return out
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ class ClusteringPipeline:
         self.fit_labels_: np.ndarray | None = None
         self.fit_embedding_: np.ndarray | None = None
         self.fit_strengths_: np.ndarray | None = None
+        self.size_cap_: int = 0  # max_cluster_size of the refit when max_cluster_fraction triggered, else 0
         self.label_map: dict[int, int] = {}
         self.next_cluster_id: int = 0
         self.id_assignment: IdAssignment | None = None
@@ -148,9 +149,16 @@ class ClusteringPipeline:
         self.fit_embedding_ = coords
         n = len(vectors)
         min_cluster_size = min(self.config.auto_min_cluster_size(n), max(2, n // 2))
-        self.clusterer = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=self.config.min_samples,
-                                         prediction_data=True, core_dist_n_jobs=1)
-        self.clusterer.fit(coords)
+
+        def fit(max_cluster_size: int = 0):
+            return hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=self.config.min_samples,
+                                   max_cluster_size=max_cluster_size, prediction_data=True,
+                                   core_dist_n_jobs=1).fit(coords)
+
+        self.clusterer, self.size_cap_ = fit(), 0
+        cap = _size_cap(self.clusterer, self.config.max_cluster_fraction, min_cluster_size)
+        if cap:
+            self._apply_size_cap(fit(cap), cap)
         self.fit_labels_ = self.clusterer.labels_.astype(np.int64)
         self.fit_strengths_ = self.clusterer.probabilities_.astype(np.float32)
         self._set_centroids(vectors, self.fit_labels_)
@@ -160,6 +168,26 @@ class ClusteringPipeline:
         log.info("clustering fit on %d spans: %d clusters, %.1f%% noise", n, len(self.centroids),
                  100 * float(np.mean(self.fit_labels_ == NOISE)))
         return self
+
+    def _apply_size_cap(self, capped, cap: int) -> None:
+        """Take `capped` (HDBSCAN refit with max_cluster_size `cap`) when the clusters it selects
+        below the oversized ones keep at least half of their spans. Otherwise what lies below is
+        fluctuation, not topics (one dense blob: splitting it would turn most of it into noise),
+        and the large cluster stays."""
+        labels = self.clusterer.labels_
+        sizes = np.bincount(labels[labels >= 0])
+        oversized = np.isin(labels, np.flatnonzero(sizes > cap))
+        kept = float((capped.labels_[oversized] >= 0).mean())
+        n, largest = len(labels), int(sizes.max())
+        if kept >= 0.5:
+            self.clusterer, self.size_cap_ = capped, cap
+            log.info("one cluster held %d of %d fit spans (over max_cluster_fraction %s): re-selected the "
+                     "clusters below it, which keep %.0f%% of its spans", largest, n,
+                     self.config.max_cluster_fraction, 100 * kept)
+        else:
+            log.warning("one cluster holds %d of %d fit spans (over max_cluster_fraction %s), but the clusters "
+                        "below it keep only %.0f%% of its spans: kept it whole", largest, n,
+                        self.config.max_cluster_fraction, 100 * kept)
 
     def _set_centroids(self, vectors: np.ndarray, labels: np.ndarray) -> None:
         self.centroids, self.sizes = {}, {}
@@ -330,6 +358,23 @@ class ClusteringPipeline:
         pipe.label_map = {int(r): int(s) for r, s in meta.get("label_map", {c: c for c in ids}).items()}
         pipe.next_cluster_id = int(meta.get("next_cluster_id", max(ids, default=-1) + 1))
         return pipe
+
+
+def _size_cap(clusterer, fraction: float | None, min_cluster_size: int) -> int:
+    """HDBSCAN's `max_cluster_size` for a refit when a selected cluster holds more than `fraction`
+    of the fit points, else 0 (no refit). The cap never falls below the largest leaf of the
+    condensed tree: a cluster with nothing below it would otherwise turn into noise, not split."""
+    labels = clusterer.labels_
+    if fraction is None or not (labels >= 0).any():
+        return 0
+    limit = int(fraction * len(labels))
+    if int(np.bincount(labels[labels >= 0]).max()) <= limit:
+        return 0
+    tree = clusterer.condensed_tree_._raw_tree
+    clusters = tree[tree["child_size"] > 1]
+    leaves = clusters[~np.isin(clusters["child"], clusters["parent"])]
+    largest_leaf = int(leaves["child_size"].max()) if len(leaves) else len(labels)
+    return max(limit, largest_leaf, min_cluster_size)
 
 
 def _check_vectors(vectors: np.ndarray, block: int = 65536) -> np.ndarray:

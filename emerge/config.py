@@ -133,6 +133,12 @@ class ClusteringConfig:
     `max_fit_spans_per_doc` non-overlapping spans per document and `max_fit_spans` in total;
     every other span is labelled with `approximate_predict` after `transform` places it in
     UMAP space (`knn`: weighted mean of its nearest fit spans; `umap`: UMAP.transform).
+
+    `max_cluster_fraction` caps what one cluster may hold. Excess of mass can keep the tree's
+    first split when one side is large and long-lived (20 Newsgroups: 9,056 of 10,000 fit spans
+    in one "cluster"), which is the corpus, not a topic; above the cap the clusters below it are
+    selected instead, if they keep at least half of its spans (one dense blob with only
+    fluctuations below it is kept whole rather than turned into noise). None: no cap.
     """
 
     n_components: int = 5
@@ -145,9 +151,12 @@ class ClusteringConfig:
     max_fit_spans_per_doc: int = 8
     random_state: int | None = 42
     transform: str = "knn"
+    max_cluster_fraction: float | None = 0.5
 
     def __post_init__(self):
         _positive_int(self.n_components, "n_components")
+        _require(self.max_cluster_fraction is None or 0.0 < float(self.max_cluster_fraction) <= 1.0,
+                 "max_cluster_fraction", f"must be in (0, 1] or None, got {self.max_cluster_fraction!r}")
         _require(self.transform in TRANSFORMS, "transform", f"must be knn or umap, got {self.transform!r}")
         _require(isinstance(self.n_neighbors, int) and self.n_neighbors >= 2, "n_neighbors",
                  f"must be an integer >= 2, got {self.n_neighbors!r}")

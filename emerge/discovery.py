@@ -30,7 +30,9 @@ def fit_clustering(spans: pl.DataFrame, vectors: np.ndarray, config: ClusteringC
 
 
 def cluster_projected_sample(projected: ClusteringPipeline, sample: pl.DataFrame, min_cluster_size: int | None,
-                             min_samples: int | None, previous: ClusteringPipeline | None = None,
+                             min_samples: int | None,
+                             max_cluster_fraction: float | None = ClusteringConfig.max_cluster_fraction,
+                             previous: ClusteringPipeline | None = None,
                              min_similarity: float = DEFAULT_MIN_SIMILARITY,
                              title_overrides: dict[int, str] | None = None):
     """HDBSCAN on a fit sample that UMAP has already projected (rows with `coords`, `embedding`
@@ -43,8 +45,9 @@ def cluster_projected_sample(projected: ClusteringPipeline, sample: pl.DataFrame
 
     from emerge.embedding import vectors_of
 
-    pipeline = ClusteringPipeline.from_reducer(projected, replace(projected.config, min_cluster_size=min_cluster_size,
-                                                                  min_samples=min_samples))
+    pipeline = ClusteringPipeline.from_reducer(projected, replace(
+        projected.config, min_cluster_size=min_cluster_size, min_samples=min_samples,
+        max_cluster_fraction=max_cluster_fraction))
     pipeline.fit_clusterer(vectors_of(sample), coords=sample["coords"].to_numpy())
     ids = pipeline.assign_stable_ids(previous, min_similarity)
     title_clusters(pipeline, sample["text_span"].to_list(), previous, title_overrides)

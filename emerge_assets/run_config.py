@@ -89,6 +89,9 @@ class HdbscanConfig(_EngineConfig):
     min_cluster_size: Optional[int] = engine_default(ClusteringConfig, "min_cluster_size",
                                                      "null = about sqrt(fit spans)/2, >= 5.")
     min_samples: Optional[int] = engine_default(ClusteringConfig, "min_samples")
+    max_cluster_fraction: Optional[float] = engine_default(
+        ClusteringConfig, "max_cluster_fraction", "A cluster holding more of the fit spans than this is replaced "
+        "by the clusters below it in HDBSCAN's tree (null: no cap).")
 
 
 class HdbscanClustersConfig(HdbscanConfig):

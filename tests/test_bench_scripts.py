@@ -23,9 +23,14 @@ def run_script(name: str, *args: str) -> dict:
 
 
 def test_discovery_quality_script():
-    r = run_script("discovery_quality.py", "--docs", str(PLANTED), "--label-field", "topic")
+    r = run_script("discovery_quality.py", "--docs", str(PLANTED), "--label-field", "topic", "--seeds", "2")
     assert {"nmi", "ari", "n_clusters", "wall_s", "outlier_fraction", "tokens_embedded"} <= set(r)
     assert r["ari"] > 0.8
+    assert [s["seed"] for s in r["per_seed"]] == [42, 43]
+    assert r["per_seed"][0]["nmi"] == r["nmi"]  # the top level is the first seed
+    nmis = [s["nmi"] for s in r["per_seed"]]
+    assert r["over_seeds"]["nmi"]["mean"] == pytest.approx(sum(nmis) / 2, abs=1e-4)
+    assert 0 < r["largest_cluster_fraction"] <= 0.5  # five planted topics: no cluster holds half the sample
 
 
 def test_discovery_agreement_counts_outliers_as_one_class_and_separately_without_them():

@@ -179,3 +179,43 @@ def test_clustering_a_projected_sample_takes_new_hdbscan_settings_without_touchi
     assert noise in ([], [NOISE_TITLE])
     _, _, same = cluster_projected_sample(pipe, sample, min_cluster_size=10, min_samples=None)
     assert adjusted_rand_score(same["cluster_id"].to_list(), pipe.fit_labels_) == 1.0
+
+
+def _plane_blobs(centres, n, rng):
+    return np.concatenate([np.asarray(c, float) + 0.1 * rng.standard_normal((n, 2)) for c in centres])
+
+
+def test_a_cluster_holding_most_of_the_sample_is_replaced_by_the_clusters_below_it(fitted):
+    """Three touching 200-point groups and a far 100-point one: excess of mass keeps the tree's
+    first split (600 vs 100 points). The cap re-selects the three groups."""
+    pipe, _, _ = fitted
+    rng = np.random.default_rng(0)
+    coords = np.concatenate([_plane_blobs([(0, 0), (0.5, 0), (0.25, 0.43)], 200, rng),
+                             _plane_blobs([(10, 10)], 100, rng)]).astype(np.float32)
+    vectors, _ = blobs(n_per=len(coords) // 4, k=4)
+    uncapped = ClusteringPipeline.from_reducer(pipe, ClusteringConfig(min_cluster_size=20, max_cluster_fraction=None))
+    uncapped.fit_clusterer(vectors, coords)
+    assert sorted(uncapped.sizes.values()) == [100, 600] and uncapped.size_cap_ == 0
+
+    capped = ClusteringPipeline.from_reducer(pipe, ClusteringConfig(min_cluster_size=20)).fit_clusterer(vectors, coords)
+    assert len(capped.cluster_ids) == 4
+    assert max(capped.sizes.values()) <= len(coords) / 2 < capped.size_cap_ + 1
+    group = np.repeat([0, 1, 2, 3], [200, 200, 200, 100])
+    kept = capped.fit_labels_ >= 0
+    assert adjusted_rand_score(group[kept], capped.fit_labels_[kept]) > 0.95
+
+
+def test_a_large_cluster_with_nothing_below_it_is_kept_not_turned_into_noise(fitted):
+    pipe, _, _ = fitted
+    rng = np.random.default_rng(1)
+    coords = np.concatenate([_plane_blobs([(0, 0)], 600, rng), _plane_blobs([(10, 10)], 100, rng)]).astype(np.float32)
+    vectors, _ = blobs(n_per=len(coords) // 2, k=2)
+    capped = ClusteringPipeline.from_reducer(pipe, ClusteringConfig(min_cluster_size=20)).fit_clusterer(vectors, coords)
+    assert sorted(capped.sizes.values()) == [100, 600]
+    assert not (capped.fit_labels_ < 0).any()
+
+
+def test_max_cluster_fraction_is_validated():
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="max_cluster_fraction"):
+            ClusteringConfig(max_cluster_fraction=bad)

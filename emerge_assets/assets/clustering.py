@@ -71,7 +71,8 @@ def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersC
     overrides = load_title_overrides(titles_file) if titles_file.exists() else {}
     pipeline, ids, out = cluster_projected_sample(
         ClusteringPipeline.load(storage.models_dir / "umap_projection"), umap_projection,
-        config.min_cluster_size, config.min_samples, previous, config.id_match_min_similarity, overrides)
+        config.min_cluster_size, config.min_samples, config.max_cluster_fraction, previous,
+        config.id_match_min_similarity, overrides)
     path = pipeline.save(storage.clustering_path)
     labels, coords = pipeline.fit_labels_, pipeline.fit_embedding_
     noise = float((labels < 0).mean())
@@ -84,6 +85,9 @@ def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersC
         "clusters": len(pipeline.cluster_ids),
         "fit_noise_fraction": round(noise, 4),
         "min_cluster_size": pipeline.config.auto_min_cluster_size(len(coords)),
+        "max_cluster_size": (f"{pipeline.size_cap_} (one cluster held more than max_cluster_fraction "
+                             f"{pipeline.config.max_cluster_fraction} of the fit spans; re-selected below it)"
+                             if pipeline.size_cap_ else "none needed"),
         "cluster_table": markdown_table(cluster_table(out.rename({"membership": "relevance"}), pipeline)),
         "cluster_map": cluster_map(coords, labels, pipeline.titles, storage.figures_dir / "cluster_map.png"),
         "pipeline_path": dg.MetadataValue.path(str(path)),
