@@ -31,9 +31,16 @@ from discovery_quality import agreement, load_corpus, run_emerge  # noqa: E402
 
 
 def run_bertopic(texts: list[str], seed: int, encoder) -> tuple[list[int], dict]:
-    """BERTopic's default pipeline on `encoder`'s device; its embedding pass runs under the
-    encoder's autocast (the precision of Emerge's forward pass), so throughput compares like
-    with like."""
+    """BERTopic's default pipeline: (topic per text, -1 = outlier; result dict with timings)."""
+    model, topics, _, info = fit_bertopic(texts, seed, encoder)
+    return topics, info
+
+
+def fit_bertopic(texts: list[str], seed: int, encoder):
+    """BERTopic's default pipeline on `encoder`'s device, with Emerge's UMAP settings and seed;
+    its embedding pass runs under the encoder's autocast (the precision of Emerge's forward
+    pass), so throughput compares like with like. Returns (model, topics, embeddings, info);
+    all-MiniLM-L6-v2 ends in a Normalize module, so the embeddings are unit vectors."""
     from bertopic import BERTopic
     from sentence_transformers import SentenceTransformer
     from umap import UMAP
@@ -59,7 +66,7 @@ def run_bertopic(texts: list[str], seed: int, encoder) -> tuple[list[int], dict]
             "wall_s_by_stage": {"embed": round(embed_s, 2), "fit_topics": round(fit_s, 2)},
             "wall_s": round(wall, 2), "tokens_embedded": tokens, "tokens_per_s": round(tokens / wall, 1),
             "max_seq_length": st.max_seq_length, "forward_dtype": encoder.compute_dtype}
-    return [int(t) for t in topics], info
+    return model, [int(t) for t in topics], embeddings, info
 
 
 def main(argv=None) -> int:

@@ -85,30 +85,21 @@ def emerge_titles(texts: list[str], seed: int, dtype: str, dump: str | None) -> 
 
 
 def bertopic_titles(texts: list[str], seed: int, encoder) -> tuple[dict, dict, dict]:
+    """BERTopic's default topic names (read as their words) and topic centroids, from the same
+    fit `bench/discovery.py` measures."""
     import numpy as np
-    from bertopic import BERTopic
-    from sentence_transformers import SentenceTransformer
-    from umap import UMAP
 
-    from emerge.encoder import packaged_model_path
+    from discovery import fit_bertopic
 
-    st = SentenceTransformer(str(packaged_model_path()), device=encoder.device)
-    t0 = time.perf_counter()
-    with encoder.autocast():
-        embeddings = st.encode(texts, batch_size=32, normalize_embeddings=True).astype("float32")
-    model = BERTopic(embedding_model=st, umap_model=UMAP(n_neighbors=15, n_components=5, min_dist=0.0,
-                                                         metric="cosine", random_state=seed),
-                     calculate_probabilities=False)
-    topics, _ = model.fit_transform(texts, embeddings=embeddings)
-    info = model.get_topic_info()
-    topics = np.asarray(topics)
+    model, topics, embeddings, fit = fit_bertopic(texts, seed, encoder)
+    info, topics = model.get_topic_info(), np.asarray(topics)
     titles, centroids = {}, {}
     for topic_id, name in zip(info["Topic"].tolist(), info["Name"].tolist()):
         if topic_id == -1:
             continue
         titles[int(topic_id)] = " ".join(name.split("_")[1:])
         centroids[int(topic_id)] = embeddings[topics == topic_id].mean(axis=0)
-    return titles, centroids, {"wall_s": round(time.perf_counter() - t0, 2)}
+    return titles, centroids, {"wall_s": fit["wall_s"]}
 
 
 def main(argv=None) -> int:
