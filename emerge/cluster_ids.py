@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emerge.encoder import l2_normalise
+
 DEFAULT_MIN_SIMILARITY = 0.8
 
 
@@ -48,11 +50,6 @@ class IdAssignment:
         return out
 
 
-def _unit(matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, np.float64)
-    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-
-
 def match_cluster_ids(new_centroids: dict[int, np.ndarray], previous_centroids: dict[int, np.ndarray] | None,
                       next_id: int = 0, min_similarity: float = DEFAULT_MIN_SIMILARITY) -> IdAssignment:
     """Stable ids for `new_centroids` (raw label -> centroid), given the previous fit's
@@ -74,7 +71,7 @@ def match_cluster_ids(new_centroids: dict[int, np.ndarray], previous_centroids: 
     if comparable:
         from scipy.optimize import linear_sum_assignment
 
-        sims = _unit(np.stack([new_centroids[r] for r in raw])) @ _unit(np.stack([previous_centroids[o]
+        sims = l2_normalise(np.stack([new_centroids[r] for r in raw])) @ l2_normalise(np.stack([previous_centroids[o]
                                                                                   for o in old])).T
         rows, cols = linear_sum_assignment(sims, maximize=True)
         for i, j in zip(rows.tolist(), cols.tolist()):

@@ -6,7 +6,6 @@ loaded or any file is read, with a message that starts with the field's name.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -260,11 +259,6 @@ class CuratorConfig:
                                max_spans_per_cluster=self.max_spans_per_cluster,
                                near_duplicate_threshold=self.near_duplicate_threshold,
                                include_noise=self.include_noise)
-
-
-def as_dict(config) -> dict:
-    """Plain dict of a config, for dataset cards and run metadata."""
-    return dataclasses.asdict(config)
 
 
 PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
