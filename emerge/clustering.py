@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -120,10 +121,13 @@ class ClusteringPipeline:
         self.reducer = umap.UMAP(n_neighbors=n_neighbors, n_components=n_components, min_dist=cfg.min_dist,
                                  metric=cfg.metric, random_state=cfg.random_state, precomputed_knn=precomputed,
                                  init="spectral" if n > 3 * n_components + 10 else "random")
+        started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*knn_search_index.*")
             warnings.filterwarnings("ignore", message=".*n_jobs value.*")
             self.fit_embedding_ = self.reducer.fit_transform(vectors).astype(np.float32)
+        log.info("UMAP fit on %d spans (%d -> %d dimensions) in %.1f s", n, vectors.shape[1], n_components,
+                 time.perf_counter() - started)
         return self
 
     @classmethod
@@ -155,6 +159,7 @@ class ClusteringPipeline:
                                    max_cluster_size=max_cluster_size, prediction_data=True,
                                    core_dist_n_jobs=1).fit(coords)
 
+        started = time.perf_counter()
         self.clusterer, self.size_cap_ = fit(), 0
         cap = _size_cap(self.clusterer, self.config.max_cluster_fraction, min_cluster_size)
         if cap:
@@ -165,8 +170,8 @@ class ClusteringPipeline:
         self.label_map = {c: c for c in self.centroids}  # raw labels until assign_stable_ids
         self.next_cluster_id = len(self.centroids)
         self.id_assignment = None
-        log.info("clustering fit on %d spans: %d clusters, %.1f%% noise", n, len(self.centroids),
-                 100 * float(np.mean(self.fit_labels_ == NOISE)))
+        log.info("HDBSCAN fit on %d spans in %.1f s: %d clusters, %.1f%% noise", n, time.perf_counter() - started,
+                 len(self.centroids), 100 * float(np.mean(self.fit_labels_ == NOISE)))
         return self
 
     def _apply_size_cap(self, capped, cap: int) -> None:
@@ -277,8 +282,10 @@ class ClusteringPipeline:
             self._cosine_index_of = self.reducer
         return self._cosine_index
 
-    def predict(self, vectors: np.ndarray, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """(cluster labels, membership strengths in [0, 1]) for new span vectors."""
+    def predict(self, vectors: np.ndarray, batch_size: int = 4096,
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(cluster labels, membership strengths in [0, 1]) for new span vectors; `progress`
+        shows a bar with spans/s (a source can hold millions of dense spans)."""
         from emerge.hdbscan_predict import approximate_predict
 
         self._require_fitted()
@@ -288,11 +295,20 @@ class ClusteringPipeline:
             return np.full(len(vectors), NOISE, np.int64), np.zeros(len(vectors), np.float32)
         labels = np.empty(len(vectors), np.int64)
         strengths = np.empty(len(vectors), np.float32)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(vectors), desc="labelling spans", unit="span", unit_scale=True)
         for lo in range(0, len(vectors), 16 * batch_size):  # bounds approximate_predict's neighbour tables
             block = vectors[lo:lo + 16 * batch_size]
             raw, strength = approximate_predict(self.clusterer, self.project(block, batch_size))
             labels[lo:lo + len(block)] = raw
             strengths[lo:lo + len(block)] = np.nan_to_num(strength.astype(np.float32))
+            if bar is not None:
+                bar.update(len(block))
+        if bar is not None:
+            bar.close()
         return self._to_stable(labels, self.label_map), strengths
 
     def centroid_similarity(self, vectors: np.ndarray, labels: np.ndarray, block: int = 65536) -> np.ndarray:

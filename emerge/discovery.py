@@ -123,9 +123,10 @@ def cluster_relevance(membership: np.ndarray, centroid_sim: np.ndarray) -> np.nd
     return (0.5 * np.clip(membership, 0, 1) + 0.5 * np.clip(centroid_sim, 0, 1)).astype(np.float32)
 
 
-def label_spans(pipeline: ClusteringPipeline, spans: pl.DataFrame, vectors: np.ndarray) -> pl.DataFrame:
+def label_spans(pipeline: ClusteringPipeline, spans: pl.DataFrame, vectors: np.ndarray,
+                progress: bool = False) -> pl.DataFrame:
     """`spans` plus cluster_id, cluster_title, membership, centroid_sim, relevance."""
-    labels, strengths = pipeline.predict(vectors)
+    labels, strengths = pipeline.predict(vectors, progress=progress)
     sims = pipeline.centroid_similarity(vectors, labels)
     ids = pl.Series("cluster_id", labels, dtype=pl.Int64)
     names = {c: pipeline.titles.get(c, "Untitled") for c in np.unique(labels).tolist()} | {NOISE: NOISE_TITLE}

@@ -219,3 +219,13 @@ def test_max_cluster_fraction_is_validated():
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="max_cluster_fraction"):
             ClusteringConfig(max_cluster_fraction=bad)
+
+
+def test_labelling_progress_shows_a_span_count_and_changes_nothing(fitted, capsys):
+    pipe, x, _ = fitted
+    quiet = pipe.predict(x)
+    shown = pipe.predict(x, batch_size=4, progress=True)  # 64-span blocks: several updates
+    for a, b in zip(quiet, shown):
+        np.testing.assert_array_equal(a, b)
+    err = capsys.readouterr().err
+    assert "labelling spans" in err and f"{len(x)}/{len(x)}" in err

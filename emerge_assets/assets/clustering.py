@@ -126,7 +126,7 @@ def label_source(pipeline, storage: EmergeStorage, source: str, spans: pl.DataFr
     from emerge.discovery import label_spans
 
     _, frame, vectors = concat_sources({source: spans}, {source: span_embeddings})
-    labelled = label_spans(pipeline, frame, vectors)
+    labelled = label_spans(pipeline, frame, vectors, progress=True)
     out = labelled.select("span_idx", "doc_id", "cluster_id", "cluster_title", "membership", "centroid_sim",
                           "relevance")
     per_cluster = out.group_by("cluster_id", "cluster_title").agg(pl.len().alias("spans")).sort("cluster_id")
