@@ -71,8 +71,8 @@ def match_cluster_ids(new_centroids: dict[int, np.ndarray], previous_centroids: 
     if comparable:
         from scipy.optimize import linear_sum_assignment
 
-        sims = l2_normalise(np.stack([new_centroids[r] for r in raw])) @ l2_normalise(np.stack([previous_centroids[o]
-                                                                                  for o in old])).T
+        sims = (l2_normalise(np.stack([new_centroids[r] for r in raw]))
+                @ l2_normalise(np.stack([previous_centroids[o] for o in old])).T)
         rows, cols = linear_sum_assignment(sims, maximize=True)
         for i, j in zip(rows.tolist(), cols.tolist()):
             if sims[i, j] >= min_similarity:

@@ -383,14 +383,16 @@ def _size_cap(clusterer, fraction: float | None, min_cluster_size: int) -> int:
     labels = clusterer.labels_
     if fraction is None or not (labels >= 0).any():
         return 0
+    largest = int(np.bincount(labels[labels >= 0]).max())
     limit = int(fraction * len(labels))
-    if int(np.bincount(labels[labels >= 0]).max()) <= limit:
+    if largest <= limit:
         return 0
     tree = clusterer.condensed_tree_._raw_tree
     clusters = tree[tree["child_size"] > 1]
     leaves = clusters[~np.isin(clusters["child"], clusters["parent"])]
     largest_leaf = int(leaves["child_size"].max()) if len(leaves) else len(labels)
-    return max(limit, largest_leaf, min_cluster_size)
+    cap = max(limit, largest_leaf, min_cluster_size)
+    return cap if largest > cap else 0  # the oversized cluster is itself a leaf: a refit changes nothing
 
 
 def _check_vectors(vectors: np.ndarray, block: int = 65536) -> np.ndarray:
