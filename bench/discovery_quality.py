@@ -104,12 +104,6 @@ def refit(run: Discovery, seed: int) -> Discovery:
                      dataset, timings)
 
 
-def run_emerge(texts: list[str], min_len: int = 16, max_len: int = 64, stride: int = 8, seed: int = 42,
-               dtype: str = "auto"):
-    """Emerge discovery on `texts`: (label per text, -1 = none; result dict with timings)."""
-    return summarize(discover(texts, min_len, max_len, stride, seed, dtype), texts, seed)
-
-
 def summarize(run: Discovery, texts: list[str], seed: int):
     """(label per text, -1 = none; result dict with timings) of one discovery run."""
     import numpy as np
@@ -145,10 +139,11 @@ def agreement(gold: list, pred: list) -> dict:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     inliers = [i for i, p in enumerate(pred) if p != -1]
+    g, q = [gold[i] for i in inliers], [pred[i] for i in inliers]
     return {"nmi": round(float(normalized_mutual_info_score(gold, pred)), 4),
             "ari": round(float(adjusted_rand_score(gold, pred)), 4),
-            "nmi_non_outliers": round(float(normalized_mutual_info_score(
-                [gold[i] for i in inliers], [pred[i] for i in inliers])), 4) if inliers else 0.0}
+            "nmi_non_outliers": round(float(normalized_mutual_info_score(g, q)), 4) if inliers else 0.0,
+            "ari_non_outliers": round(float(adjusted_rand_score(g, q)), 4) if inliers else 0.0}
 
 
 def main(argv=None) -> int:

@@ -39,14 +39,39 @@ def test_discovery_agreement_counts_outliers_as_one_class_and_separately_without
 
     gold = ["a", "a", "a", "b", "b", "b", "c", "c"]
     renamed = [7, 7, 7, 3, 3, 3, 5, 5]  # the same partition under other names
-    assert agreement(gold, renamed) == {"nmi": 1.0, "ari": 1.0, "nmi_non_outliers": 1.0}
+    assert agreement(gold, renamed) == {"nmi": 1.0, "ari": 1.0, "nmi_non_outliers": 1.0, "ari_non_outliers": 1.0}
     # outliers (-1) on two documents: perfect on the rest, penalised over all documents
     with_outliers = [7, 7, -1, 3, 3, 3, -1, 5]
     r = agreement(gold, with_outliers)
-    assert r["nmi_non_outliers"] == 1.0 and r["nmi"] < 1.0 and r["ari"] < 1.0
+    assert r["nmi_non_outliers"] == r["ari_non_outliers"] == 1.0 and r["nmi"] < 1.0 and r["ari"] < 1.0
     # one cluster for everything carries no information
     assert agreement(gold, [0] * len(gold))["nmi"] == 0.0
     assert agreement(gold, [-1] * len(gold))["nmi_non_outliers"] == 0.0  # no inliers at all
+
+
+def test_discovery_script_reports_both_methods_and_matched_variants_over_seeds():
+    """bench/discovery.py's contract: each method and matched variant has the same keys as means
+    over seeds, with sd and per-seed rows; BERTopic only where the bench extra is installed."""
+    r = run_script("discovery.py", "--docs", str(PLANTED), "--label-field", "topic", "--seeds", "2")
+    keys = {"nmi", "ari", "nmi_non_outliers", "ari_non_outliers", "outlier_fraction", "n_clusters", "wall_s",
+            "tokens_embedded", "tokens_per_s", "docs_per_s"}
+    try:
+        import bertopic  # noqa: F401
+        methods = ("emerge", "emerge_document_vectors", "bertopic", "bertopic_reduce_outliers")
+    except ImportError:
+        methods = ("emerge", "emerge_document_vectors")
+        assert r["bertopic"] is None and r["bertopic_skipped"] == "bertopic is not installed"
+    for name in methods:
+        m = r[name]
+        assert keys <= set(m) and keys <= set(m["sd"]), name
+        assert [s["seed"] for s in m["per_seed"]] == [42, 43]
+        assert m["nmi"] == pytest.approx(sum(s["nmi"] for s in m["per_seed"]) / 2, abs=1e-4)
+        assert m["docs_per_s"] == pytest.approx(sum(s["docs_per_s"] for s in m["per_seed"]) / 2, abs=1e-2)
+    assert r["emerge"]["ari"] > 0.8 and r["emerge_document_vectors"]["ari"] > 0.8  # five planted topics
+    if "bertopic" in methods:
+        assert r["bertopic_reduce_outliers"]["outlier_fraction"] <= r["bertopic"]["outlier_fraction"]
+        assert r["differences_emerge_minus_bertopic"]["nmi"]["mean"] == pytest.approx(
+            r["emerge"]["nmi"] - r["bertopic"]["nmi"], abs=1e-3)
 
 
 def test_titles_script(tmp_path):
