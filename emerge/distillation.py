@@ -142,11 +142,12 @@ class HybridTeacher:
     corpus_texts: list[str]
     lexical_weight: float = 1.0
     batch_size: int = 64
+    dtype: str = "float32"  # the forward pass of `model` (see emerge.retrieval.encode)
 
     def __post_init__(self):
         from emerge.retrieval import encode
 
-        self._encode = lambda texts: encode(self.model, texts, self.batch_size)
+        self._encode = lambda texts: encode(self.model, texts, self.batch_size, dtype=self.dtype)
         self.corpus_vectors = self._encode(self.corpus_texts)
         self.bm25 = BM25Index.build(self.corpus_texts)
 
@@ -215,9 +216,15 @@ class DistillationSet:
 def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_per_document: int,
                           negatives_per_query: int, negative_depth: int, window_chars: int,
                           lexical_weight: float, seed: int, max_queries: int | None = None,
-                          query_source: str = "spans", progress=None) -> DistillationSet:
+                          query_source: str = "spans", teacher_model=None, progress=None) -> DistillationSet:
     """Teacher-scored (query, positive, negatives) rows for distillation. Negatives are drawn from
-    the teacher's top `negative_depth` training documents, never the query's own document."""
+    the teacher's top `negative_depth` training documents, never the query's own document.
+
+    The teacher's dense half is `model` (the base) unless `teacher_model` is given: a larger model
+    that ships offline (all-mpnet-base-v2) ranks the corpus better than the student's own base,
+    so the student has more to learn than what BM25 adds. Texts are cut where the *student's*
+    tokenizer stops (it trains on exactly what the teacher scored); a separate teacher, ~5x the
+    cost per text, runs in bfloat16 where the CPU has it natively (`emerge.encoder.resolve_dtype`)."""
     say = progress or log.info
     docs = sorted(set(rows["doc_id"].cast(pl.String)))
     if len(docs) < negatives_per_query + 2:
@@ -232,10 +239,17 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
         queries = pseudo_queries(rows, texts, queries_per_document, window_chars, seed, max_queries)
     if queries.height == 0:
         raise InputError("no selected span left a document context to pair with")
-    say(f"distillation: {queries.height} pseudo-queries from {len(docs)} documents; teacher = base model + BM25")
+    dense = "base model" if teacher_model is None else f"teacher model {getattr(teacher_model, 'emerge_name', '')}".rstrip()
+    say(f"distillation: {queries.height} pseudo-queries from {len(docs)} documents; teacher = {dense} + BM25")
     corpus = fit_to_tokens(model, [document_window(texts[d], window_chars) for d in docs])
     queries = queries.with_columns(pl.Series("positive", fit_to_tokens(model, queries["positive"].to_list())))
-    teacher = HybridTeacher(model, corpus, lexical_weight)
+    if teacher_model is None:
+        teacher = HybridTeacher(model, corpus, lexical_weight)
+    else:
+        from emerge.encoder import resolve_dtype
+
+        teacher = HybridTeacher(teacher_model, corpus, lexical_weight,
+                                dtype=resolve_dtype("auto", str(teacher_model.device)))
     doc_index = {d: i for i, d in enumerate(docs)}
     rng = np.random.default_rng(seed)
     q_texts, pos_texts = queries["query"].to_list(), queries["positive"].to_list()

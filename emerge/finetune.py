@@ -64,13 +64,17 @@ def _train_rows(train_rows: pl.DataFrame, label_col: str, config: TrainingConfig
         return build_pairs(train_rows, label_col, config, texts)
     if texts is None:
         raise InputError("pairing='distill' needs the documents' texts")
-    teacher = load_sentence_transformer(base_model, device, config.max_seq_length)
-    triplets = distillation_triplets(train_rows, texts, teacher, queries_per_document=config.queries_per_document,
+    base = load_sentence_transformer(base_model, device, config.max_seq_length)
+    teacher = None
+    if config.teacher_model is not None:  # reads the student-length texts at its own window
+        teacher = load_sentence_transformer(config.teacher_model, device, role="teacher_model")
+        teacher.emerge_name = Path(config.teacher_model).name
+    triplets = distillation_triplets(train_rows, texts, base, queries_per_document=config.queries_per_document,
                                      negatives_per_query=config.negatives_per_query,
                                      negative_depth=config.negative_depth, window_chars=config.context_chars,
                                      lexical_weight=config.lexical_weight, seed=config.seed,
                                      max_queries=config.max_train_queries, query_source=config.query_source,
-                                     progress=say)
+                                     teacher_model=teacher, progress=say)
     if triplets.height < config.min_pairs:
         raise InputError(f"only {triplets.height} distillation queries; min_pairs={config.min_pairs}. "
                          "Curate more documents or lower min_pairs")

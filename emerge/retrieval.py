@@ -54,9 +54,20 @@ def retrieval_metrics(ranked: list[list[str]], qrels: list[dict[str, int]]) -> d
     return {k: float(np.mean(v)) for k, v in per_query.items()}
 
 
-def encode(model, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                        show_progress_bar=progress).astype(np.float32)
+def encode(model, texts: list[str], batch_size: int = 64, progress: bool = False,
+           dtype: str = "float32") -> np.ndarray:
+    """Unit vectors of `texts`; `dtype="bfloat16"` runs the forward pass under CPU autocast (the
+    weights stay float32; cosines within ~5e-5 of float32's, see BENCHMARKS.md "precision")."""
+    import contextlib
+
+    import torch
+
+    cast = (torch.autocast(device_type="cpu", dtype=torch.bfloat16) if dtype == "bfloat16"
+            and str(model.device) == "cpu" else contextlib.nullcontext())
+    with cast:
+        vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                               show_progress_bar=progress)
+    return vectors.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- BEIR collections

@@ -83,13 +83,14 @@ class TrainingResult:
     train_loss: float | None
 
 
-def load_sentence_transformer(model_path: str | Path, device: str, max_seq_length: int | None = None):
+def load_sentence_transformer(model_path: str | Path, device: str, max_seq_length: int | None = None,
+                              role: str = "base model"):
     """A SentenceTransformer from a local directory only (no hub lookup, no remote code)."""
     from sentence_transformers import SentenceTransformer
 
     path = Path(model_path)
     if not path.is_dir():
-        raise InputError(f"base model directory {str(path)!r} does not exist")
+        raise InputError(f"{role} directory {str(path)!r} does not exist")
     model = SentenceTransformer(str(path), device=device, local_files_only=True, trust_remote_code=False)
     model.emerge_window = int(model.max_seq_length or max_seq_length or 512)  # the model's own window
     if max_seq_length is not None:

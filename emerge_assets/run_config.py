@@ -186,6 +186,9 @@ class FineTuneConfig(_EngineConfig):
                                             "top this many documents.")
     lexical_weight: float = _training_default("lexical_weight", "distill: weight of BM25 beside the base model "
                                               "in the teacher.")
+    teacher_model: Optional[str] = _training_default(
+        "teacher_model", "distill: a local sentence-transformers directory whose scores replace the base model's "
+        "in the teacher (e.g. all-mpnet-base-v2 unpacked from its PyPI wheels); null = the base model.")
     distill_loss: Literal[DISTILL_LOSSES] = _training_default(
         "distill_loss", "distill: in_batch_kl (the student's ranking of every text of the batch matched to the "
         "teacher's, KL; the measured default), in_batch_mse (raw margins to every text) or pairwise (MarginMSE on "

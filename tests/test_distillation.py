@@ -267,3 +267,42 @@ def test_every_distillation_loss_trains_the_model(tiny_model_dir, tmp_path, loss
     assert any(changed)
     with pytest.raises(ConfigError, match="distill_loss"):
         TrainingConfig(distill_loss="listwise")
+
+
+def test_a_separate_teacher_model_gives_the_dense_half_of_the_teacher(tiny_model_dir, tmp_path):
+    """teacher_model: the teacher's scores are that model's cosines (at its own precision), not the
+    base's; texts are still cut by the student's tokenizer. A missing teacher names the field."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from emerge.distillation import distillation_triplets
+    from emerge.encoder import resolve_dtype
+    from emerge.errors import InputError
+    from emerge.finetune import fine_tune_and_evaluate
+    from emerge.retrieval import encode
+    from emerge.training import load_sentence_transformer
+
+    torch.manual_seed(7)
+    other = tmp_path / "teacher"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).eval().save_pretrained(other)
+    load_sentence_transformer(tiny_model_dir, "cpu").tokenizer.save_pretrained(other)
+    rows, texts = _docs(8)
+    student = load_sentence_transformer(tiny_model_dir, "cpu", 64)
+    teacher = load_sentence_transformer(other, "cpu")
+    triplets = distillation_triplets(rows, texts, student, queries_per_document=1, negatives_per_query=1,
+                                     negative_depth=3, window_chars=400, lexical_weight=0.0, seed=1,
+                                     teacher_model=teacher).rows
+    labels = np.array(triplets["score"].to_list())[:, 0]
+    dtype = resolve_dtype("auto", "cpu")
+    cosines = {name: np.einsum("ij,ij->i", encode(m, triplets["anchor"].to_list(), dtype=dtype),
+                               encode(m, triplets["positive"].to_list(), dtype=dtype))
+               for name, m in (("teacher", teacher), ("base", student))}
+    assert labels == pytest.approx(cosines["teacher"], abs=1e-4)
+    assert np.abs(labels - cosines["base"]).max() > 1e-3
+
+    config = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, eval_fraction=0.25,
+                            negatives_per_query=1, negative_depth=4, teacher_model=str(tmp_path / "missing"))
+    rows, texts = _docs(24)
+    with pytest.raises(InputError, match="teacher_model directory"):
+        fine_tune_and_evaluate(rows, "cluster_id", tiny_model_dir, tmp_path / "m", config, texts=texts)
