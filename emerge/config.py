@@ -262,7 +262,7 @@ class CuratorConfig:
 
 
 PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
-QUERY_SOURCES = ("spans", "leading_sentence", "sentences")
+QUERY_SOURCES = ("spans", "leading_sentence", "sentences", "keywords")
 DISTILL_LOSSES = ("in_batch_kl", "in_batch_mse", "pairwise")
 # distill moves normalised-cosine scores, so it needs a larger step than MNRL's pairs;
 # WiSE-FT interpolation then takes back what the larger step costs (BENCHMARKS.md, domain adaptation)
@@ -278,7 +278,8 @@ class TrainingConfig:
     by a base-model + BM25 teacher (`lexical_weight`; `teacher_model`, a local sentence-transformers
     directory, replaces the base model as the dense half) and distils the teacher; its queries are
     the selected spans (`query_source="spans"`, up to `queries_per_document`) or each document's
-    opening line or sentence (`"leading_sentence"`), or the opening and `queries_per_document - 1`
+    opening line or sentence (`"leading_sentence"`), that opening shortened to its 2-5 rarest
+    words, a search-box query (`"keywords"`), or the opening and `queries_per_document - 1`
     other sentences, each cut out of its positive (`"sentences"`), at most `max_train_queries`, with
     `negatives_per_query` negatives drawn from the teacher's top `negative_depth` documents;
     `distill_loss="in_batch_kl"` matches the student's ranking of every text of the batch to the

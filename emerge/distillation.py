@@ -128,6 +128,52 @@ def document_sentences(rows: pl.DataFrame, texts: dict[str, str], window_chars: 
     return frame.drop("_nth", "_draw")
 
 
+_WORD = re.compile(r"[^\W\d_][\w\-']*")
+
+
+def keyword_queries(rows: pl.DataFrame, texts: dict[str, str], window_chars: int, seed: int,
+                    min_terms: int = 2, max_terms: int = 5) -> pl.DataFrame:
+    """Each document's opening line or sentence (its title, subject line or lead) shortened to
+    its most distinctive words, the way people type a query into a search box ("statin breast
+    cancer survival"); the rest of the document is the positive. Distinctive = highest idf over
+    the training documents (the statistics the teacher's lexical half uses); each query keeps
+    `min_terms`..`max_terms` words (drawn by `seed`) in their order. A word of one document only,
+    or of under three letters, is never kept (an identifier, a typo or an abbreviation). Whole
+    openings are long, well-formed queries that a pre-trained model already matches; the short
+    form is where it leans most on word meaning and least on the corpus' rare terms, which is
+    what BM25 in the teacher knows. Columns: query, positive, doc_id."""
+    from emerge.lexical import tokenize
+
+    openings = leading_sentences(rows, texts, window_chars)
+    index = BM25Index.build([_cut_at_space(texts[d].strip(), window_chars) for d in sorted(set(rows["doc_id"].cast(pl.String)))])
+    df = np.bincount(index.weights.indices, minlength=len(index.vocab))
+    rng = np.random.default_rng(seed)
+    out = []
+    for opening, rest, doc in openings.iter_rows():
+        words = [m.group() for m in _WORD.finditer(opening)]
+        stems = tokenize(words)
+        scored, seen = [], set()
+        for k, (word, stem) in enumerate(zip(words, stems)):
+            if stem and len(word) >= 3 and stem[0] in index.vocab and stem[0] not in seen \
+                    and df[index.vocab[stem[0]]] >= 2:
+                seen.add(stem[0])
+                scored.append((index.idf[index.vocab[stem[0]]], k, word))
+        n = int(rng.integers(min_terms, max_terms + 1))
+        if len(scored) < min_terms:
+            continue
+        keep = sorted(sorted(scored, key=lambda x: -x[0])[:n], key=lambda x: x[1])
+        out.append((" ".join(w for _, _, w in keep), rest, doc))
+    return pl.DataFrame(out, schema=["query", "positive", "doc_id"], orient="row")
+
+
+def _cut_at_space(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, back to the last whitespace so no word is cut in two."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit + 1)
+    return text[:cut if cut > 0 else limit]
+
+
 def document_window(text: str, window_chars: int) -> str:
     """What a document looks like as a training negative: its opening `window_chars`."""
     return text[:window_chars].strip()
@@ -235,6 +281,10 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
             queries = queries.sample(n=max_queries, seed=seed)
     elif query_source == "sentences":
         queries = document_sentences(rows, texts, window_chars, queries_per_document, seed, max_queries)
+    elif query_source == "keywords":
+        queries = keyword_queries(rows, texts, window_chars, seed)
+        if max_queries is not None and queries.height > max_queries:
+            queries = queries.sample(n=max_queries, seed=seed)
     else:
         queries = pseudo_queries(rows, texts, queries_per_document, window_chars, seed, max_queries)
     if queries.height == 0:

@@ -175,7 +175,8 @@ class FineTuneConfig(_EngineConfig):
                                            "the span.")
     query_source: Literal[QUERY_SOURCES] = _training_default(
         "query_source", "distill: pseudo-queries are the selected spans (spans), each document's opening "
-        "line/sentence (leading_sentence), or the opening and other sentences cut out of the document (sentences).")
+        "line/sentence (leading_sentence), that opening shortened to its 2-5 rarest words (keywords), or the "
+        "opening and other sentences cut out of the document (sentences).")
     queries_per_document: int = _training_default("queries_per_document", "distill: pseudo-queries (selected "
                                                   "spans, or sentences) per training document.")
     max_train_queries: Optional[int] = _training_default("max_train_queries", "distill: most pseudo-queries "

@@ -306,3 +306,26 @@ def test_a_separate_teacher_model_gives_the_dense_half_of_the_teacher(tiny_model
     rows, texts = _docs(24)
     with pytest.raises(InputError, match="teacher_model directory"):
         fine_tune_and_evaluate(rows, "cluster_id", tiny_model_dir, tmp_path / "m", config, texts=texts)
+
+
+def test_keyword_queries_shorten_the_opening_to_its_rarest_shared_words():
+    from emerge.distillation import keyword_queries
+
+    texts = {"a": "Rotor blade stall in the slipstream of a propeller. The rotor stalls early.",
+             "b": "Propeller noise and the rotor wake. Blade vortex noise is loud.",
+             "c": "Stall of a thin blade wing at high angle. Slipstream effects are small.",
+             "d": "Zyxwv qqq of the rotor. Nothing else."}
+    rows = pl.DataFrame({"doc_id": list(texts)})
+    queries = {r["doc_id"]: r for r in keyword_queries(rows, texts, 400, seed=0).iter_rows(named=True)}
+    assert set(queries) == {"a", "b", "c"}  # d's opening has one word shared with another document
+    for doc, r in queries.items():
+        words, opening = r["query"].split(), texts[doc].split(".")[0]
+        assert 2 <= len(words) <= 5 and opening not in r["positive"]
+        positions = [opening.index(w) for w in words]
+        assert positions == sorted(positions)  # in the opening's order
+        assert all(len(w) >= 3 and w.lower() not in {"the", "and", "of"} for w in words)
+    # "Zyxwv" occurs in one document only, so it is never a keyword
+    assert all("Zyxwv" not in r["query"] for r in queries.values())
+    # two words: the rarest shared ones (stall, slipstream, propeller: 2 documents each; rotor, blade: 3)
+    two = keyword_queries(rows, texts, 400, seed=0, min_terms=2, max_terms=2).filter(pl.col("doc_id") == "a")
+    assert set(two["query"][0].lower().split()) < {"stall", "slipstream", "propeller"}
