@@ -105,3 +105,23 @@ def label_shares(df: pl.DataFrame, label_col: str) -> tuple[float, float]:
         return 0.0, 0.0
     counts = df.group_by(label_col).len()["len"]
     return float(counts.max() / df.height), float(counts.min() / counts.max())
+
+
+def topic_score_problems(topic_scores: pl.DataFrame, spans: pl.DataFrame) -> dict[str, int]:
+    """Scored spans that are not spans of the source or are scored twice, relevance outside [0, 1]
+    or not finite, and topic ids without a name."""
+    problems = {}
+    unknown = topic_scores.filter(~pl.col("span_idx").is_in(spans["span_idx"].implode())).height
+    if unknown:
+        problems["unknown_span_idx"] = unknown
+    repeated = topic_scores.height - topic_scores["span_idx"].n_unique()
+    if repeated:
+        problems["spans_scored_twice"] = repeated
+    r = pl.col("relevance")
+    bad = topic_scores.filter(r.is_null() | r.is_nan() | (r < 0) | (r > 1)).height
+    if bad:
+        problems["relevance_outside_unit_interval"] = int(bad)
+    unnamed = topic_scores.filter(pl.col("topic_id").is_not_null() & pl.col("topic_name").is_null()).height
+    if unnamed:
+        problems["topic_without_name"] = unnamed
+    return problems

@@ -82,6 +82,16 @@ def embeddings_are_finite_and_nonzero(context: dg.AssetCheckExecutionContext, sp
     return result(per_source_problems(context, check, span_embeddings=span_embeddings, spans=spans))
 
 
+@dg.asset_check(asset="topic_scores", partitions_def=document_source, blocking=True,
+                additional_ins={"spans": SAME_SOURCE},
+                description="Each scored span is a span of the source, scored once, with relevance in [0, 1] and a "
+                            "topic name wherever it has a topic.")
+def topic_scores_are_one_valid_row_per_span(context: dg.AssetCheckExecutionContext, topic_scores,
+                                            spans) -> dg.AssetCheckResult:
+    return result(per_source_problems(context, validation.topic_score_problems, topic_scores=topic_scores,
+                                      spans=spans))
+
+
 @dg.asset_check(asset="raw_texts", partitions_def=document_source, blocking=True,
                 description="Every file in the source folder has a row in raw_texts (a document or a skip with "
                             "its reason), and doc_ids are unique.")
@@ -120,28 +130,32 @@ def clusters_within_bounds(config: ClusterBounds, hdbscan_clusters: pl.DataFrame
                   clusters=len(sizes))
 
 
-DATASET_SCHEMA = {"text_span": (pl.String,), "doc_id": (pl.String,), "source": (pl.String,),
-                  "start_char": (pl.Int64, pl.Int32), "end_char": (pl.Int64, pl.Int32),
-                  "cluster_id": (pl.Int64, pl.Int32), "cluster_title": (pl.String,),
-                  "relevance": (pl.Float32, pl.Float64), "quality": (pl.Float32, pl.Float64)}
+PROVENANCE_SCHEMA = {"text_span": (pl.String,), "doc_id": (pl.String,), "source": (pl.String,),
+                     "start_char": (pl.Int64, pl.Int32), "end_char": (pl.Int64, pl.Int32),
+                     "relevance": (pl.Float32, pl.Float64), "quality": (pl.Float32, pl.Float64)}
+# label scheme of each exported dataset: (label column and its types, title column)
+DATASET_LABELS = {"curated_dataset": ("cluster_id", (pl.Int64, pl.Int32), "cluster_title"),
+                  "curated_topic_dataset": ("topic_id", (pl.String,), "topic_name")}
+SCHEMA = "The exported dataset has the documented columns and types, no null text, label or provenance, " \
+         "scores within [0, 1], and rows."
+BALANCE = "No label dominates the dataset (warns; cap with max_spans_per_cluster)."
+ACCOUNTS = "Every input of every source is accounted for: the dataset's outcome table covers all raw_texts " \
+           "rows, and every dataset row comes from a kept document."
 
 
-@dg.asset_check(asset="curated_dataset", blocking=True,
-                description="The exported dataset has the documented columns and types, no null text or "
-                            "provenance, scores within [0, 1], no noise rows unless asked for, and rows.")
-def curated_dataset_schema(curated_dataset: pl.DataFrame) -> dg.AssetCheckResult:
-    df = curated_dataset
-    problems = validation.schema_problems(df, DATASET_SCHEMA, unit_interval=("relevance", "quality"),
-                                          not_null=("text_span", "doc_id", "source", "start_char", "end_char"))
+def dataset_schema(asset: str, df: pl.DataFrame) -> dg.AssetCheckResult:
+    label_col, label_types, title_col = DATASET_LABELS[asset]
+    problems = validation.schema_problems(df, PROVENANCE_SCHEMA | {label_col: label_types, title_col: (pl.String,)},
+                                          unit_interval=("relevance", "quality"),
+                                          not_null=("text_span", "doc_id", "source", "start_char", "end_char",
+                                                    label_col))
     if df.height == 0:
         problems.append("no rows")
     return result(problems, rows=df.height, columns=", ".join(df.columns))
 
 
-@dg.asset_check(asset="curated_dataset",
-                description="No cluster dominates the dataset (warns; cap with max_spans_per_cluster).")
-def curated_dataset_label_balance(config: LabelBalanceBounds, curated_dataset: pl.DataFrame) -> dg.AssetCheckResult:
-    share, balance = validation.label_shares(curated_dataset, "cluster_id")
+def dataset_balance(asset: str, config: LabelBalanceBounds, df: pl.DataFrame) -> dg.AssetCheckResult:
+    share, balance = validation.label_shares(df, DATASET_LABELS[asset][0])
     problems = {}
     if share > config.max_label_share:
         problems["largest_label_share"] = f"{share:.3f} > {config.max_label_share}"
@@ -150,21 +164,17 @@ def curated_dataset_label_balance(config: LabelBalanceBounds, curated_dataset: p
     return result(problems, severity=WARN, largest_label_share=round(share, 4), label_balance=round(balance, 4))
 
 
-@dg.asset_check(asset="curated_dataset", blocking=True, additional_ins={"raw_texts": ALL_SOURCES},
-                description="Every input of every source is accounted for: the dataset's outcome table covers "
-                            "all raw_texts rows, and every dataset row comes from a kept document.")
-def curated_dataset_accounts_for_every_input(context: dg.AssetCheckExecutionContext,
-                                             curated_dataset: pl.DataFrame, raw_texts: dict,
-                                             storage: EmergeStorage) -> dg.AssetCheckResult:
+def dataset_accounts(asset: str, context: dg.AssetCheckExecutionContext, df: pl.DataFrame, raw_texts: dict,
+                     storage: EmergeStorage) -> dg.AssetCheckResult:
     inventory = pl.concat(list(raw_texts.values())) if raw_texts else pl.DataFrame({"doc_id": [], "status": []})
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("curated_dataset"))
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
     meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
     reported = meta["inputs"].value if "inputs" in meta else None
     kept = set(inventory.filter(pl.col("status") == "kept")["doc_id"].to_list())
     problems = {}
     if reported != inventory.height:
         problems["inputs"] = f"dataset reports {reported} inputs, raw_texts holds {inventory.height}"
-    strays = set(curated_dataset["doc_id"].to_list()) - kept
+    strays = set(df["doc_id"].to_list()) - kept
     if strays:
         problems["rows_from_unknown_documents"] = len(strays)
     missing_folders = sorted(s for s in raw_texts if not storage.source_dir(s).is_dir())
@@ -172,6 +182,43 @@ def curated_dataset_accounts_for_every_input(context: dg.AssetCheckExecutionCont
                   sources_whose_folder_is_gone=", ".join(missing_folders) or "none")
 
 
+@dg.asset_check(asset="curated_dataset", blocking=True, description=SCHEMA)
+def curated_dataset_schema(curated_dataset: pl.DataFrame) -> dg.AssetCheckResult:
+    return dataset_schema("curated_dataset", curated_dataset)
+
+
+@dg.asset_check(asset="curated_dataset", description=BALANCE)
+def curated_dataset_label_balance(config: LabelBalanceBounds, curated_dataset: pl.DataFrame) -> dg.AssetCheckResult:
+    return dataset_balance("curated_dataset", config, curated_dataset)
+
+
+@dg.asset_check(asset="curated_dataset", blocking=True, additional_ins={"raw_texts": ALL_SOURCES}, description=ACCOUNTS)
+def curated_dataset_accounts_for_every_input(context: dg.AssetCheckExecutionContext, curated_dataset: pl.DataFrame,
+                                             raw_texts: dict, storage: EmergeStorage) -> dg.AssetCheckResult:
+    return dataset_accounts("curated_dataset", context, curated_dataset, raw_texts, storage)
+
+
+@dg.asset_check(asset="curated_topic_dataset", blocking=True, description=SCHEMA)
+def curated_topic_dataset_schema(curated_topic_dataset: pl.DataFrame) -> dg.AssetCheckResult:
+    return dataset_schema("curated_topic_dataset", curated_topic_dataset)
+
+
+@dg.asset_check(asset="curated_topic_dataset", description=BALANCE)
+def curated_topic_dataset_label_balance(config: LabelBalanceBounds,
+                                        curated_topic_dataset: pl.DataFrame) -> dg.AssetCheckResult:
+    return dataset_balance("curated_topic_dataset", config, curated_topic_dataset)
+
+
+@dg.asset_check(asset="curated_topic_dataset", blocking=True, additional_ins={"raw_texts": ALL_SOURCES},
+                description=ACCOUNTS)
+def curated_topic_dataset_accounts_for_every_input(context: dg.AssetCheckExecutionContext,
+                                                   curated_topic_dataset: pl.DataFrame, raw_texts: dict,
+                                                   storage: EmergeStorage) -> dg.AssetCheckResult:
+    return dataset_accounts("curated_topic_dataset", context, curated_topic_dataset, raw_texts, storage)
+
+
 CHECKS = [spans_are_document_substrings, spans_have_no_empty_or_duplicate_rows, embeddings_are_finite_and_nonzero,
-          raw_texts_account_for_every_file, clusters_within_bounds, curated_dataset_schema,
-          curated_dataset_label_balance, curated_dataset_accounts_for_every_input]
+          raw_texts_account_for_every_file, clusters_within_bounds, topic_scores_are_one_valid_row_per_span,
+          curated_dataset_schema, curated_dataset_label_balance, curated_dataset_accounts_for_every_input,
+          curated_topic_dataset_schema, curated_topic_dataset_label_balance,
+          curated_topic_dataset_accounts_for_every_input]

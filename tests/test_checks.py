@@ -9,9 +9,10 @@ import pytest
 
 from emerge import validation
 from emerge_assets.assets.clustering import hdbscan_clusters, span_clusters, umap_projection
-from emerge_assets.assets.dataset import curated_dataset
+from emerge_assets.assets.dataset import curated_dataset, curated_topic_dataset
 from emerge_assets.assets.documents import raw_texts, span_embeddings, spans
-from emerge_assets.checks import CHECKS
+from emerge_assets.assets.topics import topic_scores
+from emerge_assets.checks import CHECKS, dataset_schema
 from emerge_assets.definitions import ASSETS, build_resources
 from tests.conftest import SAMPLE_CORPUS
 
@@ -91,6 +92,30 @@ def test_blocking_check_stops_an_empty_dataset_from_flowing_on(run):
     assert not ran and not result.success
 
 
+def test_topic_dataset_has_the_same_checks_and_they_catch_a_broken_one(run):
+    """curated_topic_dataset is checked like curated_dataset, on its own label column (topic_id)."""
+    instance, resources = run["instance"], run["resources"]
+    for s in SOURCES:
+        scored = dg.materialize(run["everything"], selection=[topic_scores], partition_key=s, instance=instance,
+                                resources=resources)
+        assert scored.success and checks_of(scored)["topic_scores_are_one_valid_row_per_span"].passed
+    result = dg.materialize(run["everything"], selection=[curated_topic_dataset], instance=instance,
+                            resources=resources)
+    evals = checks_of(result)
+    assert set(evals) == {"curated_topic_dataset_schema", "curated_topic_dataset_label_balance",
+                          "curated_topic_dataset_accounts_for_every_input"}
+    assert evals["curated_topic_dataset_schema"].passed, evals["curated_topic_dataset_schema"].metadata
+    assert evals["curated_topic_dataset_accounts_for_every_input"].passed
+    assert evals["curated_topic_dataset_label_balance"].severity == dg.AssetCheckSeverity.WARN
+    good = pl.read_parquet(result.asset_materializations_for_node("curated_topic_dataset")[-1]
+                           .metadata["parquet_path"].value)
+    broken = good.with_columns(pl.lit(None, pl.String).alias("topic_id"), pl.lit(1.5).alias("relevance"))
+    problems = dataset_schema("curated_topic_dataset", broken).metadata["problems"].value
+    assert "relevance outside [0, 1]" in problems and any("topic_id" in p for p in problems)
+    # the cluster scheme's label column is not required of a topic dataset
+    assert dataset_schema("curated_topic_dataset", good).passed and "cluster_id" not in good.columns
+
+
 def test_check_logic_detects_what_it_guards():
     spans = pl.DataFrame({"span_idx": [0, 1, 1], "doc_id": ["d", "d", "d"], "start_char": [0, 4, 4],
                           "end_char": [3, 9, 9], "text_span": ["abc", "  ", "  "]})
@@ -98,6 +123,11 @@ def test_check_logic_detects_what_it_guards():
     assert validation.span_row_problems(spans) == {"empty_spans": 2, "duplicate_spans": 1, "duplicate_span_idx": 1}
     vectors = np.array([[1.0, 0.0], [np.nan, 1.0], [0.0, 0.0]], np.float32)
     assert validation.embedding_problems(vectors) == {"non_finite_rows": 1, "zero_rows": 1}
+    scores = pl.DataFrame({"span_idx": [0, 1, 1, 7], "topic_id": ["t", None, None, "t"],
+                           "topic_name": ["T", None, None, None], "relevance": [0.5, 1.2, float("nan"), 0.1]})
+    assert validation.topic_score_problems(scores, pl.DataFrame({"span_idx": [0, 1, 2]})) == {
+        "unknown_span_idx": 1, "spans_scored_twice": 1, "relevance_outside_unit_interval": 2, "topic_without_name": 1}
+    assert validation.topic_score_problems(scores.head(1), pl.DataFrame({"span_idx": [0, 1]})) == {}
     df = pl.DataFrame({"text_span": ["a"], "relevance": [1.5]})
     assert validation.schema_problems(df, {"text_span": (pl.String,), "doc_id": (pl.String,)},
                                       unit_interval=("relevance",)) == ["missing column doc_id",
