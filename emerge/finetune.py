@@ -9,6 +9,7 @@ collection) in the same run.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from emerge.atomic import atomic_write_dir
+from emerge.atomic import atomic_write_dir, atomic_write_text
 from emerge.config import TrainingConfig
 from emerge.distillation import DistillationSet, distillation_triplets
 from emerge.errors import InputError
@@ -44,6 +45,49 @@ class FineTuneReport:
 
     def params(self, config: TrainingConfig) -> dict:
         return {f"train.{k}": v for k, v in asdict(config).items()}
+
+    @property
+    def promoted(self) -> bool:
+        """Published to `model_dir`: the gate passed, or there was nothing to gate on."""
+        return self.promotion is None or self.promotion.promoted
+
+    @property
+    def current_model(self) -> str:
+        """What a user of `model_dir` gets now: this run's model, the one an earlier run published, or
+        (no model there at all) the base."""
+        if self.promoted:
+            return "fine_tuned"
+        return "previous" if (self.model_dir / "modules.json").exists() else "base"
+
+    @property
+    def promotion_reason(self) -> str:
+        return self.promotion.reason if self.promotion else "no document texts: published without a gate"
+
+    def tracking(self, config: TrainingConfig, self_training: SelfTrainingConfig | None = None,
+                 **context) -> tuple[dict, dict[str, float]]:
+        """(params, metrics) of the run's tracking record. Params: `context` (recipe, base model,
+        device, ...), the training config, the self-training selection, the dataset hash (an id, not a
+        number) and the publication outcome; metrics: every evaluation metric, the dataset counts, the
+        seconds per stage and the final training loss."""
+        params = {**context, "dataset_hash": self.dataset_stats["dataset_hash"], **self.params(config),
+                  "promoted": self.promoted, "current_model": self.current_model,
+                  "interpolation_weight": self.promotion.weight if self.promotion else 1.0}
+        if self_training is not None:  # its training settings are the run's (`config`)
+            params |= {f"self_training.{k}": getattr(self_training, k)
+                       for k in ("rounds", "per_topic", "min_relevance", "pairs_per_text")}
+        metrics = (self.metrics
+                   | {f"dataset.{k}": float(v) for k, v in self.dataset_stats.items() if k != "dataset_hash"}
+                   | {f"seconds.{k}": round(v, 2) for k, v in self.stage_seconds.items()})
+        if self.training.train_loss is not None:
+            metrics["train.loss"] = self.training.train_loss
+        return params, metrics
+
+    def write_record(self, params: dict) -> None:
+        """`emerge_training.json` beside a published model, so the folder says what it was trained on
+        and how it scored without the tracking server; nothing is written for an unpublished one."""
+        if self.promoted:
+            atomic_write_text(self.model_dir / "emerge_training.json", json.dumps(
+                {"params": params, "metrics": self.metrics, "dataset": self.dataset_stats}, indent=2))
 
 
 def dataset_hash(dataset: pl.DataFrame) -> str:

@@ -5,13 +5,11 @@ self-trains on the user's topics and the topic dataset's spans (`emerge.self_tra
 under `models/` and log one MLflow run with params, metrics, dataset stats and the model.
 """
 
-import json
 import time
 
 import dagster as dg
 import polars as pl
 
-from emerge.atomic import atomic_write_text
 from emerge_assets.assets.clustering import ALL_SOURCES
 from emerge_assets.metadata import markdown_table
 from emerge_assets.pools import GPU_POOL
@@ -36,66 +34,69 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
                      label_col: str, recipe: str, storage: EmergeStorage, embedding_model: EmbeddingModelResource,
                      mlflow: MlflowTracking, texts: dict[str, str] | None = None,
                      **engine_kwargs) -> dg.MaterializeResult:
-    from emerge.errors import InputError
-    from emerge.finetune import fine_tune_and_evaluate
-    from emerge.retrieval import load_beir
-
-    training = config.to_engine()
-    if dataset.height == 0:
-        raise dg.Failure("the curated dataset is empty: nothing to train on (see its document_outcomes metadata)")
-    beir = None
-    if config.beir_dir:
-        try:
-            beir = load_beir(config.beir_dir, config.beir_split)
-        except InputError as exc:
-            raise dg.Failure(f"evaluation set: {exc}") from exc
-    base_path = embedding_model.model_path()  # a missing folder fails in the engine with its path
-    device = embedding_model.resolved_device()
-    output_dir = storage.models_dir / config.model_name
-
-    def log_progress(entry: dict) -> None:
-        context.log.info(training_log_line(entry))
-
+    """Both model assets: the engine's fine-tune and evaluation, one MLflow run, the UI's metadata."""
     started_at = time.time()
-    try:
-        report = fine_tune_and_evaluate(dataset, label_col, base_path, output_dir, training, device=device,
-                                        beir=beir, texts=texts, on_log=log_progress, progress=context.log.info,
-                                        **engine_kwargs)
-    except InputError as exc:
-        raise dg.Failure(str(exc)) from exc
-
-    params = {"recipe": recipe, "base_model": embedding_model.display_name, "device": device,
-              "dataset_hash": report.dataset_stats["dataset_hash"], "beir_dir": config.beir_dir or "",
-              **report.params(training)}
-    selection = engine_kwargs.get("self_training")  # its training settings come from `training`
-    if selection is not None:
-        params |= {f"self_training.{k}": getattr(selection, k) for k in ("rounds", "per_topic", "min_relevance",
-                                                                          "pairs_per_text")}
-    stats = {k: v for k, v in report.dataset_stats.items() if k != "dataset_hash"}
-    metrics = report.metrics | {f"dataset.{k}": float(v) for k, v in stats.items()} | {
-        f"seconds.{k}": round(v, 2) for k, v in report.stage_seconds.items()}
-    if report.training.train_loss is not None:
-        metrics["train.loss"] = report.training.train_loss
-    gate = report.promotion
-    promoted = gate is None or gate.promoted
-    current = "fine_tuned" if promoted else ("previous" if (output_dir / "modules.json").exists() else "base")
-    params |= {"promoted": promoted, "current_model": current, "interpolation_weight": gate.weight if gate else 1.0}
-    if promoted:
-        atomic_write_text(output_dir / "emerge_training.json", json.dumps(
-            {"params": params, "metrics": report.metrics, "dataset": report.dataset_stats}, indent=2))
+    beir = _evaluation_set(config)
+    report = _fine_tune(context, config, dataset, label_col, storage, embedding_model, beir, texts, engine_kwargs)
+    params, metrics = report.tracking(config.to_engine(), engine_kwargs.get("self_training"), recipe=recipe,
+                                      base_model=embedding_model.display_name,
+                                      device=embedding_model.resolved_device(), beir_dir=config.beir_dir or "")
+    report.write_record(params)
     run = mlflow.log_run(run_name=f"{config.model_name}-{context.run_id[:8]}", params=params, metrics=metrics,
                          tags={"dagster.run_id": context.run_id, "dagster.asset": context.asset_key.to_user_string(),
                                "emerge.recipe": recipe},
-                         artifacts={"model": output_dir} if promoted else {}, started_at=started_at)
+                         artifacts={"model": report.model_dir} if report.promoted else {}, started_at=started_at)
+    if not report.promoted:
+        context.log.warning(f"the fine-tuned model is not better than its base; {report.current_model} model stays "
+                            f"current ({report.promotion_reason})")
+    context.log.info(f"model {'saved to ' + str(report.model_dir) if report.promoted else 'not published'}; "
+                     f"MLflow run {run.url}")
+    return dg.MaterializeResult(metadata=_model_metadata(report, beir, run, mlflow, embedding_model),
+                                check_results=[_gate_result(report)])
+
+
+def _evaluation_set(config: FineTuneConfig):
+    """The user's BEIR collection (`beir_dir`), or None; a broken one fails the run before training."""
+    from emerge.errors import InputError
+    from emerge.retrieval import load_beir
+
+    if not config.beir_dir:
+        return None
+    try:
+        return load_beir(config.beir_dir, config.beir_split)
+    except InputError as exc:
+        raise dg.Failure(f"evaluation set: {exc}") from exc
+
+
+def _fine_tune(context: dg.AssetExecutionContext, config: FineTuneConfig, dataset: pl.DataFrame, label_col: str,
+               storage: EmergeStorage, embedding_model: EmbeddingModelResource, beir, texts, engine_kwargs):
+    from emerge.errors import InputError
+    from emerge.finetune import fine_tune_and_evaluate
+
+    if dataset.height == 0:
+        raise dg.Failure("the curated dataset is empty: nothing to train on (see its document_outcomes metadata)")
+    try:  # a missing base model folder fails in the engine with its path
+        return fine_tune_and_evaluate(dataset, label_col, embedding_model.model_path(),
+                                      storage.models_dir / config.model_name, config.to_engine(),
+                                      device=embedding_model.resolved_device(), beir=beir, texts=texts,
+                                      on_log=lambda entry: context.log.info(training_log_line(entry)),
+                                      progress=context.log.info, **engine_kwargs)
+    except InputError as exc:
+        raise dg.Failure(str(exc)) from exc
+
+
+def _model_metadata(report, beir, run, mlflow: MlflowTracking, embedding_model: EmbeddingModelResource) -> dict:
+    """What the UI shows for a model materialization: publication, tracking, training and evaluation."""
+    current = report.current_model
     meta = {
-        "promoted": promoted,
+        "promoted": report.promoted,
         "current_model": current,
-        "promotion": gate.reason if gate else "no document texts: published without a gate",
-        "model_path": dg.MetadataValue.path(str(output_dir) if current != "base" else str(base_path)),
+        "promotion": report.promotion_reason,
+        "model_path": dg.MetadataValue.path(str(report.model_dir if current != "base" else embedding_model.model_path())),
         "mlflow_run": dg.MetadataValue.url(run.url),
         "mlflow_run_id": run.run_id,
         "mlflow_tracking_uri": mlflow.tracking_uri,
-        "device": device,
+        "device": embedding_model.resolved_device(),
         "retrieval_sanity": markdown_table(report.sanity, max_rows=40),
         "train_loss": report.training.train_loss or 0.0,
         "train_steps": report.training.steps,
@@ -109,15 +110,17 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     if beir is not None:
         meta["beir_retrieval"] = _comparison(report.metrics, "beir", ("ndcg@10", "mrr@10", "recall@100"))
         meta |= {f"beir_{k}": v for k, v in beir.stats().items()}
-    if not promoted:
-        context.log.warning(f"the fine-tuned model is not better than its base; {current} model stays current "
-                            f"({gate.reason})")
-    check = dg.AssetCheckResult(check_name="fine_tuned_beats_base", passed=promoted, severity=dg.AssetCheckSeverity.WARN,
-                                metadata={"reason": gate.reason if gate else "ungated", "current_model": current,
-                                          **({f"self_retrieval_weight_{w:g}": s for w, s in gate.scores_by_weight.items()}
-                                             | {"self_retrieval_base": gate.base_score} if gate else {})})
-    context.log.info(f"model {'saved to ' + str(output_dir) if promoted else 'not published'}; MLflow run {run.url}")
-    return dg.MaterializeResult(metadata=meta, check_results=[check])
+    return meta
+
+
+def _gate_result(report) -> dg.AssetCheckResult:
+    gate = report.promotion
+    scores = ({f"self_retrieval_weight_{w:g}": s for w, s in gate.scores_by_weight.items()}
+              | {"self_retrieval_base": gate.base_score}) if gate else {}
+    return dg.AssetCheckResult(check_name="fine_tuned_beats_base", passed=report.promoted,
+                               severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"reason": gate.reason if gate else "ungated",
+                                         "current_model": report.current_model, **scores})
 
 
 def _gate_check(asset: str) -> list[dg.AssetCheckSpec]:
