@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import polars as pl
@@ -22,9 +23,23 @@ from emerge.embedding import TokenStore, embed_spans, embeddings_frame, vectors_
 from emerge.encoder import as_encoder
 from emerge.errors import InputError
 from emerge.ingest import documents_from_texts
+from emerge.label_scheme import CLUSTERS, LabelScheme
 from emerge.spans import build_spans
 
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class SpanAnalyzer(Protocol):
+    """What `Curator` needs of an analyzer: the span length bounds it labels (`config`), the label
+    scheme of its output, whether it reads per-token embeddings, and `analyze`, which returns the
+    analysed spans with the scheme's `label_columns`."""
+
+    config: AnalyzerConfig
+    label_scheme: LabelScheme
+    needs_token_embeddings: bool
+
+    def analyze(self, spans: pl.DataFrame, vectors: np.ndarray, **kwargs) -> pl.DataFrame: ...
 
 
 class LocalClusterAnalyzer:
@@ -34,7 +49,8 @@ class LocalClusterAnalyzer:
     `approximate_predict`; with none, the first batch fits one (kept on `self.pipeline`).
     """
 
-    label_col = "cluster_id"
+    label_scheme = CLUSTERS
+    needs_token_embeddings = False
 
     def __init__(self, pipeline: ClusteringPipeline | None = None, config: AnalyzerConfig | None = None,
                  model=None, tokenizer=None, clustering: ClusteringConfig | None = None):
@@ -58,7 +74,11 @@ class Curator:
                  progress: bool = True):
         self.config = config or CuratorConfig()
         self.analyzer = analyzer or LocalClusterAnalyzer()
-        self.encoder = as_encoder(model, tokenizer, getattr(self.analyzer, "config", None))
+        if not isinstance(self.analyzer, SpanAnalyzer):
+            missing = [a for a in ("config", "label_scheme", "needs_token_embeddings", "analyze")
+                       if not hasattr(self.analyzer, a)]
+            raise TypeError(f"analyzer {type(self.analyzer).__name__} lacks {missing} (see emerge.curator.SpanAnalyzer)")
+        self.encoder = as_encoder(model, tokenizer, self.analyzer.config)
         self.progress = progress
         self.last_report: dict = {}
         self._texts: dict[str, str] = {}
@@ -71,7 +91,7 @@ class Curator:
         spans, too_short = build_spans(ingest.documents, self.encoder.tokenizer, self.config.span_config())
         if spans.is_empty():
             raise InputError(f"no document is at least min_length={self.config.min_length} tokens long")
-        store = TokenStore() if getattr(self.analyzer, "needs_token_embeddings", False) else None
+        store = TokenStore() if self.analyzer.needs_token_embeddings else None
         vectors = embed_spans(ingest.documents, spans, self.encoder, progress=self.progress,
                               on_document=store.add if store is not None else None)
         labelled = self.analyzer.analyze(spans, vectors, token_store=store, encoder=self.encoder)
@@ -92,16 +112,14 @@ class Curator:
 
     def prepare_final_dataset(self, spans: pl.DataFrame) -> pl.DataFrame:
         """Pareto-selected, non-overlapping, de-duplicated spans with the export columns."""
-        label_col = getattr(self.analyzer, "label_col", "cluster_id")
-        columns = getattr(self.analyzer, "export_columns", None)
+        scheme = self.analyzer.label_scheme
         return curate(spans, vectors_of(spans), self._texts, self.config.selection_config(),
-                      self.config.span_config(), label_col=label_col, columns=columns)
+                      self.config.span_config(), label_col=scheme.label_col, columns=scheme.dataset_columns)
 
     def save_dataset(self, df: pl.DataFrame, path: str | Path) -> dict[str, Path]:
         """Write Parquet + CSV + a dataset card next to `path` (its suffix is ignored)."""
-        label_col = getattr(self.analyzer, "label_col", "cluster_id")
-        title_col = "cluster_title" if label_col == "cluster_id" else "topic_name"
+        scheme = self.analyzer.label_scheme
         card = dataset_card(df, title=f"Emerge dataset: {Path(path).stem}", model=self.encoder.name,
                             config={"curator": asdict(self.config)}, counts=self.last_report,
-                            label_col=label_col, title_col=title_col)
+                            label_col=scheme.label_col, title_col=scheme.title_col)
         return write_dataset(df, path, card)

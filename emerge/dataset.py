@@ -11,11 +11,11 @@ import polars as pl
 
 from emerge.atomic import atomic_write, atomic_write_text
 from emerge.config import SelectionConfig, SpanConfig
+from emerge.label_scheme import CLUSTERS, scheme_of
 from emerge.quality import quality_components
 from emerge.selection import select_spans
 
-CLUSTER_COLUMNS = ["text_span", "doc_id", "source", "start_char", "end_char", "n_tokens", "cluster_id",
-                   "cluster_title", "relevance", "quality", "length_fit", "score"]
+CLUSTER_COLUMNS = CLUSTERS.dataset_columns
 
 
 def add_quality(spans: pl.DataFrame, texts: dict[str, str]) -> pl.DataFrame:
@@ -25,10 +25,11 @@ def add_quality(spans: pl.DataFrame, texts: dict[str, str]) -> pl.DataFrame:
 def curate(labelled: pl.DataFrame, vectors: np.ndarray, texts: dict[str, str], selection: SelectionConfig,
            span_config: SpanConfig, label_col: str = "cluster_id",
            columns: list[str] | None = None) -> pl.DataFrame:
-    """Quality-score the labelled spans, run Pareto selection, keep the export columns."""
+    """Quality-score the labelled spans, run Pareto selection, keep the export columns (by default
+    those of the label scheme whose label column is `label_col`)."""
     scored = labelled if "quality" in labelled.columns else add_quality(labelled, texts)
     selected = select_spans(scored, vectors, selection, span_config, label_col=label_col)
-    columns = columns or CLUSTER_COLUMNS
+    columns = columns or scheme_of(label_col).dataset_columns
     return selected.select([c for c in columns if c in selected.columns])
 
 
@@ -41,7 +42,8 @@ def label_balance(df: pl.DataFrame, label_col: str) -> float:
 
 
 def dataset_card(df: pl.DataFrame, *, title: str, config: dict, model: str, counts: dict,
-                 label_col: str = "cluster_id", title_col: str = "cluster_title") -> str:
+                 label_col: str = "cluster_id", title_col: str | None = None) -> str:
+    title_col = title_col or scheme_of(label_col).title_col
     per_label = (df.group_by(label_col, title_col).agg(pl.len().alias("spans"),
                                                        pl.col("relevance").mean().alias("mean_relevance"),
                                                        pl.col("quality").mean().alias("mean_quality"))

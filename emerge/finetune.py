@@ -23,6 +23,7 @@ from emerge.atomic import atomic_write_dir, atomic_write_text
 from emerge.config import TrainingConfig
 from emerge.distillation import DistillationSet, distillation_triplets
 from emerge.errors import InputError
+from emerge.label_scheme import SCHEMES, scheme_of
 from emerge.pairs import build_pairs, split_by_document
 from emerge.promotion import PromotionDecision, choose_and_gate, self_retrieval_task
 from emerge.self_training import SelfTrainingConfig, default_scorer, self_train, write_matched_threshold
@@ -92,7 +93,7 @@ class FineTuneReport:
 
 def dataset_hash(dataset: pl.DataFrame) -> str:
     """Content hash of the rows that decide training (text, document, label), order-independent."""
-    cols = [c for c in ("text_span", "doc_id", "cluster_id", "topic_id") if c in dataset.columns]
+    cols = [c for c in ("text_span", "doc_id", *(s.label_col for s in SCHEMES)) if c in dataset.columns]
     row_hashes = dataset.select(cols).hash_rows(seed=0).sort()
     return hashlib.sha256(row_hashes.to_numpy().tobytes()).hexdigest()[:16]
 
@@ -104,7 +105,7 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 def _train_rows(train_rows: pl.DataFrame, label_col: str, config: TrainingConfig, texts, base_model, device,
                 say) -> pl.DataFrame:
     """The recipe's training rows: teacher-scored triplets (`distill`) or labelled pairs."""
-    if config.pairing != "distill" or label_col == "topic_id":
+    if config.pairing != "distill" or scheme_of(label_col).self_trains:
         return build_pairs(train_rows, label_col, config, texts)
     if texts is None:
         raise InputError("pairing='distill' needs the documents' texts")
@@ -150,7 +151,7 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     train_rows, eval_rows = split_by_document(dataset, config.eval_fraction, config.seed)
-    topic_mode = label_col == "topic_id"
+    topic_mode = scheme_of(label_col).self_trains
     rows = None if topic_mode else _train_rows(train_rows, label_col, config, texts, base_model, device, say)
     task = _label_task(eval_rows, label_col, config.seed, say)
     gate_task = (self_retrieval_task(eval_rows, train_rows, texts, config.context_chars, config.seed)

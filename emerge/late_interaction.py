@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emerge.encoder import TokenEncoder, l2_normalise
+from emerge.label_scheme import TOPICS
 from emerge.tokenize import tokenize_batch
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,7 @@ BACKGROUND_TEXTS = [
     "My phone battery died during the trip.", "The garden looks lovely in spring.",
 ]
 
-TOPIC_COLUMNS = ["text_span", "doc_id", "source", "start_char", "end_char", "n_tokens", "topic_id", "topic_name",
-                 "topic_description", "relevance", "quality", "length_fit", "score"]
+TOPIC_COLUMNS = TOPICS.dataset_columns
 
 
 @dataclass
@@ -166,8 +166,7 @@ class LateInteractionCrossEncoder:
     counts, no extra transformer pass); `"independent"` encodes every span alone.
     """
 
-    label_col = "topic_id"
-    export_columns = TOPIC_COLUMNS
+    label_scheme = TOPICS
     needs_token_embeddings = True
 
     def __init__(self, config=None, topics=(), relevance_threshold: float = DEFAULT_RELEVANCE_THRESHOLD,

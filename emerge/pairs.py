@@ -12,18 +12,10 @@ import polars as pl
 
 from emerge.config import TrainingConfig
 from emerge.errors import InputError
+from emerge.label_scheme import labelled_rows, scheme_of
 
 PAIR_COLUMNS = ["anchor", "positive", "group", "label", "anchor_doc", "positive_doc", "relevance"]
 
-
-def labelled_rows(dataset: pl.DataFrame, label_col: str) -> pl.DataFrame:
-    """Rows with a real label: noise (-1) and unlabelled (null) spans carry no pair signal."""
-    if label_col not in dataset.columns:
-        raise InputError(f"the dataset has no {label_col!r} column (columns: {dataset.columns})")
-    rows = dataset.filter(pl.col(label_col).is_not_null())
-    if rows.schema[label_col].is_numeric():
-        rows = rows.filter(pl.col(label_col) >= 0)
-    return rows
 
 
 def split_by_document(dataset: pl.DataFrame, eval_fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -118,7 +110,7 @@ def build_pairs(train: pl.DataFrame, label_col: str, config: TrainingConfig,
     rows = labelled_rows(train, label_col)
     if rows.height == 0:
         raise InputError(f"no span in the training documents has a {label_col} (all noise/unlabelled)")
-    if label_col == "topic_id":
+    if scheme_of(label_col).self_trains:
         raise InputError("topic datasets train by self-training on the topics (emerge.self_training), "
                          "not on label pairs")
     if config.pairing == "distill":

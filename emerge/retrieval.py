@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from emerge.errors import InputError
-from emerge.pairs import labelled_rows
+from emerge.label_scheme import TOPICS, labelled_rows, scheme_of
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +200,11 @@ def label_retrieval_task(eval_rows: pl.DataFrame, label_col: str, max_queries: i
     labels = rows[label_col].cast(pl.String).to_numpy()
     docs = rows["doc_id"].cast(pl.String).to_numpy()
     corpus = dict(corpus_texts=rows["text_span"].to_list(), corpus_labels=labels, corpus_docs=docs)
-    if label_col == "topic_id":
-        topics = rows.unique("topic_id", maintain_order=True)
+    if scheme_of(label_col) is TOPICS:
+        topics = rows.unique(TOPICS.label_col, maintain_order=True)
         texts = [f"{n}: {d}" if d else n for n, d in zip(topics["topic_name"], topics["topic_description"].fill_null(""))]
-        return LabelRetrievalTask(texts, topics["topic_id"].cast(pl.String).to_list(), [None] * topics.height, **corpus)
+        return LabelRetrievalTask(texts, topics[TOPICS.label_col].cast(pl.String).to_list(), [None] * topics.height,
+                                  **corpus)
     docs_per_label = rows.group_by(label_col).agg(pl.col("doc_id").n_unique().alias("n"))
     shared = docs_per_label.filter(pl.col("n") >= 2)[label_col].implode()
     candidates = rows.filter(pl.col(label_col).is_in(shared))

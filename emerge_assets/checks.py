@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from emerge import validation
+from emerge.label_scheme import CLUSTERS, TOPICS
 from emerge_assets.assets.clustering import ALL_SOURCES
 from emerge_assets.metadata import markdown_table
 from emerge_assets.partitions import document_source
@@ -133,9 +134,7 @@ def clusters_within_bounds(config: ClusterBounds, hdbscan_clusters: pl.DataFrame
 PROVENANCE_SCHEMA = {"text_span": (pl.String,), "doc_id": (pl.String,), "source": (pl.String,),
                      "start_char": (pl.Int64, pl.Int32), "end_char": (pl.Int64, pl.Int32),
                      "relevance": (pl.Float32, pl.Float64), "quality": (pl.Float32, pl.Float64)}
-# label scheme of each exported dataset: (label column and its types, title column)
-DATASET_LABELS = {"curated_dataset": ("cluster_id", (pl.Int64, pl.Int32), "cluster_title"),
-                  "curated_topic_dataset": ("topic_id", (pl.String,), "topic_name")}
+DATASET_LABELS = {"curated_dataset": CLUSTERS, "curated_topic_dataset": TOPICS}  # each exported dataset's scheme
 SCHEMA = "The exported dataset has the documented columns and types, no null text, label or provenance, " \
          "scores within [0, 1], and rows."
 BALANCE = "No label dominates the dataset (warns; cap with max_spans_per_cluster)."
@@ -144,8 +143,9 @@ ACCOUNTS = "Every input of every source is accounted for: the dataset's outcome 
 
 
 def dataset_schema(asset: str, df: pl.DataFrame) -> dg.AssetCheckResult:
-    label_col, label_types, title_col = DATASET_LABELS[asset]
-    problems = validation.schema_problems(df, PROVENANCE_SCHEMA | {label_col: label_types, title_col: (pl.String,)},
+    scheme = DATASET_LABELS[asset]
+    label_col = scheme.label_col
+    problems = validation.schema_problems(df, PROVENANCE_SCHEMA | {label_col: scheme.label_dtypes, scheme.title_col: (pl.String,)},
                                           unit_interval=("relevance", "quality"),
                                           not_null=("text_span", "doc_id", "source", "start_char", "end_char",
                                                     label_col))
@@ -155,7 +155,7 @@ def dataset_schema(asset: str, df: pl.DataFrame) -> dg.AssetCheckResult:
 
 
 def dataset_balance(asset: str, config: LabelBalanceBounds, df: pl.DataFrame) -> dg.AssetCheckResult:
-    share, balance = validation.label_shares(df, DATASET_LABELS[asset][0])
+    share, balance = validation.label_shares(df, DATASET_LABELS[asset].label_col)
     problems = {}
     if share > config.max_label_share:
         problems["largest_label_share"] = f"{share:.3f} > {config.max_label_share}"

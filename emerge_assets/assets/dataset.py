@@ -7,6 +7,7 @@ run the same engine selection, only the label columns differ.
 import dagster as dg
 import polars as pl
 
+from emerge.label_scheme import CLUSTERS, TOPICS
 from emerge_assets.assets.clustering import ALL_SOURCES, concat_sources
 from emerge_assets.automation import FOLLOW_INPUTS
 from emerge_assets.metadata import counts_table, markdown_table
@@ -30,19 +31,20 @@ def document_accounting(raw_texts: dict[str, pl.DataFrame], spans: pl.DataFrame,
 
 
 def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans: dict, span_embeddings: dict,
-                  labels: dict, label_columns: list[str], label_col: str, title_col: str, columns: list[str],
-                  storage: EmergeStorage, model_name: str, labels_asset: str) -> dg.Output:
+                  labels: dict, scheme, storage: EmergeStorage, model_name: str) -> dg.Output:
     """Join per-source labels onto spans, select, export, and describe every input's outcome."""
     from emerge.config import SpanConfig
     from emerge.dataset import curate, dataset_card, label_balance, write_dataset
     from emerge.ingest import document_texts
 
     selection = config.to_engine()
+    label_col, title_col, labels_asset = scheme.label_col, scheme.title_col, scheme.labels_asset
     sources, all_spans, vectors = concat_sources(spans, span_embeddings)
     missing = [s for s in sources if s not in labels]
     if missing:
         raise dg.Failure(f"sources {missing} have spans but no {labels_asset}; materialize {labels_asset} for them")
-    label_frame = pl.concat([labels[s].select(pl.lit(s).alias("source"), "span_idx", *label_columns) for s in sources])
+    label_frame = pl.concat([labels[s].select(pl.lit(s).alias("source"), "span_idx", *scheme.label_columns)
+                             for s in sources])
     # inner join: spans outside the analyzer's length bounds carry no label and are not candidates
     labelled = all_spans.join(label_frame, on=["source", "span_idx"], how="inner", maintain_order="left")
     if labelled.height == 0 and all_spans.height:
@@ -53,7 +55,8 @@ def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans:
     # The length objective spans the lengths actually produced by the spans asset.
     span_cfg = SpanConfig(min_len=int(all_spans["n_tokens"].min()), max_len=int(all_spans["n_tokens"].max()))
     texts = document_texts(*(raw_texts[s] for s in sources))
-    dataset = curate(labelled, vectors[positions], texts, selection, span_cfg, label_col=label_col, columns=columns)
+    dataset = curate(labelled, vectors[positions], texts, selection, span_cfg, label_col=label_col,
+                     columns=scheme.dataset_columns)
     accounting = document_accounting(raw_texts, all_spans, dataset)
     outcomes = dict(accounting.group_by("outcome").len().sort("outcome").iter_rows())
     counts = {"sources": len(sources), "inputs": accounting.height,
@@ -67,7 +70,7 @@ def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans:
     per_label = dataset.group_by(label_col, title_col).agg(
         pl.len().alias("spans"), pl.col("relevance").mean().alias("mean_relevance"),
         pl.col("quality").mean().alias("mean_quality")).sort(label_col)
-    unlabelled = labelled.filter(pl.col(label_col).is_null() | (pl.col(label_col).cast(pl.String) == "-1")).height
+    unlabelled = scheme.unlabelled_count(labelled)
     context.log.info(f"{config.dataset_name}: {dataset.height} spans from {counts['documents_in_dataset']} "
                      f"documents -> {paths['parquet']}")
     return dg.Output(dataset, metadata={
@@ -91,12 +94,8 @@ def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans:
 def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetConfig, raw_texts: dict,
                     spans: dict, span_embeddings: dict, span_clusters: dict,
                     storage: EmergeStorage, embedding_model: EmbeddingModelResource) -> dg.Output:
-    from emerge.dataset import CLUSTER_COLUMNS
-
-    return build_dataset(context, config, raw_texts, spans, span_embeddings, span_clusters,
-                         ["cluster_id", "cluster_title", "membership", "centroid_sim", "relevance"],
-                         "cluster_id", "cluster_title", CLUSTER_COLUMNS, storage,
-                         embedding_model.display_name, "span_clusters")
+    return build_dataset(context, config, raw_texts, spans, span_embeddings, span_clusters, CLUSTERS, storage,
+                         embedding_model.display_name)
 
 
 @dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={**LABEL_INPUTS, "topic_scores": ALL_SOURCES},
@@ -106,9 +105,5 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetCon
 def curated_topic_dataset(context: dg.AssetExecutionContext, config: CuratedTopicDatasetConfig, raw_texts: dict,
                           spans: dict, span_embeddings: dict, topic_scores: dict,
                           storage: EmergeStorage, embedding_model: EmbeddingModelResource) -> dg.Output:
-    from emerge.late_interaction import TOPIC_COLUMNS
-
-    return build_dataset(context, config, raw_texts, spans, span_embeddings, topic_scores,
-                         ["topic_id", "topic_name", "topic_description", "relevance"],
-                         "topic_id", "topic_name", TOPIC_COLUMNS, storage,
-                         embedding_model.display_name, "topic_scores")
+    return build_dataset(context, config, raw_texts, spans, span_embeddings, topic_scores, TOPICS, storage,
+                         embedding_model.display_name)
