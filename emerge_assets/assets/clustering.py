@@ -63,7 +63,7 @@ def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans
 def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersConfig, umap_projection: pl.DataFrame,
                      storage: EmergeStorage) -> dg.Output:
     from emerge.clustering import ClusteringPipeline
-    from emerge.discovery import cluster_projected_sample, cluster_table, load_title_overrides
+    from emerge.discovery import cluster_projected_sample, load_title_overrides
 
     previous = (ClusteringPipeline.load(storage.clustering_path)
                 if (storage.clustering_path / "pipeline.json").exists() else None)
@@ -74,35 +74,46 @@ def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersC
         config.min_cluster_size, config.min_samples, config.max_cluster_fraction, previous,
         config.id_match_min_similarity, overrides)
     path = pipeline.save(storage.clustering_path)
+    noise = float((pipeline.fit_labels_ < 0).mean())
+    context.log.info(f"{len(pipeline.cluster_ids)} clusters on {len(pipeline.fit_labels_)} fit spans, noise "
+                     f"{noise:.3f}; ids: {len(ids.similarity)} kept, {len(ids.new_ids)} new, "
+                     f"{len(ids.retired_ids)} retired")
+    meta = {"dagster/row_count": out.height, "clusters": len(pipeline.cluster_ids), "fit_noise_fraction": round(noise, 4),
+            "pipeline_path": dg.MetadataValue.path(str(path)), "refit_of_previous": previous is not None,
+            "title_overrides": f"{sum(c in pipeline.titles for c in overrides)} from {titles_file}" if overrides
+            else f"none (write `cluster id: title` lines to {titles_file} to name clusters yourself)"}
+    return dg.Output(out, metadata=meta | _fit_metadata(out, pipeline, storage) | _id_metadata(ids, pipeline))
+
+
+def _fit_metadata(out: pl.DataFrame, pipeline, storage: EmergeStorage) -> dict:
+    """The fitted clusters for the UI: sizes, the size cap if one fired, the table and the map."""
+    from emerge.discovery import cluster_table
+
     labels, coords = pipeline.fit_labels_, pipeline.fit_embedding_
-    noise = float((labels < 0).mean())
-    context.log.info(f"{len(pipeline.cluster_ids)} clusters on {len(labels)} fit spans, noise {noise:.3f}; "
-                     f"ids: {len(ids.similarity)} kept, {len(ids.new_ids)} new, {len(ids.retired_ids)} retired")
-    id_rows = [r | {"title": pipeline.titles.get(r["cluster_id"], "") if r["cluster_id"] is not None else ""}
-               for r in ids.rows()]
-    return dg.Output(out, metadata={
-        "dagster/row_count": out.height,
-        "clusters": len(pipeline.cluster_ids),
-        "fit_noise_fraction": round(noise, 4),
+    return {
         "min_cluster_size": pipeline.config.auto_min_cluster_size(len(coords)),
         "max_cluster_size": (f"{pipeline.size_cap_} (one cluster held more than max_cluster_fraction "
                              f"{pipeline.config.max_cluster_fraction} of the fit spans; re-selected below it)"
                              if pipeline.size_cap_ else "none needed"),
         "cluster_table": markdown_table(cluster_table(out.rename({"membership": "relevance"}), pipeline)),
         "cluster_map": cluster_map(coords, labels, pipeline.titles, storage.figures_dir / "cluster_map.png"),
-        "pipeline_path": dg.MetadataValue.path(str(path)),
-        "refit_of_previous": previous is not None,
-        "title_overrides": f"{sum(c in pipeline.titles for c in overrides)} from {titles_file}" if overrides
-        else f"none (write `cluster id: title` lines to {titles_file} to name clusters yourself)",
+        "cluster_size_balance": round(min(pipeline.sizes.values()) / max(pipeline.sizes.values()), 4)
+        if pipeline.sizes else 0.0,
+    }
+
+
+def _id_metadata(ids, pipeline) -> dict:
+    """How this fit's clusters map onto the previous fit's ids (kept, new, retired)."""
+    id_rows = [r | {"title": pipeline.titles.get(r["cluster_id"], "") if r["cluster_id"] is not None else ""}
+               for r in ids.rows()]
+    return {
         "cluster_ids_kept": len(ids.similarity),
         "cluster_ids_new": ", ".join(map(str, ids.new_ids)),
         "cluster_ids_retired": ", ".join(map(str, ids.retired_ids)),
         "cluster_id_mapping": markdown_table(pl.DataFrame(id_rows, schema={
             "cluster_id": pl.Int64, "raw_label": pl.Int64, "previous_id": pl.Int64, "similarity": pl.Float64,
             "status": pl.String, "title": pl.String})),
-        "cluster_size_balance": round(min(pipeline.sizes.values()) / max(pipeline.sizes.values()), 4)
-        if pipeline.sizes else 0.0,
-    })
+    }
 
 
 @dg.asset(partitions_def=document_source, group_name="clustering", kinds={"hdbscan", "polars"},
