@@ -78,3 +78,38 @@ def warm_up_numba(seed: int = 0) -> None:
     x = np.random.default_rng(seed).normal(size=(300, 16)).astype(np.float32)
     coords = UMAP(n_components=5, metric="cosine", random_state=seed).fit_transform(x)
     hdbscan.HDBSCAN(min_cluster_size=10, prediction_data=True).fit(coords)
+
+
+def code_digest() -> str:
+    """Hash of the engine's source: a cached stage result is reused only by the code that made it."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1] / "emerge"
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_stage(cache: str | Path | None, name: str, key: dict, compute, dump, load, reused: list):
+    """`compute()`, or its earlier result from `cache` when the stage's inputs (`key`, plus the
+    engine's code) are the same: for deterministic stages only (a base evaluation, a curation), so
+    that a training experiment does not redo half an hour of them. `dump(value, folder)` and
+    `load(folder)` store the value; the stage's name goes to `reused` when it was not recomputed."""
+    import hashlib
+
+    if cache is None:
+        return compute()
+    digest = hashlib.sha256(json.dumps(key | {"code": code_digest()}, sort_keys=True, default=str)
+                            .encode()).hexdigest()[:16]
+    folder = Path(cache) / f"{name}-{digest}"
+    if (folder / "complete").exists():
+        print(f"{name}: reusing {folder}", file=sys.stderr, flush=True)
+        reused.append(name)
+        return load(folder)
+    value = compute()
+    folder.mkdir(parents=True, exist_ok=True)
+    dump(value, folder)
+    (folder / "key.json").write_text(json.dumps(key, sort_keys=True, default=str, indent=1))
+    (folder / "complete").touch()
+    return value

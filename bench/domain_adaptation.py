@@ -12,6 +12,7 @@ evaluation: curation and training see the corpus alone. The last stdout line is 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine, warm_up_numba, write_result  # noqa: E402
+from _common import cached_stage, emit, machine, warm_up_numba, write_result  # noqa: E402
 
 from emerge.config import DISTILL_LOSSES, PAIRINGS, QUERY_SOURCES, TrainingConfig  # noqa: E402
 
@@ -34,6 +35,20 @@ def curate_corpus(texts: list[str], min_len: int, max_len: int, stride: int, see
                       analyzer=LocalClusterAnalyzer(clustering=ClusteringConfig(random_state=seed)))
     labelled = curator.process_batch(texts, source="corpus")
     return curator.prepare_final_dataset(labelled), curator.last_report, curator.texts
+
+
+def _dump_curation(value, folder: Path) -> None:
+    dataset, report, texts = value
+    dataset.write_parquet(folder / "dataset.parquet")
+    (folder / "report.json").write_text(json.dumps(report))
+    (folder / "texts.json").write_text(json.dumps(texts))
+
+
+def _load_curation(folder: Path):
+    import polars as pl
+
+    return (pl.read_parquet(folder / "dataset.parquet"), json.loads((folder / "report.json").read_text()),
+            json.loads((folder / "texts.json").read_text()))
 
 
 def _mean_sd(per_seed: list[dict], keys) -> tuple[dict, dict]:
@@ -101,6 +116,9 @@ def main(argv=None) -> int:
     p.add_argument("--interpolation-weights", type=float, nargs="+", default=list(defaults.interpolation_weights))
     p.add_argument("--teacher-only", action="store_true",
                    help="score base, BM25 and the distillation teacher (base + BM25) on the queries; no training")
+    p.add_argument("--cache", default=None,
+                   help="folder that keeps the deterministic stages (base evaluation, curation) for reuse by "
+                        "later runs on the same collection, model and engine code; default: no cache")
     p.add_argument("--span-min", type=int, default=16)
     p.add_argument("--span-max", type=int, default=64)
     p.add_argument("--stride", type=int, default=8)
@@ -132,13 +150,22 @@ def main(argv=None) -> int:
         return emit(teacher_ceiling(base, collection, bm25, args.lexical_weight, keys, dense) | {
             "teacher_model": args.teacher_model,
             "collection": str(args.beir), "wall_s": round(time.perf_counter() - t0, 1), "machine": machine()}, args.out)
-    base_metrics = evaluate_beir(base, collection, progress=True)
+    reused: list[str] = []
+    source = {"collection": str(Path(args.beir).resolve()), "split": args.split, "limit": args.limit,
+              "model": str(base_model)}
+    base_metrics = cached_stage(args.cache, "base_evaluation", source | {"eval_max_seq_length": args.eval_max_seq_length},
+                                lambda: evaluate_beir(base, collection, progress=True),
+                                lambda m, d: (d / "metrics.json").write_text(json.dumps(m)),
+                                lambda d: json.loads((d / "metrics.json").read_text()), reused)
     del base
     timings["evaluate_base"] = time.perf_counter() - t
     # the curated dataset once: its embedding pass is deterministic and the distill recipe reads no
     # cluster label, so the seeds vary what is drawn from it (queries, negatives, split, training order)
     t = time.perf_counter()
-    dataset, report, texts = curate_corpus(collection.corpus_texts, args.span_min, args.span_max, args.stride, 0)
+    dataset, report, texts = cached_stage(
+        args.cache, "curation", source | {"span": (args.span_min, args.span_max, args.stride)},
+        lambda: curate_corpus(collection.corpus_texts, args.span_min, args.span_max, args.stride, 0),
+        _dump_curation, _load_curation, reused)
     timings["curate"] = time.perf_counter() - t
 
     def summary() -> dict:
@@ -154,6 +181,7 @@ def main(argv=None) -> int:
             "collection_stats": collection.stats(), "curation": report | {"dataset_rows": dataset.height,
                                                                           "clusters": int(dataset["cluster_id"].n_unique())},
             "training": {**vars(args), "beir": str(args.beir)}, "device": device, "machine": machine(),
+            "reused_stages": reused,  # their stage_wall_s is the time to load them, not to compute them
         }
 
     per_seed = []

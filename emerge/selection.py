@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import polars as pl
 
 from emerge.config import SelectionConfig, SpanConfig
+
+log = logging.getLogger(__name__)
 
 
 def length_fit(n_tokens: np.ndarray, span_config: SpanConfig, target_len: int | None) -> np.ndarray:
@@ -74,6 +79,7 @@ def select_spans(candidates: pl.DataFrame, vectors: np.ndarray, config: Selectio
     removal per label -> per-label cap. `candidates` rows align with `vectors` (float32 or
     float16). Groups are walked as numpy slices of one sorted table, not as data frames.
     """
+    started = time.perf_counter()
     if candidates.height == 0:
         return candidates.with_columns(pl.lit(None, pl.Float32).alias("length_fit"),
                                        pl.lit(None, pl.Float32).alias("score"))
@@ -114,5 +120,9 @@ def select_spans(candidates: pl.DataFrame, vectors: np.ndarray, config: Selectio
         rows = p_pos[lo:hi]
         kept = _drop_near_duplicates(vectors[rows], config.near_duplicate_threshold, config.max_spans_per_cluster)
         final.extend(rows[kept].tolist())
+    seconds = time.perf_counter() - started
+    log.info("selection: %d candidate spans -> %d above the thresholds -> %d on a Pareto front -> %d non-overlapping "
+             "-> %d kept (near-duplicates and the cap removed) in %.1f s (%.0f spans/s)", candidates.height,
+             table.height, front.height, picked.height, len(final), seconds, candidates.height / max(seconds, 1e-9))
     return (frame.filter(pl.col("_pos").is_in(final))
             .sort([label_col, "score", "_pos"], descending=[False, True, False]).drop("_pos"))

@@ -158,7 +158,8 @@ def test_domain_adaptation_script(tmp_path):
         f"{r['topic']}\td{i}\t1\n" for i, r in enumerate(rows)))
     out = tmp_path / "r.json"
     r = run_script("domain_adaptation.py", "--beir", str(beir), "--batch-size", "8", "--max-seq-length", "64",
-                   "--eval-fraction", "0.3", "--seeds", "2", "--query-source", "spans", "--out", str(out))
+                   "--eval-fraction", "0.3", "--seeds", "2", "--query-source", "spans", "--out", str(out),
+                   "--cache", str(tmp_path / "cache"))
     for model in ("base", "fine_tuned", "bm25"):
         assert set(r[model]) == {"ndcg@10", "mrr@10", "recall@100"}
         assert all(0.0 <= v <= 1.0 for v in r[model].values())
@@ -171,6 +172,31 @@ def test_domain_adaptation_script(tmp_path):
     assert {"curate", "bm25", "evaluate_base", "seed_0", "seed_1"} <= set(r["stage_wall_s"])
     assert r["wall_s"] > 0 and r["machine"]["cpu_flags"] is not None
     assert json.loads(out.read_text()) == r
+    assert r["reused_stages"] == []  # a first run computes both stages and keeps them
+    kept = sorted(done.parent.name.split("-")[0] for done in (tmp_path / "cache").glob("*/complete"))
+    assert kept == ["base_evaluation", "curation"]
+
+
+def test_a_cached_stage_is_reused_only_for_the_same_inputs(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    from _common import cached_stage
+
+    calls, reused = [], []
+
+    def compute(value):
+        calls.append(value)
+        return {"value": value}
+
+    def stage(key, value):
+        return cached_stage(tmp_path, "stage", key, lambda: compute(value),
+                            lambda v, d: (d / "v.json").write_text(json.dumps(v)),
+                            lambda d: json.loads((d / "v.json").read_text()), reused)
+
+    assert stage({"collection": "a"}, 1) == {"value": 1}
+    assert stage({"collection": "a"}, 2) == {"value": 1}  # reused: not recomputed
+    assert stage({"collection": "b"}, 3) == {"value": 3}  # other inputs: computed
+    assert calls == [1, 3] and reused == ["stage"]
+    assert cached_stage(None, "stage", {}, lambda: 4, None, None, reused) == 4  # no cache: always computed
 
 
 def test_window_overlap_script(tmp_path):

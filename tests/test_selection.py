@@ -69,6 +69,23 @@ def test_near_duplicates_and_caps():
     assert capped["text_span"].to_list() == ["t0", "t1"]
 
 
+def test_selection_logs_its_funnel_from_candidates_to_kept(caplog):
+    rows = [{"doc_id": "d0", "start_char": 0, "end_char": 10, "n_tokens": 20, "cluster_id": 0, "relevance": 0.9,
+             "quality": 0.9, "text_span": "kept"},
+            {"doc_id": "d0", "start_char": 5, "end_char": 15, "n_tokens": 20, "cluster_id": 0, "relevance": 0.8,
+             "quality": 0.8, "text_span": "dominated, overlapping"},
+            {"doc_id": "d1", "start_char": 0, "end_char": 10, "n_tokens": 20, "cluster_id": 0, "relevance": 0.9,
+             "quality": 0.1, "text_span": "below the quality threshold"},
+            {"doc_id": "d2", "start_char": 0, "end_char": 10, "n_tokens": 20, "cluster_id": -1, "relevance": 0.9,
+             "quality": 0.9, "text_span": "noise"}]
+    with caplog.at_level("INFO", logger="emerge.selection"):
+        out = select_spans(pl.DataFrame(rows), np.eye(4, dtype=np.float32), SelectionConfig(quality_threshold=0.5),
+                           SpanConfig(min_len=8, max_len=40))
+    assert out["text_span"].to_list() == ["kept"]
+    assert "4 candidate spans -> 2 above the thresholds -> 1 on a Pareto front -> 1 non-overlapping -> 1 kept" \
+        in caplog.text and "spans/s" in caplog.text
+
+
 def test_quality_prefers_sentence_aligned_spans():
     text = "The cat sat on the mat. Dogs run fast in the park, and the birds sing."
     spans = pl.DataFrame({
