@@ -17,7 +17,7 @@ PLANTED = REPO / "sample_data" / "planted_topics.jsonl"
 
 def run_script(name: str, *args: str) -> dict:
     proc = subprocess.run([sys.executable, str(REPO / "bench" / name), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                          text=True, timeout=840, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
