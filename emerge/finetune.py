@@ -104,8 +104,9 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 
 def _train_rows(train_rows: pl.DataFrame, label_col: str, config: TrainingConfig, texts, base_model, device,
                 say) -> pl.DataFrame:
-    """The recipe's training rows: teacher-scored triplets (`distill`) or labelled pairs."""
-    if config.pairing != "distill" or scheme_of(label_col).self_trains:
+    """The recipe's training rows for a cluster dataset: teacher-scored triplets (`distill`) or
+    labelled pairs (topic datasets self-train instead and never come here)."""
+    if config.pairing != "distill":
         return build_pairs(train_rows, label_col, config, texts)
     if texts is None:
         raise InputError("pairing='distill' needs the documents' texts")

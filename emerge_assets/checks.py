@@ -145,7 +145,8 @@ ACCOUNTS = "Every input of every source is accounted for: the dataset's outcome 
 def dataset_schema(asset: str, df: pl.DataFrame) -> dg.AssetCheckResult:
     scheme = DATASET_LABELS[asset]
     label_col = scheme.label_col
-    problems = validation.schema_problems(df, PROVENANCE_SCHEMA | {label_col: scheme.label_dtypes, scheme.title_col: (pl.String,)},
+    columns = PROVENANCE_SCHEMA | {label_col: scheme.label_dtypes, scheme.title_col: (pl.String,)}
+    problems = validation.schema_problems(df, columns,
                                           unit_interval=("relevance", "quality"),
                                           not_null=("text_span", "doc_id", "source", "start_char", "end_char",
                                                     label_col))
