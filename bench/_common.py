@@ -56,6 +56,12 @@ def add_corpus_arguments(parser, label_required: bool = True) -> None:
     parser.add_argument("--seed", type=int, default=42)
 
 
+def add_model_argument(parser) -> None:
+    """`--model`: the base model these benchmarks encode and fine-tune (the smoke tests pass a tiny
+    random BERT, so that they check the contract in seconds)."""
+    parser.add_argument("--model", default=None, help="base model directory (default: packaged all-MiniLM-L6-v2)")
+
+
 def write_result(result: dict, out: str | None) -> None:
     """Write the result to `out` (pretty), if given."""
     if out:

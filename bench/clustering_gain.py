@@ -25,7 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_corpus_arguments, emit, machine  # noqa: E402
+from _common import add_corpus_arguments, add_model_argument, emit, machine  # noqa: E402
 from discovery_quality import discover, load_corpus  # noqa: E402
 
 
@@ -61,6 +61,7 @@ def cluster_scores(vectors, gold: list, seed: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_corpus_arguments(p)
+    add_model_argument(p)
     p.add_argument("--pairs-per-cluster", type=int, default=200)
     p.add_argument("--learning-rate", type=float, default=2e-5)
     p.add_argument("--epochs", type=int, default=1)
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from emerge.config import TrainingConfig
-    from emerge.encoder import packaged_model_path
+    from emerge.encoder import resolve_model_path
     from emerge.pairs import build_pairs
     from emerge.training import train
 
@@ -79,14 +80,14 @@ def main(argv=None) -> int:
     texts, gold = [texts[i] for i in keep], [str(gold[i]) for i in keep]
     timings = {}
     t = time.perf_counter()
-    found = discover(texts, seed=args.seed)  # the same discovery as bench/discovery_quality.py
+    found = discover(texts, seed=args.seed, model=args.model)  # the same discovery as bench/discovery_quality.py
     dataset, n_clusters = found.dataset, len(found.pipeline.cluster_ids)
     timings["discovery"] = time.perf_counter() - t
     config = TrainingConfig(pairing="same_cluster", pairs_per_label=args.pairs_per_cluster,
                             learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,
                             seed=args.seed)
     pairs = build_pairs(dataset, "cluster_id", config)
-    base_dir = packaged_model_path()
+    base_dir = resolve_model_path(args.model)
     with tempfile.TemporaryDirectory(prefix="emerge-clustering-gain-") as tmp:
         t = time.perf_counter()
         trained = train(pairs, base_dir, Path(tmp) / "model", config)
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
                    for name, path in (("base", base_dir), ("fine_tuned", trained.model_dir))}
         timings["evaluate"] = time.perf_counter() - t
     result = {"config": {"docs": args.docs, "limit": args.limit, "documents": len(texts), "labels": len(set(gold)),
+                         "model": str(base_dir),
                          "seed": args.seed, "pairs_per_cluster": args.pairs_per_cluster,
                          "learning_rate": args.learning_rate, "epochs": args.epochs, "batch_size": args.batch_size},
               "machine": machine(), "discovered_clusters": n_clusters, "curated_spans": dataset.height,

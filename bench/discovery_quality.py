@@ -56,7 +56,7 @@ class Discovery:
 
 
 def discover(texts: list[str], min_len: int = 16, max_len: int = 64, stride: int = 8, seed: int = 42,
-             dtype: str = "auto") -> Discovery:
+             dtype: str = "auto", model: str | None = None) -> Discovery:
     """The engine's discovery stages on `texts`, as the assets run them, each stage timed."""
     from emerge.config import EncoderConfig, IngestConfig, SpanConfig
     from emerge.embedding import embed_spans
@@ -66,7 +66,7 @@ def discover(texts: list[str], min_len: int = 16, max_len: int = 64, stride: int
 
     timings = {}
     t = time.perf_counter()
-    encoder = load_encoder(EncoderConfig(device="auto", dtype=dtype))
+    encoder = load_encoder(EncoderConfig(model_name_or_path=model, device="auto", dtype=dtype))
     timings["load_model"] = time.perf_counter() - t
     t = time.perf_counter()
     ingest = documents_from_texts(texts, source="bench", config=IngestConfig(id_field=None, deduplicate=False))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine  # noqa: E402
+from _common import add_model_argument, emit, machine  # noqa: E402
 from topic_labelling import describe, macro_f1, read_rows  # noqa: E402
 
 
@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-relevance", type=float, default=None)
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--epochs", type=int, default=None)
+    add_model_argument(p)
     p.add_argument("--oos-at-accuracy", type=float, default=0.7)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
     from sklearn.metrics import accuracy_score
 
     from emerge.config import EncoderConfig
-    from emerge.encoder import l2_normalise, load_encoder, packaged_model_path
+    from emerge.encoder import l2_normalise, load_encoder, resolve_model_path
     from emerge.late_interaction import DEFAULT_RELEVANCE_THRESHOLD, LateInteractionCrossEncoder
     from emerge.self_training import SelfTrainingConfig, model_relevance_threshold, self_train
     from emerge.topics import Topic
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
                 "emerge": report(best, relevance, scorer.relevance_threshold),
                 "emerge_scoring_s": round(time.perf_counter() - t0, 2)}
 
-    base_dir = packaged_model_path()
+    base_dir = resolve_model_path(args.model)
     base = evaluate(base_dir)
     per_round = []
     with tempfile.TemporaryDirectory(prefix="emerge-self-training-") as tmp:
@@ -165,7 +166,8 @@ def main(argv=None) -> int:
                         progress=lambda m: print(m, file=sys.stderr, flush=True))
     last = per_round[-1]
     result = {"config": {"train": args.train, "test": args.test, "k": args.k, "seed": args.seed,
-                         "none_label": args.none_label, "topics": len(labels), "pool_texts": len(pool),
+                         "none_label": args.none_label, "model": str(base_dir), "topics": len(labels),
+                         "pool_texts": len(pool),
                          "eval_texts": len(texts), "eval_in_scope": int(in_scope.sum()),
                          "oos_at_accuracy": args.oos_at_accuracy, "self_training": dataclasses.asdict(config)},
               "machine": machine(),

@@ -28,7 +28,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine  # noqa: E402
+from _common import add_model_argument, emit, machine  # noqa: E402
 
 
 def read_rows(path: str, label_column: str, text_column: str = "text") -> list[tuple[str, str]]:
@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit-eval", type=int, default=None, help="evaluate on a seeded sample of this size")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="forward-pass precision (EncoderConfig.dtype)")
+    add_model_argument(p)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
 
     if args.val and not args.none_label:
         raise SystemExit("--val chooses the 'none of the topics' threshold: it needs --none-label")
-    encoder = load_encoder(EncoderConfig(device="auto", batch_size=64, dtype=args.dtype))
+    encoder = load_encoder(EncoderConfig(model_name_or_path=args.model, device="auto", batch_size=64, dtype=args.dtype))
     names = {l: l.replace("_", " ").replace("-", " ") for l in labels}
     timings = {}
     t0 = time.perf_counter()
