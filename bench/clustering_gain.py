@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_corpus_arguments, add_model_argument, emit, machine  # noqa: E402
 from discovery_quality import discover, load_corpus  # noqa: E402
 
+from emerge.config import TrainingConfig  # noqa: E402
+
 
 def document_vectors(model_dir, texts: list[str]):
     from emerge.config import EncoderConfig
@@ -65,11 +67,13 @@ def main(argv=None) -> int:
     p.add_argument("--pairs-per-cluster", type=int, default=200)
     p.add_argument("--learning-rate", type=float, default=2e-5)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--near-cluster-fraction", type=float, nargs="+", default=[TrainingConfig.near_cluster_fraction],
+                   help="share of the other clusters, nearest by centroid, kept out of a row's in-batch negatives; "
+                        "several values train one model each on the same discovery (`fine_tuned` = the first)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
-    from emerge.config import TrainingConfig
     from emerge.encoder import resolve_model_path
     from emerge.pairs import build_pairs
     from emerge.training import train
@@ -83,27 +87,38 @@ def main(argv=None) -> int:
     found = discover(texts, seed=args.seed, model=args.model)  # the same discovery as bench/discovery_quality.py
     dataset, n_clusters = found.dataset, len(found.pipeline.cluster_ids)
     timings["discovery"] = time.perf_counter() - t
-    config = TrainingConfig(pairing="same_cluster", pairs_per_label=args.pairs_per_cluster,
-                            learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,
-                            seed=args.seed)
-    pairs = build_pairs(dataset, "cluster_id", config)
     base_dir = resolve_model_path(args.model)
-    with tempfile.TemporaryDirectory(prefix="emerge-clustering-gain-") as tmp:
-        t = time.perf_counter()
-        trained = train(pairs, base_dir, Path(tmp) / "model", config)
-        timings["train"] = time.perf_counter() - t
-        t = time.perf_counter()
-        results = {name: cluster_scores(document_vectors(path, texts), gold, args.seed)
-                   for name, path in (("base", base_dir), ("fine_tuned", trained.model_dir))}
-        timings["evaluate"] = time.perf_counter() - t
+    t = time.perf_counter()
+    results = {"base": cluster_scores(document_vectors(base_dir, texts), gold, args.seed)}
+    timings["evaluate_base"] = time.perf_counter() - t
+    variants = {}
+    for fraction in args.near_cluster_fraction:
+        config = TrainingConfig(pairing="same_cluster", pairs_per_label=args.pairs_per_cluster,
+                                learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,
+                                near_cluster_fraction=fraction, seed=args.seed)
+        pairs = build_pairs(dataset, "cluster_id", config)
+        with tempfile.TemporaryDirectory(prefix="emerge-clustering-gain-") as tmp:
+            t = time.perf_counter()
+            trained = train(pairs, base_dir, Path(tmp) / "model", config)
+            timings[f"train_{fraction}"] = time.perf_counter() - t
+            t = time.perf_counter()
+            variants[str(fraction)] = cluster_scores(document_vectors(trained.model_dir, texts), gold, args.seed)
+            timings[f"evaluate_{fraction}"] = time.perf_counter() - t
+        print(f"near_cluster_fraction {fraction}: k-means NMI {variants[str(fraction)]['nmi']:.4f} "
+              f"(base {results['base']['nmi']:.4f})", file=sys.stderr, flush=True)
+    results["fine_tuned"] = variants[str(args.near_cluster_fraction[0])]
     result = {"config": {"docs": args.docs, "limit": args.limit, "documents": len(texts), "labels": len(set(gold)),
                          "model": str(base_dir),
                          "seed": args.seed, "pairs_per_cluster": args.pairs_per_cluster,
-                         "learning_rate": args.learning_rate, "epochs": args.epochs, "batch_size": args.batch_size},
+                         "learning_rate": args.learning_rate, "epochs": args.epochs, "batch_size": args.batch_size,
+                         "near_cluster_fraction": args.near_cluster_fraction[0]},
               "machine": machine(), "discovered_clusters": n_clusters, "curated_spans": dataset.height,
               "train_pairs": pairs.height, "train_steps": trained.steps, **results,
               "delta": {k: round(results["fine_tuned"][k] - results["base"][k], 4)
                         for k in ("nmi", "v_measure", "hdbscan_nmi")},
+              "variants": {f: {"scores": v, "delta": {k: round(v[k] - results["base"][k], 4)
+                                                      for k in ("nmi", "v_measure", "hdbscan_nmi")}}
+                           for f, v in variants.items()},
               "wall_s_by_stage": {k: round(v, 1) for k, v in timings.items()},
               "wall_s": round(time.perf_counter() - t_start, 1)}
     return emit(result, args.out)

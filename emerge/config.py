@@ -288,8 +288,9 @@ class TrainingConfig:
     `span_context` pairs each selected span with its document's surrounding text, the span cut
     out (`context_chars` of context); `same_document` pairs two selected spans of one document
     and label; `same_cluster` pairs spans of different documents in one cluster (recipe A; no
-    two pairs of a cluster share a batch). Topic datasets always pair the topic's text with its
-    spans. `pairs_per_label` caps pairs per label; `eval_fraction` of documents is held out
+    two pairs of a cluster share a batch; `near_cluster_fraction` of the other clusters, nearest by
+    the base model's centroids, are no in-batch negatives either: `emerge.near_label_loss`). Topic
+    datasets always pair the topic's text with its spans. `pairs_per_label` caps pairs per label; `eval_fraction` of documents is held out
     entirely. After training, each of `interpolation_weights` (WiSE-FT, 1.0 = trained weights) is
     scored on held-out self-retrieval and the best is published only if it beats the base by
     more than `promotion_min_gain` (`gate=False` publishes regardless). Training runs at
@@ -322,6 +323,7 @@ class TrainingConfig:
     scale: float = 20.0
     hard_negatives: bool = False
     hard_negative_margin: float = 0.1
+    near_cluster_fraction: float = 0.0
     seed: int = 42
 
     @property
@@ -361,4 +363,5 @@ class TrainingConfig:
                  "learning_rate", f"must be within (0, 1), got {self.learning_rate!r}")
         _unit_interval(self.warmup_ratio, "warmup_ratio")
         _unit_interval(self.hard_negative_margin, "hard_negative_margin")
+        _unit_interval(self.near_cluster_fraction, "near_cluster_fraction")
         _require(isinstance(self.scale, (int, float)) and self.scale > 0, "scale", f"must be > 0, got {self.scale!r}")

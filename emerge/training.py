@@ -123,6 +123,20 @@ def mine_cross_group_negatives(model, pairs: pl.DataFrame, margin: float, batch_
     return pairs.with_columns(pl.Series("negative", negatives, dtype=pl.String))
 
 
+def _near_clusters(model, pairs: pl.DataFrame, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(near-cluster matrix, each row's cluster index) for recipe A's masked loss: centroids of the
+    base model's vectors of each cluster's training spans (anchors and positives)."""
+    from emerge.near_label_loss import group_centroids, near_groups
+
+    _, index = np.unique(pairs["group"].to_numpy(), return_inverse=True)
+    texts = pairs["anchor"].to_list() + pairs["positive"].to_list()
+    centroids = group_centroids(model, texts, np.concatenate([index, index]))
+    near = near_groups(centroids, fraction)
+    log.info("recipe A: %d clusters, each keeps %.1f nearest clusters out of its negatives on average",
+             len(near), near.sum(axis=1).mean())
+    return near, index
+
+
 def train(pairs, base_model: str | Path, output_dir: str | Path, config: TrainingConfig,
           device: str = "cpu", on_log: Callable[[dict], None] | None = None) -> TrainingResult:
     """Fine-tune `base_model` on (anchor, positive[, negative]) pairs, or on a `DistillationSet`
@@ -155,6 +169,10 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
     negatives = [c for c in pairs.columns if c == "negative" or c.startswith("negative_")]
     columns = ["anchor", "positive", *negatives]
     labels = {"label": pairs["teacher_ids"]} if teacher is not None else {"score": pairs["score"]} if distilled else {}
+    near = None
+    if config.pairing == "same_cluster" and config.near_cluster_fraction > 0 and not distilled and not negatives:
+        near, group_index = _near_clusters(model, pairs, config.near_cluster_fraction)
+        labels = {"label": pl.Series(group_index)}
     dataset = Dataset.from_dict({c: pairs[c].to_list() for c in columns} | {k: v.to_list() for k, v in labels.items()})
     groups = pairs["group"].to_numpy()
 
@@ -179,6 +197,10 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
 
         loss = InBatchDistillationLoss(model, teacher, kind=config.distill_loss.removeprefix("in_batch_"),
                                     scale=config.scale)
+    elif near is not None:
+        from emerge.near_label_loss import NearGroupMaskedRankingLoss
+
+        loss = NearGroupMaskedRankingLoss(model, near, scale=config.scale)
     else:
         loss = MarginMSELoss(model) if distilled else MultipleNegativesRankingLoss(model, scale=config.scale)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,

@@ -322,3 +322,53 @@ def test_a_small_fine_tune_retrieves_better_than_its_base_on_held_out_documents(
     assert report.metrics["heldout.base.ndcg@10"] < 1.0  # room to improve: the check can fail
     assert report.metrics["heldout.fine_tuned.ndcg@10"] > report.metrics["heldout.base.ndcg@10"]
     assert report.metrics["heldout.fine_tuned.mrr@10"] >= report.metrics["heldout.base.mrr@10"]
+
+
+def test_near_groups_marks_each_groups_nearest_others_both_ways():
+    from emerge.near_label_loss import near_groups
+
+    # two tight pairs of centroids far apart: (0, 1) and (2, 3); group 4 sits between them
+    centroids = np.array([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0], [0.1, 0.99], [0.7, 0.7]])
+    near = near_groups(centroids, 0.25)  # ceil(0.25 * 4) = 1 nearest other group each
+    assert near[0, 1] and near[1, 0] and near[2, 3] and near[3, 2]
+    assert not near[0, 2] and not near[1, 3] and not near.diagonal().any()
+    assert (near == near.T).all()
+    assert not near_groups(centroids, 0.0).any()
+    assert near_groups(centroids, 1.0).sum() == 5 * 4  # every other group
+
+
+def test_near_group_loss_ignores_masked_negatives_and_equals_mnrl_without_a_mask():
+    """The loss is cross-entropy over anchor->positive cosines; a masked positive of a near group
+    cannot raise it, and with nothing masked it is sentence-transformers' own MNRL."""
+    import torch
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from emerge.near_label_loss import NearGroupMaskedRankingLoss
+
+    torch.manual_seed(0)
+    anchors, positives = torch.randn(4, 8), torch.randn(4, 8)
+    positives[1] = anchors[0] * 3  # row 1's positive looks exactly like row 0's anchor: a hard negative for row 0
+
+    class Fixed(torch.nn.Module):  # "encodes" a column by handing back fixed vectors
+        def forward(self, features):
+            return {"sentence_embedding": features["vectors"]}
+
+    features = [{"vectors": anchors}, {"vectors": positives}]
+    labels = torch.tensor([0, 1, 2, 3])
+    none = NearGroupMaskedRankingLoss(Fixed(), np.zeros((4, 4), dtype=bool))(features, labels)
+    mnrl = MultipleNegativesRankingLoss(Fixed())(features, labels)
+    assert float(none) == pytest.approx(float(mnrl), rel=1e-5)
+    near = np.zeros((4, 4), dtype=bool)
+    near[0, 1] = near[1, 0] = True
+    masked = NearGroupMaskedRankingLoss(Fixed(), near)(features, labels)
+    assert float(masked) < float(none)
+
+
+def test_recipe_a_with_near_clusters_trains_and_saves(tiny_model_dir, tmp_path):
+    from emerge.training import train
+
+    data = make_dataset(n_docs=24)
+    config = TrainingConfig(pairing="same_cluster", near_cluster_fraction=0.5, min_pairs=4, batch_size=4,
+                            max_seq_length=32, learning_rate=1e-3)
+    result = train(build_pairs(data, "cluster_id", config), tiny_model_dir, tmp_path / "model", config)
+    assert result.steps > 0 and (tmp_path / "model" / "modules.json").exists()
