@@ -329,3 +329,95 @@ def test_keyword_queries_shorten_the_opening_to_its_rarest_shared_words():
     # two words: the rarest shared ones (stall, slipstream, propeller: 2 documents each; rotor, blade: 3)
     two = keyword_queries(rows, texts, 400, seed=0, min_terms=2, max_terms=2).filter(pl.col("doc_id") == "a")
     assert set(two["query"][0].lower().split()) < {"stall", "slipstream", "propeller"}
+
+
+def test_document_query_groups_share_one_positive_with_every_query_cut_out():
+    from emerge.distillation import document_query_groups
+
+    texts = {"a": "Statin use and breast cancer survival\nRecent studies suggest statins delay the recurrence. "
+                  "We followed thirty thousand patients for ten years. Statin users died less often of cancer.",
+             "b": "rotor noise in hover . the blade vortex interaction was measured in a wind tunnel ."}
+    rows = pl.DataFrame({"doc_id": list(texts)})
+    g = document_query_groups(rows, texts, 1000, per_document=3, seed=0)
+    # b has two sentences: cutting both would leave no positive, so it keeps its opening only
+    assert g.height == 2 and dict(zip(g["doc_id"], g["queries"].list.len())) == {"a": 3, "b": 1}
+    for queries, positive, doc in g.iter_rows():
+        assert queries[0] == texts[doc][:len(queries[0])]  # the opening comes first
+        assert all(q in texts[doc] and q not in positive for q in queries)  # each query cut out of the shared positive
+        assert positive  # something is left to find
+    assert document_query_groups(rows, texts, 1000, per_document=3, seed=0, max_documents=1).height == 1
+
+
+def _grouped(model, weight=1.0, n=12, seed=0):
+    from emerge.distillation import distillation_triplets
+
+    rows, texts = _docs(n)
+    return distillation_triplets(rows, texts, model, queries_per_document=3, negatives_per_query=2, negative_depth=4,
+                                 window_chars=400, lexical_weight=weight, seed=seed, query_source="sentences",
+                                 query_rows="document")
+
+
+def test_document_rows_hold_each_documents_queries_and_the_teacher_scores_each(tiny_model_dir):
+    """One row per document: its queries in anchor, anchor_2, ...; every query id belongs to the row's
+    document, and the in-batch teacher scores any of them like the hybrid (margins over the row's texts
+    agree with the first query's `score`)."""
+    from emerge.training import load_sentence_transformer
+
+    model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
+    made = _grouped(model)
+    frame, teacher = made.rows, made.teacher
+    assert made.queries_per_row == 3 and frame["group"].n_unique() == frame.height == 12
+    ids = np.array(frame["teacher_ids"].to_list())
+    assert ids.shape[1] == 3 + 1 + 2
+    seen = ids[:, :3][ids[:, :3] >= 0]
+    assert len(set(seen.tolist())) == len(seen) == len(teacher.query_vectors)  # every query once
+    for r, row in enumerate(frame.iter_rows(named=True)):
+        for j, col in enumerate(("anchor", "anchor_2", "anchor_3")):
+            assert (ids[r, j] >= 0) == bool(row[col])
+            if ids[r, j] >= 0:
+                assert teacher.query_docs[ids[r, j]] == teacher.text_docs[ids[r, 3]]  # its row's document
+                assert row[col] not in row["positive"]
+        got = teacher.scores(ids[r, :1], ids[r, 3:])[0]
+        assert got[0] - got[1:] == pytest.approx(np.array(row["score"][0]) - row["score"][1:], abs=1e-4)
+        assert all(teacher.text_docs[t] != teacher.text_docs[ids[r, 3]] for t in ids[r, 4:])  # negatives: other documents
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+def test_grouped_in_batch_loss_is_zero_for_the_teacher_itself_and_positive_otherwise(tiny_model_dir, kind):
+    import torch
+
+    from emerge.distill_loss import InBatchDistillationLoss
+    from emerge.training import load_sentence_transformer
+
+    model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
+    model.eval()
+    losses = {}
+    for weight in (0.0, 1.0):
+        made = _grouped(model, weight)
+        batch = made.rows.head(6)
+        columns = ("anchor", "anchor_2", "anchor_3", "positive", "negative_1", "negative_2")
+        features = [model.tokenize(batch[c].to_list()) for c in columns]
+        labels = torch.tensor(batch["teacher_ids"].to_list(), dtype=torch.float32)
+        with torch.no_grad():
+            loss = InBatchDistillationLoss(model, made.teacher, kind=kind, queries_per_row=3)
+            losses[weight] = float(loss(features, labels))
+    assert losses[0.0] == pytest.approx(0.0, abs=1e-6)
+    assert losses[1.0] > 1e-4
+
+
+def test_document_rows_train_the_model_and_need_the_sentences_source(tiny_model_dir, tmp_path):
+    import torch
+
+    from emerge.training import load_sentence_transformer, train
+
+    model = load_sentence_transformer(tiny_model_dir, "cpu", 32)
+    config = TrainingConfig(min_pairs=4, batch_size=4, max_seq_length=32, learning_rate=1e-3,
+                            query_source="sentences", query_rows="document")
+    result = train(_grouped(model, n=16), tiny_model_dir, tmp_path / "m", config)
+    tuned = load_sentence_transformer(result.model_dir, "cpu")
+    assert result.steps > 0 and np.isfinite(result.train_loss)
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), tuned.state_dict().values()))
+    with pytest.raises(ConfigError, match="query_rows"):
+        TrainingConfig(query_rows="document")  # leading_sentence has one query per document already
+    with pytest.raises(ConfigError, match="query_rows"):
+        TrainingConfig(query_rows="document", query_source="sentences", distill_loss="pairwise")
