@@ -121,6 +121,9 @@ class EncoderConfig:
                      f"no model directory at {str(path)!r} (Emerge never downloads models; "
                      "give a local sentence-transformers/transformers directory or leave it unset "
                      "for the packaged all-MiniLM-L6-v2)")
+            _require((path / "config.json").is_file(), "model_name_or_path",
+                     f"{str(path)!r} holds no model (no config.json): give the folder a sentence-transformers "
+                     "or transformers model was saved to, or leave it unset for the packaged all-MiniLM-L6-v2")
 
 
 @dataclass(frozen=True)

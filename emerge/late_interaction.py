@@ -425,10 +425,11 @@ class LateInteractionCrossEncoder:
             pl.Series("relevance", relevance.astype(np.float32), dtype=pl.Float32),
         )
 
-    def analyze(self, spans, vectors: np.ndarray, token_store=None, encoder: TokenEncoder | None = None):
+    def analyze(self, spans, vectors: np.ndarray, token_store=None, encoder: TokenEncoder | None = None,
+                progress: bool = False):
         import polars as pl
 
         keep = ((spans["n_tokens"] >= self.config.min_len) & (spans["n_tokens"] <= self.config.max_len)).to_numpy()
         spans, vectors = spans.filter(pl.Series(keep)), vectors[keep]
-        raw = self.score_spans(spans, vectors, token_store=token_store, encoder=encoder)
+        raw = self.score_spans(spans, vectors, token_store=token_store, encoder=encoder, progress=progress)
         return self.label(spans, raw)

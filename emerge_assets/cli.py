@@ -51,19 +51,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from emerge_assets.demo import quiet_dagster_warnings
+    from emerge_assets.curate import quiet_dagster_warnings
 
     quiet_dagster_warnings(argv)
     args = _parser().parse_args(argv)
     if args.command == "curate":
-        from emerge_assets import demo
+        from emerge_assets import curate
 
         forwarded = ["--input-root", args.input_root, "--emerge-home", args.home]
         for flag in ("topics", "config", "model"):
             if getattr(args, flag):
                 forwarded += [f"--{flag}", getattr(args, flag)]
         forwarded += [f"--{f.replace('_', '-')}" for f in ("skip_training", "verbose") if getattr(args, f)]
-        return demo.main(forwarded)
+        return curate.main(forwarded)
     if args.command == "ui":
         return _ui(args)
     return _status(Path(args.home))
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 def _ui(args) -> int:
     import shutil
 
-    from emerge_assets.demo import use_dagster_home
+    from emerge_assets.curate import use_dagster_home
 
     home = use_dagster_home(args.home)
     os.environ["EMERGE_HOME"] = str(Path(args.home).resolve())
@@ -88,9 +88,26 @@ def _ui(args) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
+def _run_state(run) -> str:
+    """Why an unfinished run is unfinished, as far as this host can tell."""
+    import socket
+
+    from emerge_assets.stale_runs import HOST_TAG, PID_TAG, PROCESS_TAG, process_alive
+
+    if run.is_finished:
+        return ""
+    if run.tags.get(HOST_TAG) != socket.gethostname() or not run.tags.get(PID_TAG, "").isdigit():
+        return " (not started by `emerge curate` on this host; see the Dagster UI)"
+    pid = int(run.tags[PID_TAG])
+    if process_alive(pid, run.tags.get(PROCESS_TAG)):
+        return f" (running in pid {pid})"
+    return (f" (its process, pid {pid}, is gone: the next `emerge curate` on this home fails it and frees its "
+            "pool slots)")
+
+
 def _status(emerge_home: Path) -> int:
     """What a user asks first: which sources, what ran last, where the outputs are, what is broken."""
-    from emerge_assets.demo import dagster_home_for
+    from emerge_assets.curate import dagster_home_for
 
     home = dagster_home_for(emerge_home)
     print(f"home:      {emerge_home}")
@@ -102,6 +119,7 @@ def _status(emerge_home: Path) -> int:
     import dagster as dg
 
     from emerge_assets.partitions import document_source
+    from emerge_assets.stale_runs import IN_PROGRESS
 
     instance = dg.DagsterInstance.get()
     sources = instance.get_dynamic_partitions(document_source.name)
@@ -116,12 +134,10 @@ def _status(emerge_home: Path) -> int:
         found = sorted((emerge_home / folder).glob(pattern)) if (emerge_home / folder).is_dir() else []
         names = [str(p if folder == "datasets" else p.parent) for p in found]
         print(f"{label + ':':<10} {', '.join(names) if names else 'none'}")
-    bad = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE,
-                                                             dg.DagsterRunStatus.STARTED]), limit=20)
+    bad = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE, *IN_PROGRESS]), limit=20)
     for record in bad:
         run = record.dagster_run
-        print(f"  run {run.run_id[:8]} {run.job_name:<22} {run.status.value}"
-              f"{' (still running or stuck; see `dagster dev`)' if run.status == dg.DagsterRunStatus.STARTED else ''}")
+        print(f"  run {run.run_id[:8]} {run.job_name:<22} {run.status.value}{_run_state(run)}")
     print(f"runs:      {len(bad)} failed or unfinished" if bad else "runs:      none failed or unfinished")
     return 0
 

@@ -37,8 +37,31 @@ def load_run_config(path: str | Path, assets) -> dict:
     except yaml.YAMLError as exc:
         raise yaml_syntax_error("config", path, exc) from None
     if not isinstance(data, dict) or set(data) - {"ops"}:
-        raise ConfigError("config", f"{path.name} must be a mapping with one key, `ops` (got {sorted(data) if isinstance(data, dict) else type(data).__name__})")
-    return validate_run_config(data, assets, path.name)
+        raise ConfigError("config", f"{path} must be a mapping with one key, `ops` (got {sorted(data) if isinstance(data, dict) else type(data).__name__})")
+    try:
+        return validate_run_config(data, assets, str(path))
+    except ConfigError as exc:
+        if exc.field == "config":  # the message names the file already
+            raise
+        line = _key_line(path.read_text(encoding="utf-8"), exc.field.split("."))
+        raise ConfigError(exc.field, f"{path}, line {line}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def _key_line(text: str, keys: list[str]) -> int:
+    """The 1-based line of the deepest of `keys` (ops, asset, field) that the YAML `text` spells out
+    (for `ops.spans.min_len`: the `min_len:` line, or the asset's `config:` line when the field is
+    not written, e.g. a value missing that the engine requires)."""
+    import yaml
+
+    node, line = yaml.compose(text), 1
+    for key in [keys[0], keys[1], "config", *keys[2:]]:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if k.value == key), None)
+        if match is None:
+            break
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
 
 
 def validate_run_config(data: dict, assets, origin: str = "run config") -> dict:

@@ -65,7 +65,7 @@ PROCESS_TAG = "emerge/run_process"
 
 WAIT_LOG_INTERVAL_S = 20.0  # the issue asks for a sign of life at least every 30 s
 _POLL_S = 1.0
-_IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 _STOP_SIGNALS = {int(signal.SIGINT), int(signal.SIGTERM)}
 _INTERRUPT_SIGNAL = getattr(signal, "SIGUSR1", None)  # None on Windows: Ctrl+C while waiting stays Dagster's
 
@@ -152,7 +152,7 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     host = socket.gethostname()
     holders = _slot_holders(instance)
     done: list[str] = []
-    for record in instance.get_run_records(dg.RunsFilter(statuses=_IN_PROGRESS, tags={HOST_TAG: host})):
+    for record in instance.get_run_records(dg.RunsFilter(statuses=IN_PROGRESS, tags={HOST_TAG: host})):
         run = record.dagster_run
         try:
             pid = int(run.tags.get(PID_TAG, ""))
@@ -161,7 +161,7 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
         if process_alive(pid, run.tags.get(PROCESS_TAG)):
             continue
         current = instance.get_run_by_id(run.run_id)
-        if current is None or current.status not in _IN_PROGRESS:
+        if current is None or current.status not in IN_PROGRESS:
             continue  # finished meanwhile
         reason = (f"The run worker of this run (pid {pid} on {host}) is gone (killed, e.g. SIGKILL or out of "
                   f"memory) while the run was {current.status.value}; marked by emerge_assets.stale_runs.")

@@ -7,6 +7,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 
 from emerge.clustering import ClusteringPipeline
 from emerge_assets.assets.clustering import hdbscan_clusters, span_clusters, umap_projection
@@ -16,6 +17,9 @@ from emerge_assets.assets.documents import raw_texts, span_embeddings, spans
 from emerge_assets.definitions import ASSETS, build_resources, defs
 from tests.conftest import SAMPLE_CORPUS
 
+# the shipped instance settings for Python logs (which engine loggers a run's event log captures)
+SHIPPED_PYTHON_LOGS = {"python_logs": yaml.safe_load((Path(__file__).resolve().parents[1] / "dagster.yaml")
+                                                     .read_text())["python_logs"]}
 PER_SOURCE = [raw_texts, spans, span_embeddings]
 FIT = [umap_projection, hdbscan_clusters]
 SOURCES = ["field_notes", "newsletters", "support_tickets"]
@@ -34,7 +38,7 @@ def pipeline_run(tmp_path_factory, tiny_model_dir):
     corpus = tmp_path_factory.mktemp("input") / "corpus"
     shutil.copytree(SAMPLE_CORPUS, corpus)
     resources = build_resources(str(home), str(corpus), str(tiny_model_dir), device="cpu")
-    with dg.instance_for_test() as instance:
+    with dg.instance_for_test(overrides=SHIPPED_PYTHON_LOGS) as instance:
         instance.add_dynamic_partitions("document_source", SOURCES)
         per_source = {}
         for source in SOURCES:
@@ -62,6 +66,17 @@ def test_definitions_load():
     assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} >= {
         "raw_texts", "spans", "span_embeddings", "umap_projection", "hdbscan_clusters", "curated_dataset"}
     assert defs.resolve_job_def("embed_sources") is not None
+
+
+def test_the_engines_progress_lines_reach_the_runs_event_log(pipeline_run):
+    """The engine logs through `emerge.*` loggers; with the shipped dagster.yaml a run's event log
+    (the UI, `emerge curate`'s console) shows the fit times and the selection funnel."""
+    def messages(result) -> list[str]:
+        return [entry.user_message for entry in pipeline_run["instance"].all_logs(result.run_id)]
+
+    assert any("HDBSCAN fit on" in m for m in messages(pipeline_run["fit"]))
+    assert any("UMAP fit on" in m for m in messages(pipeline_run["fit"]))
+    assert any("selection:" in m and "candidate spans" in m for m in messages(pipeline_run["global"]))
 
 
 def test_raw_texts_metadata_counts_skips(pipeline_run):

@@ -234,3 +234,31 @@ def test_readme_recipe_a_runs_on_the_exported_csv(curated, tiny_model_dir, tmp_p
     block = block.replace("packaged_model_path()", repr(str(tiny_model_dir)))
     exec(compile(block, "readme-recipe-a", "exec"), {})
     assert (tmp_path / "artifacts" / "models" / "minilm-emerge-ft" / "modules.json").exists()
+
+
+def test_readme_recipe_b_runs_on_the_exported_topic_csv(minilm_encoder, tiny_model_dir, tmp_path, monkeypatch):
+    """The README's recipe B block, on a topic dataset the Python API exported for the planted
+    corpus and the sample topics (training with the tiny model for speed)."""
+    import re
+
+    from emerge import LateInteractionCrossEncoder
+    from emerge.topics import load_topics
+
+    topics_file = REPO / "sample_data" / "topics.yaml"
+    analyzer = LateInteractionCrossEncoder(config=AnalyzerConfig(min_len=16, max_len=64),
+                                           topics=load_topics(topics_file))
+    curator = Curator(minilm_encoder, None, CuratorConfig(min_length=16, max_length=64, stride=8), analyzer,
+                      progress=False)
+    monkeypatch.chdir(tmp_path)
+    final = curator.prepare_final_dataset(curator.process_batch(planted_documents()["text"].to_list()))
+    curator.save_dataset(final, "outputs/curated/topic_spans.csv")
+    (tmp_path / "topics.yaml").write_bytes(topics_file.read_bytes())
+    readme = (REPO / "README.md").read_text()
+    blocks = re.search(r"## Notes on the original product description.*?```python\n.*?```.*?```python\n(.*?)```",
+                       readme, re.S)
+    block = blocks.group(1).replace("packaged_model_path()", repr(str(tiny_model_dir)))
+    scope = {}
+    exec(compile(block, "readme-recipe-b", "exec"), scope)
+    assert (tmp_path / "artifacts" / "models" / "minilm-emerge-topics" / "modules.json").exists()
+    pairs = scope["pairs"]
+    assert pairs.height > 0 and pairs["group"].n_unique() >= 2  # pairs of several topics, each within one topic

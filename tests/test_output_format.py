@@ -29,7 +29,7 @@ def test_dataset_card_lists_tied_labels_in_the_same_order_whatever_the_row_order
 
 
 def test_no_sources_message_says_what_is_wrong_and_how_to_lay_out_sources(tmp_path):
-    from emerge_assets.demo import no_sources_reason
+    from emerge_assets.curate import no_sources_reason
 
     assert "does not exist" in no_sources_reason(tmp_path / "missing")
     (tmp_path / "notes.txt").write_text("hello")

@@ -58,7 +58,7 @@ def score_source(context, config: TopicScoresConfig, analyzer, topics: TopicsRes
     if not span_embeddings["span_idx"].equals(spans["span_idx"]):
         raise dg.Failure("span_embeddings are stale relative to spans; re-materialize span_embeddings")
     labelled = analyzer.analyze(spans, vectors_of(span_embeddings), token_store=store,
-                                encoder=embedding_model.get_encoder())
+                                encoder=embedding_model.get_encoder(), progress=True)
     out = labelled.select("span_idx", "doc_id", "topic_id", "topic_name", "topic_description", "best_topic_id",
                           "relevance")
     per_topic = (out.group_by("topic_id", "topic_name").agg(pl.len().alias("spans"),
