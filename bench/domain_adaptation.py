@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cached_stage, emit, machine, warm_up_numba, write_result  # noqa: E402
 
-from emerge.config import DISTILL_LOSSES, PAIRINGS, QUERY_ROWS, QUERY_SOURCES, TrainingConfig  # noqa: E402
+from emerge.config import DISTILL_LOSSES, PAIRINGS, QUERY_SOURCES, TrainingConfig  # noqa: E402
 
 
 def curate_corpus(texts: list[str], min_len: int, max_len: int, stride: int, seed: int):
@@ -104,8 +104,6 @@ def main(argv=None) -> int:
     p.add_argument("--context-chars", type=int, default=defaults.context_chars)
     p.add_argument("--queries-per-document", type=int, default=defaults.queries_per_document)
     p.add_argument("--query-source", default=defaults.query_source, choices=list(QUERY_SOURCES))
-    p.add_argument("--query-rows", default=defaults.query_rows, choices=list(QUERY_ROWS),
-                   help="document: a document's sentences queries share one row (positive and negatives)")
     p.add_argument("--max-train-queries", type=int, default=defaults.max_train_queries)
     p.add_argument("--negatives-per-query", type=int, default=defaults.negatives_per_query)
     p.add_argument("--distill-loss", default=defaults.distill_loss, choices=list(DISTILL_LOSSES),
@@ -195,7 +193,6 @@ def main(argv=None) -> int:
                                 hard_negatives=args.hard_negatives, seed=seed, context_chars=args.context_chars,
                                 queries_per_document=args.queries_per_document,
                                 max_train_queries=args.max_train_queries, query_source=args.query_source,
-                                query_rows=args.query_rows,
                                 negatives_per_query=args.negatives_per_query, lexical_weight=args.lexical_weight,
                                 distill_loss=args.distill_loss, teacher_model=args.teacher_model,
                                 interpolation_weights=tuple(args.interpolation_weights))

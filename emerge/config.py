@@ -266,7 +266,6 @@ class CuratorConfig:
 
 PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
 QUERY_SOURCES = ("spans", "leading_sentence", "sentences", "keywords")
-QUERY_ROWS = ("query", "document")
 DISTILL_LOSSES = ("in_batch_kl", "in_batch_mse", "pairwise")
 # distill moves normalised-cosine scores, so it needs a larger step than MNRL's pairs;
 # WiSE-FT interpolation then takes back what the larger step costs (BENCHMARKS.md, domain adaptation)
@@ -285,8 +284,6 @@ class TrainingConfig:
     opening line or sentence (`"leading_sentence"`), that opening shortened to its 2-5 rarest
     words, a search-box query (`"keywords"`), or the opening and `queries_per_document - 1`
     other sentences, each cut out of its positive (`"sentences"`), at most `max_train_queries`, with
-    `query_rows="document"` grouping a document's `sentences` into one row over one shared positive
-    (all of them cut out) and shared negatives, at most `max_train_queries` documents then, with
     `negatives_per_query` negatives drawn from the teacher's top `negative_depth` documents;
     `distill_loss="in_batch_kl"` matches the student's ranking of every text of the batch to the
     teacher's (`emerge.distill_loss`), `"in_batch_mse"` the raw margins to every text, `"pairwise"`
@@ -307,7 +304,6 @@ class TrainingConfig:
     pairing: Literal[PAIRINGS] = "distill"
     context_chars: int = 1200
     query_source: Literal[QUERY_SOURCES] = "leading_sentence"
-    query_rows: Literal[QUERY_ROWS] = "query"
     queries_per_document: int = 2
     max_train_queries: int | None = 2000
     negatives_per_query: int = 3
@@ -347,10 +343,6 @@ class TrainingConfig:
         _positive_int(self.max_train_queries, "max_train_queries", allow_none=True)
         _require(self.query_source in QUERY_SOURCES, "query_source",
                  f"must be one of {QUERY_SOURCES}, got {self.query_source!r}")
-        _require(self.query_rows in QUERY_ROWS, "query_rows", f"must be one of {QUERY_ROWS}, got {self.query_rows!r}")
-        _require(self.query_rows == "query" or (self.query_source == "sentences" and self.distill_loss != "pairwise"),
-                 "query_rows", "'document' groups the 'sentences' source for the in-batch losses; got "
-                 f"query_source={self.query_source!r}, distill_loss={self.distill_loss!r}")
         _require(self.teacher_model is None or (isinstance(self.teacher_model, str) and self.teacher_model.strip()),
                  "teacher_model", f"must be a model directory or None, got {self.teacher_model!r}")
         _require(self.distill_loss in DISTILL_LOSSES, "distill_loss",

@@ -23,42 +23,33 @@ from emerge.distillation import InBatchTeacher
 
 
 class InBatchDistillationLoss(nn.Module):
-    """Labels are each row's `teacher_ids` ([query ids..., positive text, negative texts...]); a row
-    holds `queries_per_row` query columns (an id of -1 marks a query the row does not have), each
-    ranked against every text of the batch."""
+    """Labels are each row's `teacher_ids` ([query, positive text, negative texts...])."""
 
-    def __init__(self, model, teacher: InBatchTeacher, kind: str = "kl", scale: float = 20.0,
-                 queries_per_row: int = 1):
+    def __init__(self, model, teacher: InBatchTeacher, kind: str = "kl", scale: float = 20.0):
         super().__init__()
         self.model, self.teacher, self.kind, self.scale = model, teacher, kind, scale
-        self.queries_per_row = queries_per_row
 
     def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
         from sentence_transformers.base.losses.merged_forward import embed_columns
 
-        features, m = list(sentence_features), self.queries_per_row
-        # queries and texts in two forward passes each of one width profile (short queries are not
-        # padded to document length); cosines, as the teacher's dense half
-        queries = nn.functional.normalize(torch.cat(embed_columns(self.model, features[:m], separate_first=False)), dim=-1)
-        texts = nn.functional.normalize(torch.cat(embed_columns(self.model, features[m:], separate_first=False)), dim=-1)
+        embeddings = embed_columns(self.model, sentence_features)
+        # cosines, as the teacher's dense half (a no-op for models that end in Normalize)
+        queries = nn.functional.normalize(embeddings[0], dim=-1)
+        texts = nn.functional.normalize(torch.cat(embeddings[1:]), dim=-1)  # positives, then each negative column
         ids = labels.detach().cpu().numpy().round().astype(np.int64)
-        query_ids, text_ids = ids[:, :m].T.reshape(-1), ids[:, m:].T.reshape(-1)  # column by column, as embedded
-        rows = np.tile(np.arange(ids.shape[0]), m)  # each query's row: its positive is text `row`
-        valid = query_ids >= 0
-        query_ids, rows = query_ids[valid], rows[valid]
-        queries = queries[torch.from_numpy(valid).to(queries.device)]
+        query_ids, text_ids = ids[:, 0], ids[:, 1:].T.reshape(-1)
         target = torch.from_numpy(self.teacher.scores(query_ids, text_ids)).to(queries)
         student = queries @ texts.T
-        own = torch.arange(len(rows), device=queries.device), torch.from_numpy(rows).to(queries.device)
+        rows = torch.arange(queries.shape[0], device=queries.device)
         own_doc = torch.from_numpy(self.teacher.query_docs[query_ids][:, None]
                                    == self.teacher.text_docs[text_ids][None, :]).to(queries.device)
-        own_doc[own] = False  # the row's own positive stays
+        own_doc[rows, rows] = False  # the row's own positive stays
         if self.kind == "kl":
             log_student = torch.log_softmax((student * self.scale).masked_fill(own_doc, -1e4), dim=1)
             teacher = torch.softmax((target * self.scale).masked_fill(own_doc, -1e4), dim=1)
             return nn.functional.kl_div(log_student, teacher, reduction="batchmean")
-        margin_student = student[own][:, None] - student
-        margin_teacher = target[own][:, None] - target
+        margin_student = student[rows, rows][:, None] - student
+        margin_teacher = target[rows, rows][:, None] - target
         return ((margin_student - margin_teacher)[~own_doc] ** 2).mean()
 
     @property

@@ -97,30 +97,6 @@ def leading_sentences(rows: pl.DataFrame, texts: dict[str, str], window_chars: i
     return pl.DataFrame(out, schema=["query", "positive", "doc_id"], orient="row")
 
 
-def _query_sentences(text: str, per_document: int, rng, max_words: int, min_words: int) -> list[tuple[int, int]]:
-    """(start, end) of `text`'s opening line or sentence (leading_sentences' rule: a title may be 3
-    words) and up to `per_document - 1` other sentences of `min_words`..`max_words` words drawn by
-    `rng`, in document order after the opening."""
-    bounds = _sentence_bounds(text)
-    words = [len(text[start:end].split()) for start, end in bounds]
-    picked = [bounds[0]] if len(bounds) > 1 and 3 <= words[0] <= max_words else []
-    body = [b for b, n in zip(bounds[1:], words[1:]) if min_words <= n <= max_words]
-    extra = per_document - len(picked)
-    if body and extra > 0:
-        picked += [body[k] for k in sorted(rng.choice(len(body), size=min(extra, len(body)), replace=False))]
-    return picked
-
-
-def _cut_sentences(text: str, cuts: list[tuple[int, int]]) -> str:
-    """`text` without the [start, end) stretches of `cuts` (in document order), read from its start."""
-    parts, begin = [], 0
-    for start, end in sorted(cuts):
-        parts.append(text[begin:start].strip())
-        begin = end
-    parts.append(text[begin:].strip())
-    return " ".join(p for p in parts if p)
-
-
 def document_sentences(rows: pl.DataFrame, texts: dict[str, str], window_chars: int, per_document: int,
                        seed: int, max_queries: int | None = None, max_words: int = 40,
                        min_words: int = 5) -> pl.DataFrame:
@@ -134,41 +110,22 @@ def document_sentences(rows: pl.DataFrame, texts: dict[str, str], window_chars: 
     out = []
     for doc in sorted(set(rows["doc_id"].cast(pl.String))):
         text = texts[doc].strip()
-        for nth, (start, end) in enumerate(_query_sentences(text, per_document, rng, max_words, min_words)):
-            positive = _cut_sentences(text, [(start, end)])[:window_chars]
+        bounds = _sentence_bounds(text)
+        words = [len(text[start:end].split()) for start, end in bounds]
+        # the opening follows leading_sentences' rule (a title may be 3 words); a body sentence needs min_words
+        picked = [bounds[0]] if len(bounds) > 1 and 3 <= words[0] <= max_words else []
+        body = [b for b, n in zip(bounds[1:], words[1:]) if min_words <= n <= max_words]
+        extra = per_document - len(picked)
+        if body and extra > 0:
+            picked += [body[k] for k in sorted(rng.choice(len(body), size=min(extra, len(body)), replace=False))]
+        for nth, (start, end) in enumerate(picked):
+            positive = f"{text[:start].strip()} {text[end:].strip()}".strip()[:window_chars]
             if positive:
                 out.append((text[start:end].strip(), positive, doc, nth, rng.random()))
     frame = pl.DataFrame(out, schema=["query", "positive", "doc_id", "_nth", "_draw"], orient="row")
     if max_queries is not None and frame.height > max_queries:
         frame = frame.sort(["_nth", "_draw"]).head(max_queries)
     return frame.drop("_nth", "_draw")
-
-
-def document_query_groups(rows: pl.DataFrame, texts: dict[str, str], window_chars: int, per_document: int,
-                          seed: int, max_documents: int | None = None, max_words: int = 40,
-                          min_words: int = 5) -> pl.DataFrame:
-    """The `sentences` queries grouped by document: one row per document holding its opening and
-    up to `per_document - 1` other sentences as `queries`, over one positive, the document with all
-    of them cut out (read from its start). A training step encodes each positive and negative once
-    for every query of its document, and short queries are cheap beside 128-token documents, so
-    `per_document` queries cost about what one does. A document too short to keep a positive gives
-    fewer queries. Past `max_documents`, documents are drawn by `seed`. Columns: queries (list), positive, doc_id."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for doc in sorted(set(rows["doc_id"].cast(pl.String))):
-        text = texts[doc].strip()
-        cuts = _query_sentences(text, per_document, rng, max_words, min_words)
-        positive = _cut_sentences(text, cuts)[:window_chars]
-        while cuts and not positive:  # a short document: fewer queries, so that a positive is left
-            cuts.pop()
-            positive = _cut_sentences(text, cuts)[:window_chars]
-        if cuts:
-            out.append(([text[start:end].strip() for start, end in cuts], positive, doc))
-    frame = pl.DataFrame(out, schema={"queries": pl.List(pl.String), "positive": pl.String, "doc_id": pl.String},
-                         orient="row")
-    if max_documents is not None and frame.height > max_documents:
-        frame = frame.sample(n=max_documents, seed=seed)
-    return frame
 
 
 _WORD = re.compile(r"[^\W\d_][\w\-']*")
@@ -270,7 +227,7 @@ class InBatchTeacher:
     of them, 2B - 1 per query at B = 32 and n = 1 instead of one, for the same forward
     passes. Kept as base-model vectors and BM25 rows (linear in the corpus), so a batch's
     (B x B(1 + n)) block is two small products. Scores equal `HybridTeacher`'s up to a constant
-    per query, which no margin sees. Texts 0..R-1 are the rows' positives, R.. the corpus.
+    per query, which no margin sees. Texts 0..Q-1 are the queries' positives, Q.. the corpus.
     """
 
     query_vectors: np.ndarray
@@ -278,7 +235,7 @@ class InBatchTeacher:
     query_terms: sparse.csr_matrix
     text_weights: sparse.csr_matrix
     lexical_scale: np.ndarray  # per query: lexical_weight * dense spread / lexical spread
-    query_docs: np.ndarray  # document index of each query (its row's document)
+    query_docs: np.ndarray  # document index of each query
     text_docs: np.ndarray  # document index of each text
 
     def scores(self, queries: np.ndarray, texts: np.ndarray) -> np.ndarray:
@@ -289,42 +246,35 @@ class InBatchTeacher:
 
 @dataclass
 class DistillationSet:
-    """Training rows (anchor[, anchor_2 ...], positive, negative_1..n, score, group, teacher_ids)
-    and the teacher that scores any query of them against any text of them. `score` lists the
-    teacher's scores of the row's positive and negatives for its first query; `teacher_ids` =
-    [query ids (-1 where a row has fewer queries), positive text, negative texts], indices into
-    `teacher`."""
+    """Training rows (anchor, positive, negative_1..n, score, group, teacher_ids) and the teacher
+    that scores any query of them against any text of them. `score` lists the teacher's scores
+    of the row's positive and negatives; `teacher_ids` = [query, positive text, negative texts]
+    indices into `teacher`."""
 
     rows: pl.DataFrame
     teacher: InBatchTeacher
-
-    @property
-    def queries_per_row(self) -> int:
-        return len(query_columns(self.rows.columns))
 
     @property
     def height(self) -> int:
         return self.rows.height
 
 
-def query_column(j: int) -> str:
-    """The training column of a row's `j`-th query: `anchor`, then `anchor_2`, `anchor_3`, ..."""
-    return "anchor" if j == 0 else f"anchor_{j + 1}"
+def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_per_document: int,
+                          negatives_per_query: int, negative_depth: int, window_chars: int,
+                          lexical_weight: float, seed: int, max_queries: int | None = None,
+                          query_source: str = "spans", teacher_model=None, progress=None) -> DistillationSet:
+    """Teacher-scored (query, positive, negatives) rows for distillation. Negatives are drawn from
+    the teacher's top `negative_depth` training documents, never the query's own document.
 
-
-def query_columns(columns: list[str]) -> list[str]:
-    """The query columns among a training frame's `columns` (not e.g. pairs' `anchor_doc`), in order."""
-    return [c for c in columns if re.fullmatch(r"anchor(_\d+)?", c)]
-
-
-def _query_rows(rows, texts, *, query_source, query_rows, queries_per_document, window_chars, seed,
-                max_queries) -> pl.DataFrame:
-    """The source's pseudo-queries as training rows: queries (list), positive, doc_id. One query per
-    row, or (`query_rows="document"`, the `sentences` source) a document's queries in one row."""
-    if query_rows == "document":
-        if query_source != "sentences":
-            raise InputError(f"query_rows='document' groups the 'sentences' source; got query_source={query_source!r}")
-        return document_query_groups(rows, texts, window_chars, queries_per_document, seed, max_queries)
+    The teacher's dense half is `model` (the base) unless `teacher_model` is given: a larger model
+    that ships offline (all-mpnet-base-v2) ranks the corpus better than the student's own base,
+    so the student has more to learn than what BM25 adds. Texts are cut where the *student's*
+    tokenizer stops (it trains on exactly what the teacher scored); a separate teacher, ~5x the
+    cost per text, runs in bfloat16 where the CPU has it natively (`emerge.encoder.resolve_dtype`)."""
+    say = progress or log.info
+    docs = sorted(set(rows["doc_id"].cast(pl.String)))
+    if len(docs) < negatives_per_query + 2:
+        raise InputError(f"distillation needs at least {negatives_per_query + 2} training documents, got {len(docs)}")
     if query_source == "leading_sentence":
         queries = leading_sentences(rows, texts, window_chars)
         if max_queries is not None and queries.height > max_queries:
@@ -337,44 +287,12 @@ def _query_rows(rows, texts, *, query_source, query_rows, queries_per_document, 
             queries = queries.sample(n=max_queries, seed=seed)
     else:
         queries = pseudo_queries(rows, texts, queries_per_document, window_chars, seed, max_queries)
-    return queries.select(pl.concat_list("query").alias("queries"), "positive", "doc_id")
-
-
-def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_per_document: int,
-                          negatives_per_query: int, negative_depth: int, window_chars: int,
-                          lexical_weight: float, seed: int, max_queries: int | None = None,
-                          query_source: str = "spans", query_rows: str = "query", teacher_model=None,
-                          progress=None) -> DistillationSet:
-    """Teacher-scored (queries, positive, negatives) rows for distillation. Negatives are drawn from
-    the teacher's top `negative_depth` training documents for the row's queries (their scores
-    summed), never the row's own document.
-
-    A row holds one query (`query_rows="query"`), or all of a document's queries over one shared
-    positive and shared negatives (`"document"`): columns `anchor`, `anchor_2`, ... (empty where a
-    document has fewer queries; `teacher_ids` -1 there). `max_queries` caps the rows.
-
-    The teacher's dense half is `model` (the base) unless `teacher_model` is given: a larger model
-    that ships offline (all-mpnet-base-v2) ranks the corpus better than the student's own base,
-    so the student has more to learn than what BM25 adds. Texts are cut where the *student's*
-    tokenizer stops (it trains on exactly what the teacher scored); a separate teacher, ~5x the
-    cost per text, runs in bfloat16 where the CPU has it natively (`emerge.encoder.resolve_dtype`)."""
-    say = progress or log.info
-    docs = sorted(set(rows["doc_id"].cast(pl.String)))
-    if len(docs) < negatives_per_query + 2:
-        raise InputError(f"distillation needs at least {negatives_per_query + 2} training documents, got {len(docs)}")
-    queries = _query_rows(rows, texts, query_source=query_source, query_rows=query_rows,
-                          queries_per_document=queries_per_document, window_chars=window_chars, seed=seed,
-                          max_queries=max_queries)
     if queries.height == 0:
         raise InputError("no selected span left a document context to pair with")
-    q_lists = queries["queries"].to_list()
-    q_texts = [q for qs in q_lists for q in qs]  # every query, row by row
-    n_rows, n_q = queries.height, len(q_texts)
-    q_first = np.concatenate([[0], np.cumsum([len(qs) for qs in q_lists])])  # row r's queries: q_first[r]..q_first[r+1]
     dense = "base model" if teacher_model is None else f"teacher model {getattr(teacher_model, 'emerge_name', '')}".rstrip()
-    say(f"distillation: {n_q} pseudo-queries in {n_rows} rows from {len(docs)} documents; teacher = {dense} + BM25")
+    say(f"distillation: {queries.height} pseudo-queries from {len(docs)} documents; teacher = {dense} + BM25")
     corpus = fit_to_tokens(model, [document_window(texts[d], window_chars) for d in docs])
-    pos_texts = fit_to_tokens(model, queries["positive"].to_list())
+    queries = queries.with_columns(pl.Series("positive", fit_to_tokens(model, queries["positive"].to_list())))
     if teacher_model is None:
         teacher = HybridTeacher(model, corpus, lexical_weight)
     else:
@@ -384,48 +302,40 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
                                 dtype=resolve_dtype("auto", str(teacher_model.device)))
     doc_index = {d: i for i, d in enumerate(docs)}
     rng = np.random.default_rng(seed)
-    own = np.array([doc_index[d] for d in queries["doc_id"]])  # per row
-    q_row = np.repeat(np.arange(n_rows), np.diff(q_first))
+    q_texts, pos_texts = queries["query"].to_list(), queries["positive"].to_list()
+    n_q = len(q_texts)
+    own = np.array([doc_index[d] for d in queries["doc_id"]])
     pos_vectors = teacher._encode(pos_texts)
     pos_weights = teacher.bm25.text_weights(pos_texts)
     q_terms = teacher.bm25.query_terms(q_texts)  # tokenised once: the positives' BM25 and the in-batch teacher
-    q_vectors = np.empty((n_q, pos_vectors.shape[1]), dtype=pos_vectors.dtype)
-    negatives = np.empty((n_rows, negatives_per_query), dtype=np.int64)
-    neg_scores = np.empty((n_rows, negatives_per_query), dtype=np.float32)
+    q_vectors = np.empty_like(pos_vectors)
+    negatives = np.empty((n_q, negatives_per_query), dtype=np.int64)
+    neg_scores = np.empty((n_q, negatives_per_query), dtype=np.float32)
     pos_scores = np.empty(n_q, dtype=np.float32)
     scale = np.empty(n_q, dtype=np.float64)
     depth = min(negative_depth, len(docs) - 1)
-    block = max(1, 512 // max(len(qs) for qs in q_lists))  # rows per block: ~512 queries scored at once
-    for start in range(0, n_rows, block):
-        rs = slice(start, min(start + block, n_rows))
-        qs = slice(q_first[rs.start], q_first[rs.stop])
-        scores, d_stats, l_stats, q_vectors[qs] = teacher.corpus_scores(q_texts[qs])
-        scores[np.arange(scores.shape[0]), own[q_row[qs]]] = -np.inf
-        row_scores = np.add.reduceat(scores, q_first[rs.start:rs.stop] - q_first[rs.start], axis=0)
-        ranked = np.argsort(-row_scores, axis=1)[:, :depth]
-        first = q_first[rs.start:rs.stop] - q_first[rs.start]  # each row's first query in the block
+    block = 512
+    for start in range(0, n_q, block):
+        sl = slice(start, min(start + block, n_q))
+        scores, d_stats, l_stats, q_vectors[sl] = teacher.corpus_scores(q_texts[sl])
+        scores[np.arange(scores.shape[0]), own[sl]] = -np.inf
+        ranked = np.argsort(-scores, axis=1)[:, :depth]
         for i, row in enumerate(ranked):
             pick = rng.choice(depth, size=min(negatives_per_query, depth), replace=False)
-            negatives[rs.start + i] = row[np.sort(pick)]
-            neg_scores[rs.start + i] = scores[first[i], negatives[rs.start + i]]
-        dense_pos = np.einsum("ij,ij->i", q_vectors[qs], pos_vectors[q_row[qs]])[:, None]
-        lexical = np.asarray(q_terms[qs].multiply(pos_weights[q_row[qs]]).sum(axis=1))
-        pos_scores[qs] = teacher._fuse(dense_pos, lexical, d_stats, l_stats).ravel()
-        scale[qs] = (lexical_weight * d_stats[1] / l_stats[1]).ravel()
-        say(f"distillation: teacher scored {qs.stop}/{n_q} pseudo-queries")
+            negatives[start + i] = row[np.sort(pick)]
+            neg_scores[start + i] = scores[i, negatives[start + i]]
+        dense = np.einsum("ij,ij->i", q_vectors[sl], pos_vectors[sl])[:, None]
+        lexical = np.asarray(q_terms[sl].multiply(pos_weights[sl]).sum(axis=1))
+        pos_scores[sl] = teacher._fuse(dense, lexical, d_stats, l_stats).ravel()
+        scale[sl] = (lexical_weight * d_stats[1] / l_stats[1]).ravel()
+        say(f"distillation: teacher scored {sl.stop}/{n_q} pseudo-queries")
     in_batch = InBatchTeacher(q_vectors, np.vstack([pos_vectors, teacher.corpus_vectors]),
                               q_terms, sparse.vstack([pos_weights, teacher.bm25.weights]).tocsr(),
-                              scale, own[q_row], np.concatenate([own, np.arange(len(docs))]))
-    width = max(len(qs) for qs in q_lists)
-    frame, ids = {}, np.full((n_rows, width), -1, dtype=np.int64)
-    for j in range(width):
-        frame[query_column(j)] = [qs[j] if j < len(qs) else "" for qs in q_lists]
-        has = np.diff(q_first) > j
-        ids[has, j] = q_first[:-1][has] + j
-    frame["positive"] = pos_texts
+                              scale, own, np.concatenate([own, np.arange(len(docs))]))
+    frame = {"anchor": q_texts, "positive": pos_texts}
     for j in range(negatives_per_query):
         frame[f"negative_{j + 1}"] = [corpus[i] for i in negatives[:, j]]
-    frame["score"] = np.column_stack([pos_scores[q_first[:-1]], neg_scores]).tolist()  # the row's first query
+    frame["score"] = np.column_stack([pos_scores, neg_scores]).tolist()
     frame["group"] = queries["doc_id"].to_list()
-    frame["teacher_ids"] = np.column_stack([ids, np.arange(n_rows), n_rows + negatives]).tolist()
+    frame["teacher_ids"] = np.column_stack([np.arange(n_q), np.arange(n_q), n_q + negatives]).tolist()
     return DistillationSet(pl.DataFrame(frame).sample(fraction=1.0, shuffle=True, seed=seed), in_batch)

@@ -120,7 +120,6 @@ def _train_rows(train_rows: pl.DataFrame, label_col: str, config: TrainingConfig
                                      negative_depth=config.negative_depth, window_chars=config.context_chars,
                                      lexical_weight=config.lexical_weight, seed=config.seed,
                                      max_queries=config.max_train_queries, query_source=config.query_source,
-                                     query_rows=config.query_rows,
                                      teacher_model=teacher, progress=say)
     if triplets.height < config.min_pairs:
         raise InputError(f"only {triplets.height} distillation queries; min_pairs={config.min_pairs}. "

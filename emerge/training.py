@@ -153,7 +153,7 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
     from sentence_transformers.sentence_transformer.losses import MarginMSELoss, MultipleNegativesRankingLoss
     from transformers import TrainerCallback, set_seed
 
-    from emerge.distillation import DistillationSet, query_columns
+    from emerge.distillation import DistillationSet
 
     set_seed(config.seed)
     teacher = None
@@ -167,8 +167,7 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
             raise InputError(f"only {pairs.height} pairs kept a hard negative; min_pairs={config.min_pairs}")
     distilled = "score" in pairs.columns  # teacher scores: MarginMSE (emerge.distillation)
     negatives = [c for c in pairs.columns if c == "negative" or c.startswith("negative_")]
-    anchors = query_columns(pairs.columns)
-    columns = [*anchors, "positive", *negatives]
+    columns = ["anchor", "positive", *negatives]
     labels = {"label": pairs["teacher_ids"]} if teacher is not None else {"score": pairs["score"]} if distilled else {}
     near = None
     if config.pairing == "same_cluster" and config.near_cluster_fraction > 0 and not distilled and not negatives:
@@ -197,7 +196,7 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
         from emerge.distill_loss import InBatchDistillationLoss
 
         loss = InBatchDistillationLoss(model, teacher, kind=config.distill_loss.removeprefix("in_batch_"),
-                                       scale=config.scale, queries_per_row=len(anchors))
+                                    scale=config.scale)
     elif near is not None:
         from emerge.near_label_loss import NearGroupMaskedRankingLoss
 

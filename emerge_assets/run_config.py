@@ -17,8 +17,8 @@ import dagster as dg
 from pydantic import Field
 
 from emerge.cluster_ids import DEFAULT_MIN_SIMILARITY
-from emerge.config import (DISTILL_LOSSES, PAIRINGS, QUERY_ROWS, QUERY_SOURCES, TRANSFORMS, UNICODE_FORMS,
-                           AnalyzerConfig, ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig, TrainingConfig)
+from emerge.config import (DISTILL_LOSSES, PAIRINGS, QUERY_SOURCES, TRANSFORMS, UNICODE_FORMS, AnalyzerConfig,
+                           ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig, TrainingConfig)
 from emerge.late_interaction import (DEFAULT_RELEVANCE_THRESHOLD, DIRECTIONS, PREDICTION_MODES,
                                      LateInteractionCrossEncoder, check_scorer_options)
 
@@ -177,9 +177,6 @@ class FineTuneConfig(_EngineConfig):
         "query_source", "distill: pseudo-queries are the selected spans (spans), each document's opening "
         "line/sentence (leading_sentence), that opening shortened to its 2-5 rarest words (keywords), or the "
         "opening and other sentences cut out of the document (sentences).")
-    query_rows: Literal[QUERY_ROWS] = _training_default(
-        "query_rows", "distill: one training row per pseudo-query (query), or a document's 'sentences' queries in "
-        "one row over one shared positive and shared negatives (document; about the cost of one query).")
     queries_per_document: int = _training_default("queries_per_document", "distill: pseudo-queries (selected "
                                                   "spans, or sentences) per training document.")
     max_train_queries: Optional[int] = _training_default("max_train_queries", "distill: most pseudo-queries "

@@ -41,6 +41,20 @@ def test_a_bad_model_stops_curate_with_one_line_before_any_work(tmp_path, model)
     assert "Traceback" not in proc.stderr and not (tmp_path / "home" / "token_embeddings").exists()
 
 
+@pytest.mark.parametrize("layout, says", [("missing", "does not exist"), ("loose", "no source sub-folder"),
+                                          ("empty", "is empty")])
+def test_an_input_root_without_sources_stops_curate_with_one_line_saying_why(tmp_path, layout, says):
+    root = tmp_path / "in"
+    if layout != "missing":
+        root.mkdir()
+    if layout == "loose":
+        (root / "a.txt").write_text("A note that should have been inside a source folder.")
+    proc = emerge("curate", str(root), "--home", str(tmp_path / "home"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and says in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
 def test_ui_opens_dagster_on_the_homes_own_instance(tmp_path, monkeypatch, capsys):
     """`emerge ui` replaces itself with `dagster dev` on the workspace (code location "emerge"), with
     DAGSTER_HOME the home's own instance, and prints the MLflow UI command."""

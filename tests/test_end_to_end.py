@@ -111,6 +111,7 @@ def test_emerge_curate_and_status_on_a_users_corpus(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("'aaa_empty'") == 1 and "Traceback" not in proc.stderr
     assert " - DEBUG - " not in proc.stderr and "BetaWarning" not in proc.stderr  # the result is not drowned
+    assert len((proc.stdout + proc.stderr).splitlines()) < 300  # was ~835 lines before #12
     assert "skipped:   1 source(s) without a usable document: aaa_empty" in proc.stdout
     assert "clusters:" in proc.stdout and "dataset:" in proc.stdout
     assert (tmp_path / "home" / "datasets" / "curated_spans.parquet").exists()

@@ -222,6 +222,7 @@ def test_a_sigkilled_run_no_longer_blocks_the_next_one(home, tmp_path, instance,
 
 
 def test_a_wait_for_the_slot_is_logged_and_ctrl_c_stops_the_run(home, tmp_path, instance):
+    assert stale_runs.WAIT_LOG_INTERVAL_S <= 30  # the shipped interval (the subprocess below uses 1 s)
     holder = _run(instance, _tags(os.getpid()))  # alive (this test), so it keeps the slot
     proc, marker, log = _start_run(home, tmp_path, sleep_s=0)
     waiting = f"waiting for a free 'gpu' slot held by run {holder.run_id}"
