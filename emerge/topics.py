@@ -74,14 +74,42 @@ def load_topics(path: str | Path) -> list[Topic]:
         data = data.get("topics")
     if not isinstance(data, list):
         raise ConfigError("topics_file", f"{path.name} must hold a list of topics (or a mapping with `topics:`)")
+    lines = _entry_lines(text)
+    topics, seen = [], {}
     for i, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise ConfigError("topics", f"entry {i} of {path.name} is not a mapping")
-        unknown = set(item) - {"id", "name", "description", "examples"}
-        if unknown:
-            raise ConfigError("topics", f"topic {item.get('id', i)!r} has unknown keys {sorted(unknown)}")
-        if "id" not in item:
-            raise ConfigError("topics", f"entry {i} of {path.name} has no id")
-        if "name" not in item:
-            raise ConfigError("topics", f"topic {item['id']!r} has no name")
-    return validate_topics(data)
+        try:
+            topics.append(_topic(item, i, path.name))
+            if topics[-1].id in seen:
+                raise ConfigError("topics", f"duplicate topic id {topics[-1].id!r} (names {seen[topics[-1].id]!r} "
+                                  f"and {topics[-1].name!r})")
+            seen[topics[-1].id] = topics[-1].name
+        except ConfigError as exc:  # which entry: the file and the line it starts on
+            where = f"{path}, line {lines[i]}" if i < len(lines) else str(path)
+            raise ConfigError(exc.field, f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+    return validate_topics(topics)
+
+
+def _topic(item, i: int, file_name: str) -> Topic:
+    if not isinstance(item, dict):
+        raise ConfigError("topics", f"entry {i} of {file_name} is not a mapping")
+    unknown = set(item) - {"id", "name", "description", "examples"}
+    if unknown:
+        raise ConfigError("topics", f"topic {item.get('id', i)!r} has unknown keys {sorted(unknown)}")
+    if "id" not in item:
+        raise ConfigError("topics", f"entry {i} of {file_name} has no id")
+    if "name" not in item:
+        raise ConfigError("topics", f"topic {item['id']!r} has no name")
+    return Topic(**item)
+
+
+def _entry_lines(text: str) -> list[int]:
+    """The 1-based line each topic entry starts on (YAML, and JSON read as YAML); [] if unknown."""
+    import yaml
+
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return []
+    if isinstance(node, yaml.MappingNode):
+        node = next((v for k, v in node.value if k.value == "topics"), None)
+    return [item.start_mark.line + 1 for item in node.value] if isinstance(node, yaml.SequenceNode) else []
