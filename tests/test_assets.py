@@ -79,6 +79,32 @@ def test_the_engines_progress_lines_reach_the_runs_event_log(pipeline_run):
     assert any("selection:" in m and "candidate spans" in m for m in messages(pipeline_run["global"]))
 
 
+def test_the_dataset_scores_length_fit_against_the_span_config_the_spans_were_cut_with(pipeline_run, tmp_path,
+                                                                                      tiny_model_dir):
+    """Each spans partition records its span settings; the dataset stage reads them back (the
+    card shows them), and gives up (None, observed lengths) when sources were cut differently."""
+    import json
+    import re
+
+    from emerge.config import SpanConfig
+    from emerge_assets.assets.documents import recorded_span_config
+    from emerge_assets.run_config import SpansConfig
+
+    assert recorded_span_config(pipeline_run["instance"], SOURCES) == SpansConfig().to_engine()
+    card = Path(metadata_of(pipeline_run["global"], curated_dataset)["card_path"]).read_text()
+    recorded = json.loads(re.search(r"```json\n(.*?)```", card, re.S).group(1))["spans"]
+    assert (recorded["min_len"], recorded["max_len"], recorded["stride"]) == (16, 64, 8)
+    resources = build_resources(str(tmp_path / "home"), str(pipeline_run["corpus"]), str(tiny_model_dir), device="cpu")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("document_source", SOURCES[:2])
+        for source, stride in ((SOURCES[0], 12), (SOURCES[1], 16)):
+            run_config = {"ops": {"spans": {"config": {"min_len": 12, "max_len": 48, "stride": stride}}}}
+            assert dg.materialize([raw_texts, spans], partition_key=source, instance=instance, run_config=run_config,
+                                  resources=resources).success
+        assert recorded_span_config(instance, SOURCES[:1]) == SpanConfig(min_len=12, max_len=48, stride=12)
+        assert recorded_span_config(instance, SOURCES[:2]) is None  # cut differently: no single config
+
+
 def test_raw_texts_metadata_counts_skips(pipeline_run):
     meta = metadata_of(pipeline_run["per_source"]["field_notes"], raw_texts)
     assert meta["documents"] == 20

@@ -9,6 +9,7 @@ import polars as pl
 
 from emerge.label_scheme import CLUSTERS, TOPICS
 from emerge_assets.assets.clustering import ALL_SOURCES, concat_sources
+from emerge_assets.assets.documents import recorded_span_config
 from emerge_assets.automation import FOLLOW_INPUTS
 from emerge_assets.metadata import counts_table, markdown_table
 from emerge_assets.run_config import CuratedDatasetConfig, CuratedTopicDatasetConfig
@@ -52,8 +53,11 @@ def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans:
     positions = all_spans.with_row_index("_pos").join(label_frame.select("source", "span_idx"),
                                                       on=["source", "span_idx"], how="semi",
                                                       maintain_order="left")["_pos"].to_numpy()
-    # The length objective spans the lengths actually produced by the spans asset.
-    span_cfg = SpanConfig(min_len=int(all_spans["n_tokens"].min()), max_len=int(all_spans["n_tokens"].max()))
+    span_cfg = recorded_span_config(context.instance, sources)
+    if span_cfg is None:  # spans of an older materialization, or sources cut with different settings
+        span_cfg = SpanConfig(min_len=int(all_spans["n_tokens"].min()), max_len=int(all_spans["n_tokens"].max()))
+        context.log.warning(f"the sources' spans do not record one span config; length fit uses the observed "
+                            f"{span_cfg.min_len}..{span_cfg.max_len} tokens")
     texts = document_texts(*(raw_texts[s] for s in sources))
     dataset = curate(labelled, vectors[positions], texts, selection, span_cfg, label_col=label_col,
                      columns=scheme.dataset_columns)

@@ -59,6 +59,37 @@ def spans(context: dg.AssetExecutionContext, config: SpansConfig, raw_texts: pl.
                            raw_texts=raw_texts)
 
 
+SPAN_CONFIG_KEYS = ("min_len", "max_len", "stride", "length_step")
+
+
+def span_config_metadata(span_cfg) -> dict[str, int]:
+    """The span settings a `spans` partition was cut with, kept in its materialization so the dataset
+    stage scores length fit against what the user asked for, not against what it happens to see."""
+    effective = {"length_step": span_cfg.length_step or span_cfg.stride}
+    return {f"span_{k}": int(effective.get(k, getattr(span_cfg, k))) for k in SPAN_CONFIG_KEYS}
+
+
+def recorded_span_config(instance, sources: list[str]):
+    """The SpanConfig every source's latest `spans` materialization recorded, or None when a source
+    recorded none (materialized before it was recorded) or the sources were cut differently."""
+    from emerge.config import SpanConfig
+
+    seen = set()
+    for source in sources:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("spans"), asset_partitions=[source]), limit=1).records
+        metadata = records[0].asset_materialization.metadata if records else {}
+        if not all(f"span_{k}" in metadata for k in SPAN_CONFIG_KEYS):
+            return None
+        seen.add(tuple(int(metadata[f"span_{k}"].value) for k in SPAN_CONFIG_KEYS))
+    if len(seen) != 1:
+        return None
+    values = dict(zip(SPAN_CONFIG_KEYS, seen.pop()))
+    if values["length_step"] == values["stride"]:
+        values["length_step"] = None  # the default: lengths step with the stride
+    return SpanConfig(**values)
+
+
 def span_source(context, span_cfg, tokenizer, raw_texts: pl.DataFrame) -> dg.Output:
     from emerge.spans import build_spans
 
@@ -69,6 +100,7 @@ def span_source(context, span_cfg, tokenizer, raw_texts: pl.DataFrame) -> dg.Out
                      f"{too_short.height} documents shorter than min_len")
     return dg.Output(result, metadata={
         "dagster/row_count": result.height,
+        **span_config_metadata(span_cfg),
         "documents_with_spans": docs.height - too_short.height,
         "documents_shorter_than_min_len": too_short.height,
         "spans_per_document_mean": float(per_doc.mean()),
