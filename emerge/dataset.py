@@ -33,6 +33,28 @@ def curate(labelled: pl.DataFrame, vectors: np.ndarray, texts: dict[str, str], s
     return selected.select([c for c in columns if c in selected.columns])
 
 
+def join_labels(spans: pl.DataFrame, labels: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+    """(spans with their label columns, each labelled span's row in `spans`), joined on (source,
+    span_idx). Inner join: spans outside the analyzer's length bounds carry no label and are no
+    candidates; the positions pick their vectors out of the spans' vector block."""
+    positioned = spans.with_row_index("_pos")
+    labelled = positioned.join(labels, on=["source", "span_idx"], how="inner", maintain_order="left")
+    return labelled.drop("_pos"), labelled["_pos"].to_numpy()
+
+
+def document_accounting(inventories: list[pl.DataFrame], spans: pl.DataFrame, dataset: pl.DataFrame) -> pl.DataFrame:
+    """Each input's fate (`outcome`): in_dataset, no_span_selected, shorter_than_min_len or its ingest
+    skip reason. `inventories`: every source's inputs (source, doc_id, path, record, status, reason)."""
+    with_spans = spans["doc_id"].unique().implode()
+    in_dataset = dataset["doc_id"].unique().implode()
+    inventory = pl.concat([f.select("source", "doc_id", "path", "record", "status", "reason") for f in inventories])
+    return inventory.with_columns(
+        pl.when(pl.col("status") == "skipped").then(pl.col("reason"))
+        .when(pl.col("doc_id").is_in(in_dataset)).then(pl.lit("in_dataset"))
+        .when(pl.col("doc_id").is_in(with_spans)).then(pl.lit("no_span_selected"))
+        .otherwise(pl.lit("shorter_than_min_len")).alias("outcome"))
+
+
 def label_balance(df: pl.DataFrame, label_col: str) -> float:
     """Smallest label share over the largest (1 = perfectly balanced, near 0 = one label dominates)."""
     if df.height == 0:

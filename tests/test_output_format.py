@@ -37,3 +37,23 @@ def test_no_sources_message_says_what_is_wrong_and_how_to_lay_out_sources(tmp_pa
     assert "1 file(s) but no source sub-folder" in loose and "ROOT/<source>/" in loose
     (tmp_path / "empty").mkdir()
     assert "is empty" in no_sources_reason(tmp_path / "empty")
+
+
+def test_labels_join_onto_their_spans_and_every_input_gets_one_outcome():
+    from emerge.dataset import document_accounting, join_labels
+
+    spans = pl.DataFrame({"source": ["a", "a", "a", "b"], "span_idx": [0, 1, 2, 0],
+                          "doc_id": ["a1", "a1", "a2", "b1"], "text_span": ["w", "x", "y", "z"]})
+    labels = pl.DataFrame({"source": ["b", "a"], "span_idx": [0, 2], "cluster_id": [5, 7]})
+    labelled, positions = join_labels(spans, labels)
+    assert labelled["text_span"].to_list() == ["y", "z"] and labelled["cluster_id"].to_list() == [7, 5]
+    assert positions.tolist() == [2, 3]  # rows of `spans`, so the vectors line up
+    inventory = pl.DataFrame({"source": ["a", "a", "a", "a"], "doc_id": ["a1", "a2", "a3", "a4"],
+                              "path": ["p"] * 4, "record": ["0"] * 4,
+                              "status": ["kept", "kept", "kept", "skipped"], "reason": [None, None, None, "empty"]})
+    other = pl.DataFrame({"source": ["b"], "doc_id": ["b1"], "path": ["q"], "record": ["0"], "status": ["kept"],
+                          "reason": [None], "text": ["a column the other source lacks"]})
+    fate = document_accounting([inventory, other], spans, dataset=labelled.filter(pl.col("doc_id") == "a2"))
+    assert dict(zip(fate["doc_id"], fate["outcome"])) == {
+        "a1": "no_span_selected", "a2": "in_dataset", "a3": "shorter_than_min_len", "a4": "empty",
+        "b1": "no_span_selected"}

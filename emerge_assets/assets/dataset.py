@@ -18,24 +18,11 @@ from emerge_resources import EmbeddingModelResource, EmergeStorage
 LABEL_INPUTS = {"raw_texts": ALL_SOURCES, "spans": ALL_SOURCES, "span_embeddings": ALL_SOURCES}
 
 
-def document_accounting(raw_texts: dict[str, pl.DataFrame], spans: pl.DataFrame,
-                        dataset: pl.DataFrame) -> pl.DataFrame:
-    """Each input's fate: in_dataset, no_span_selected, shorter_than_min_len or an ingest skip reason."""
-    inv = pl.concat([f.select("source", "doc_id", "path", "record", "status", "reason") for f in raw_texts.values()])
-    with_spans = spans["doc_id"].unique().implode()
-    in_dataset = dataset["doc_id"].unique().implode()
-    return inv.with_columns(
-        pl.when(pl.col("status") == "skipped").then(pl.col("reason"))
-        .when(pl.col("doc_id").is_in(in_dataset)).then(pl.lit("in_dataset"))
-        .when(pl.col("doc_id").is_in(with_spans)).then(pl.lit("no_span_selected"))
-        .otherwise(pl.lit("shorter_than_min_len")).alias("outcome"))
-
-
 def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans: dict, span_embeddings: dict,
                   labels: dict, scheme, storage: EmergeStorage, model_name: str) -> dg.Output:
     """Join per-source labels onto spans, select, export, and describe every input's outcome."""
     from emerge.config import SpanConfig
-    from emerge.dataset import curate, dataset_card, label_balance, write_dataset
+    from emerge.dataset import curate, dataset_card, document_accounting, join_labels, label_balance, write_dataset
     from emerge.ingest import document_texts
 
     selection = config.to_engine()
@@ -46,13 +33,9 @@ def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans:
         raise dg.Failure(f"sources {missing} have spans but no {labels_asset}; materialize {labels_asset} for them")
     label_frame = pl.concat([labels[s].select(pl.lit(s).alias("source"), "span_idx", *scheme.label_columns)
                              for s in sources])
-    # inner join: spans outside the analyzer's length bounds carry no label and are not candidates
-    labelled = all_spans.join(label_frame, on=["source", "span_idx"], how="inner", maintain_order="left")
+    labelled, positions = join_labels(all_spans, label_frame)
     if labelled.height == 0 and all_spans.height:
         raise dg.Failure(f"no span has a {labels_asset} row; re-materialize {labels_asset} after spans changed")
-    positions = all_spans.with_row_index("_pos").join(label_frame.select("source", "span_idx"),
-                                                      on=["source", "span_idx"], how="semi",
-                                                      maintain_order="left")["_pos"].to_numpy()
     span_cfg = recorded_span_config(context.instance, sources)
     if span_cfg is None:  # spans of an older materialization, or sources cut with different settings
         span_cfg = SpanConfig(min_len=int(all_spans["n_tokens"].min()), max_len=int(all_spans["n_tokens"].max()))
@@ -61,7 +44,7 @@ def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans:
     texts = document_texts(*(raw_texts[s] for s in sources))
     dataset = curate(labelled, vectors[positions], texts, selection, span_cfg, label_col=label_col,
                      columns=scheme.dataset_columns)
-    accounting = document_accounting(raw_texts, all_spans, dataset)
+    accounting = document_accounting(list(raw_texts.values()), all_spans, dataset)
     outcomes = dict(accounting.group_by("outcome").len().sort("outcome").iter_rows())
     counts = {"sources": len(sources), "inputs": accounting.height,
               "documents_in_dataset": outcomes.get("in_dataset", 0), "spans_considered": labelled.height,
