@@ -90,7 +90,7 @@ def test_a_bad_run_config_stops_curate_before_any_model_work(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "home" / "token_embeddings").exists()
 
 
-def test_status_names_failed_and_stuck_runs_and_whether_their_process_lives(tmp_path):
+def test_status_names_failed_and_stuck_runs_and_whether_their_process_lives(tmp_path, monkeypatch):
     import socket
     import uuid
 
@@ -101,20 +101,18 @@ def test_status_names_failed_and_stuck_runs_and_whether_their_process_lives(tmp_
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    old = os.environ.get("DAGSTER_HOME")
+    monkeypatch.setenv("DAGSTER_HOME", "")  # `make test` exports the project's; the home's own is wanted here
+    monkeypatch.delenv("DAGSTER_HOME")  # (and use_dagster_home's setting is undone after the test)
     home = use_dagster_home(tmp_path / "run")
     runs = {}
-    try:
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-            for name, status, pid in (("failed", dg.DagsterRunStatus.FAILURE, None),
-                                      ("killed", dg.DagsterRunStatus.STARTED, dead.pid),
-                                      ("alive", dg.DagsterRunStatus.STARTED, os.getpid()),
-                                      ("elsewhere", dg.DagsterRunStatus.STARTING, None)):
-                tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(pid)} if pid else {}
-                runs[name] = str(uuid.uuid4())
-                instance.add_run(dg.DagsterRun(job_name=f"job_{name}", run_id=runs[name], status=status, tags=tags))
-    finally:
-        os.environ.pop("DAGSTER_HOME") if old is None else os.environ.update(DAGSTER_HOME=old)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for name, status, pid in (("failed", dg.DagsterRunStatus.FAILURE, None),
+                                  ("killed", dg.DagsterRunStatus.STARTED, dead.pid),
+                                  ("alive", dg.DagsterRunStatus.STARTED, os.getpid()),
+                                  ("elsewhere", dg.DagsterRunStatus.STARTING, None)):
+            tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(pid)} if pid else {}
+            runs[name] = str(uuid.uuid4())
+            instance.add_run(dg.DagsterRun(job_name=f"job_{name}", run_id=runs[name], status=status, tags=tags))
     out = emerge("status", "--home", str(tmp_path / "run")).stdout
     line = {name: next(l for l in out.splitlines() if run_id[:8] in l) for name, run_id in runs.items()}
     assert "FAILURE" in line["failed"]
