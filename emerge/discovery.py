@@ -16,7 +16,7 @@ NOISE_TITLE = "Noise (no cluster)"
 def fit_clustering(spans: pl.DataFrame, vectors: np.ndarray, config: ClusteringConfig,
                    previous: ClusteringPipeline | None = None,
                    min_similarity: float = DEFAULT_MIN_SIMILARITY,
-                   title_overrides: dict[int, str] | None = None) -> tuple[ClusteringPipeline, np.ndarray]:
+                   title_overrides: dict[int, str] | None = None, namer=None) -> tuple[ClusteringPipeline, np.ndarray]:
     """Fit UMAP+HDBSCAN on the fit sample and title the clusters; returns (pipeline, sample rows).
 
     With `previous` (the last saved fit) clusters keep their ids where a centroid matches, and
@@ -25,7 +25,7 @@ def fit_clustering(spans: pl.DataFrame, vectors: np.ndarray, config: ClusteringC
     sample = select_fit_sample(spans, config)
     pipeline = ClusteringPipeline(config).fit(vectors[sample])
     pipeline.assign_stable_ids(previous, min_similarity)
-    title_clusters(pipeline, spans["text_span"].gather(sample).to_list(), previous, title_overrides)
+    title_clusters(pipeline, spans["text_span"].gather(sample).to_list(), previous, title_overrides, namer)
     return pipeline, sample
 
 
@@ -34,7 +34,7 @@ def cluster_projected_sample(projected: ClusteringPipeline, sample: pl.DataFrame
                              max_cluster_fraction: float | None = ClusteringConfig.max_cluster_fraction,
                              previous: ClusteringPipeline | None = None,
                              min_similarity: float = DEFAULT_MIN_SIMILARITY,
-                             title_overrides: dict[int, str] | None = None):
+                             title_overrides: dict[int, str] | None = None, namer=None):
     """HDBSCAN on a fit sample that UMAP has already projected (rows with `coords`, `embedding`
     and `text_span`), so trying another `min_cluster_size` re-runs seconds of HDBSCAN, not UMAP.
     Clusters keep `previous`'s ids where a centroid matches, and get titles.
@@ -50,7 +50,7 @@ def cluster_projected_sample(projected: ClusteringPipeline, sample: pl.DataFrame
         max_cluster_fraction=max_cluster_fraction))
     pipeline.fit_clusterer(vectors_of(sample), coords=sample["coords"].to_numpy())
     ids = pipeline.assign_stable_ids(previous, min_similarity)
-    title_clusters(pipeline, sample["text_span"].to_list(), previous, title_overrides)
+    title_clusters(pipeline, sample["text_span"].to_list(), previous, title_overrides, namer)
     labels = pipeline.fit_labels_
     rows = sample.drop("coords", "embedding").with_columns(
         pl.Series("cluster_id", labels, dtype=pl.Int64),
@@ -63,13 +63,15 @@ KEEP_TITLE_SIMILARITY = 0.95  # a refit cluster this close to its previous centr
 
 
 def title_clusters(pipeline: ClusteringPipeline, fit_texts: list[str], previous: ClusteringPipeline | None = None,
-                   overrides: dict[int, str] | None = None) -> None:
+                   overrides: dict[int, str] | None = None, namer=None) -> None:
     """Set keyphrases and titles from the fit sample's texts (non-overlapping, so no word is
     counted many times over by dense spans).
 
     A title is something users learn and refer to, so after a refit a matched cluster whose
     centroid barely moved (cosine >= KEEP_TITLE_SIMILARITY to the previous fit's) keeps the
     previous fit's title and keyphrases; a user's `overrides` (stable id -> title) win over both.
+    An optional `namer` (`emerge.title_namer.TitleNamer`) words the titles of the other clusters
+    from their keyphrases and texts.
     """
     by_cluster: dict[int, list[str]] = {}
     for text, label in zip(fit_texts, pipeline.fit_labels_.tolist()):
@@ -77,11 +79,16 @@ def title_clusters(pipeline: ClusteringPipeline, fit_texts: list[str], previous:
             by_cluster.setdefault(int(label), []).append(text)
     pipeline.keyphrases = ctfidf_keyphrases(by_cluster)
     pipeline.titles = {c: title_from_keyphrases(k) for c, k in pipeline.keyphrases.items()}
+    kept: set[int] = set()
     if previous is not None and pipeline.id_assignment is not None:
         for c, similarity in pipeline.id_assignment.similarity.items():
             if similarity >= KEEP_TITLE_SIMILARITY and c in previous.titles and c in pipeline.titles:
                 pipeline.titles[c] = previous.titles[c]
                 pipeline.keyphrases[c] = previous.keyphrases.get(c, pipeline.keyphrases[c])
+                kept.add(c)
+    if namer is not None:
+        pipeline.titles |= namer.name_clusters(pipeline.keyphrases, by_cluster,
+                                               {c: t for c, t in pipeline.titles.items() if c not in kept})
     for c, title in (overrides or {}).items():
         if c in pipeline.titles:
             pipeline.titles[c] = title

@@ -14,8 +14,8 @@ from emerge_assets.checks import CHECKS
 from emerge_assets.assets.training import fine_tuned_model, fine_tuned_topic_model
 from emerge_assets.partitions import document_source
 from emerge_assets.sensors import source_inbox
-from emerge_resources import (EmbeddingModelResource, EmergeStorage, MlflowTracking, ParquetIOManager, TopicsResource,
-                              default_tracking_uri)
+from emerge_resources import (EmbeddingModelResource, EmergeStorage, MlflowTracking, ParquetIOManager,
+                              TitleNamerResource, TopicsResource, default_tracking_uri)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMERGE_HOME = os.environ.get("EMERGE_HOME", str(PROJECT_ROOT / ".emerge_home"))
@@ -61,6 +61,8 @@ def build_resources(emerge_home: str = EMERGE_HOME, input_root: str = INPUT_ROOT
         "storage": EmergeStorage(root=emerge_home, input_root=input_root),
         "embedding_model": EmbeddingModelResource(model_name_or_path=model_name_or_path, device=device),
         "topics": TopicsResource(topics_file=topics_file),
+        "title_namer": TitleNamerResource(model_dir=os.environ.get("EMERGE_TITLE_NAMER_DIR") or None,
+                                          gguf_file=os.environ.get("EMERGE_TITLE_NAMER_GGUF") or None),
         "mlflow": MlflowTracking(tracking_uri=mlflow_tracking_uri or os.environ.get(
             "EMERGE_MLFLOW_TRACKING_URI", default_tracking_uri(emerge_home))),
     }

@@ -56,3 +56,18 @@ def minilm_encoder():
     from emerge.encoder import load_encoder
 
     return load_encoder(EncoderConfig(device="cpu", dtype="float32"))  # exact-numerics tests
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory, tokenizer):
+    """A 2-layer Llama with random weights and the MiniLM tokenizer: it generates nonsense, fast."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -78,10 +78,13 @@ def test_discovery_script_reports_both_methods_and_matched_variants_over_seeds()
             r["emerge"]["nmi"] - r["bertopic"]["nmi"], abs=1e-3)
 
 
-def test_titles_script(tmp_path):
+def test_titles_script(tmp_path, tiny_causal_lm):
     dump = tmp_path / "clusters.npz"
-    r = run_script("titles.py", "--docs", str(PLANTED), "--no-bertopic", "--dump", str(dump))
+    r = run_script("titles.py", "--docs", str(PLANTED), "--no-bertopic", "--dump", str(dump),
+                   "--namer-dir", str(tiny_causal_lm))
     m = r["emerge"]
+    named = r["emerge_named"]  # the same clusters worded by the (here random, so mostly silent) namer
+    assert set(named["titles"]) == set(m["titles"]) and named["named"] + named["kept_keyphrase_titles"] == m["n_clusters"]
     assert {"title_to_cluster_top1", "max_term_share", "mean_title_words", "n_clusters", "titles"} <= set(m)
     assert m["n_clusters"] == len(m["titles"]) >= 2 and 0.0 <= m["title_to_cluster_top1"] <= 1.0
     assert r["bertopic"] is None and r["bertopic_skipped"] == "--no-bertopic"

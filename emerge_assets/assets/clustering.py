@@ -9,7 +9,7 @@ from emerge_assets.metadata import cluster_map, markdown_table
 from emerge_assets.partitioned import SINGLE_RUN, SOURCE_IN, for_each_source
 from emerge_assets.partitions import document_source
 from emerge_assets.run_config import HdbscanClustersConfig, UmapConfig
-from emerge_resources import EmergeStorage
+from emerge_resources import EmergeStorage, TitleNamerResource
 
 ALL_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True})
 
@@ -61,7 +61,7 @@ def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans
                       "span_clusters applies to every source without refitting. Cluster ids stay stable "
                       "across refits (centroids matched to the previous fit).")
 def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersConfig, umap_projection: pl.DataFrame,
-                     storage: EmergeStorage) -> dg.Output:
+                     storage: EmergeStorage, title_namer: TitleNamerResource) -> dg.Output:
     from emerge.clustering import ClusteringPipeline
     from emerge.discovery import cluster_projected_sample, load_title_overrides
 
@@ -72,7 +72,7 @@ def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersC
     pipeline, ids, out = cluster_projected_sample(
         ClusteringPipeline.load(storage.models_dir / "umap_projection"), umap_projection,
         config.min_cluster_size, config.min_samples, config.max_cluster_fraction, previous,
-        config.id_match_min_similarity, overrides)
+        config.id_match_min_similarity, overrides, title_namer.get_namer())
     path = pipeline.save(storage.clustering_path)
     noise = float((pipeline.fit_labels_ < 0).mean())
     context.log.info(f"{len(pipeline.cluster_ids)} clusters on {len(pipeline.fit_labels_)} fit spans, noise "
@@ -81,7 +81,8 @@ def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersC
     meta = {"dagster/row_count": out.height, "clusters": len(pipeline.cluster_ids), "fit_noise_fraction": round(noise, 4),
             "pipeline_path": dg.MetadataValue.path(str(path)), "refit_of_previous": previous is not None,
             "title_overrides": f"{sum(c in pipeline.titles for c in overrides)} from {titles_file}" if overrides
-            else f"none (write `cluster id: title` lines to {titles_file} to name clusters yourself)"}
+            else f"none (write `cluster id: title` lines to {titles_file} to name clusters yourself)",
+            "title_namer": title_namer.model_dir or "off (keyphrase titles)"}
     return dg.Output(out, metadata=meta | _fit_metadata(out, pipeline, storage) | _id_metadata(ids, pipeline))
 
 
