@@ -326,7 +326,7 @@ class TrainingConfig:
     scale: float = 20.0
     hard_negatives: bool = False
     hard_negative_margin: float = 0.1
-    near_cluster_fraction: float = 0.0
+    near_cluster_fraction: float = 0.25
     seed: int = 42
 
     @property

@@ -39,6 +39,7 @@ Keywords: {keywords}
 Texts: {texts}
 Title:"""
 
+_FILLER = {"and", "of", "the", "a", "an", "in", "on", "for", "&", "to"}
 _TITLE = re.compile(r"^[^\W\d_][\w'’&,/ -]*[\w’']$")
 
 
@@ -69,10 +70,13 @@ class NamerConfig:
 
 def clean_title(generated: str, max_words: int = 5) -> str | None:
     """The generated text's first line as a title, or None when it does not look like one (empty,
-    one word, more than `max_words`, digits or symbols, a repeated prompt field)."""
+    one word, more than `max_words`, digits or symbols, a repeated prompt field, a word said twice)."""
     line = generated.strip().split("\n", 1)[0].strip().strip("\"'“”*.:;").strip()
     words = line.split()
     if not 2 <= len(words) <= max_words or not _TITLE.match(line) or line.lower().startswith(("keywords", "texts")):
+        return None
+    content = [w.strip(",&/").lower() for w in words if w.lower() not in _FILLER]
+    if len(set(content)) < len(content):  # "Sports, Sports, Sports", "Music and Music": a degenerate loop
         return None
     return " ".join(words)
 

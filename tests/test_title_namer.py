@@ -15,6 +15,9 @@ from emerge.title_namer import NamerConfig, TitleNamer, clean_title, representat
     (" The Best Title Anyone Has Ever Written Here", None),  # over five words
     (" 2004 Results 12", None),  # digits
     (" Keywords: mortgage, lending", None),  # the prompt echoed
+    (" Sports, Sports, Sports", None),  # a generation loop
+    (" Music and Music", None),
+    (" Housing Market and Lending", "Housing Market and Lending"),
     ("", None),
 ])
 def test_only_short_wordy_first_lines_count_as_titles(generated, title):
