@@ -107,6 +107,7 @@ def main(argv=None) -> int:
                    "device": encoder.device, "forward_dtype": encoder.compute_dtype, "torch_threads": torch.get_num_threads()},
         "machine": machine(),
         "documents": docs.height, "tokens": tokens, "windows": len(chunks), "spans": spans.height,
+        "spans_per_token": round(spans.height / tokens, 2),  # the density the speedup depends on
         "emerge_wall_s": round(emerge_s, 2), "forward_wall_s": round(forward_s, 2),
         "naive_wall_s_for_sample": round(naive_s, 2),
         "emerge_spans_per_s": round(emerge_rate, 1), "naive_spans_per_s": round(naive_rate, 1),

@@ -118,7 +118,8 @@ def test_span_embedding_script(tmp_path):
     out = tmp_path / "r.json"
     r = run_script("span_embedding.py", "--docs", str(PLANTED), "--limit", "4", "--naive-sample", "40",
                    "--out", str(out))
-    assert {"emerge_spans_per_s", "naive_spans_per_s", "speedup", "overhead_vs_forward"} <= set(r)
+    assert {"emerge_spans_per_s", "naive_spans_per_s", "speedup", "overhead_vs_forward", "spans_per_token"} <= set(r)
+    assert r["spans_per_token"] == round(r["spans"] / r["tokens"], 2)
     assert json.loads(out.read_text()) == r
 
 
