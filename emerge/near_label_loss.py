@@ -4,8 +4,8 @@ MultipleNegativesRankingLoss treats every other row of a batch as a negative. Wi
 exclusive batches that is every other *cluster*, and discovery finds clusters finer than the
 topics a user thinks in (BBC News: ~32 clusters inside 5 sections). Pushing "Yukos / Oil" as far
 from "GM / Car" as from "Champions League" spreads all clusters evenly and flattens the
-hierarchy that k-means or a coarser reading of the clusters needs: measured, plain MNRL lowered
-BBC News k-means NMI at k = 5 by 0.015. Here a row's in-batch negatives leave out the clusters
+hierarchy that k-means or a coarser reading of the clusters needs (plain MNRL lowers BBC News
+k-means NMI at k = 5: BENCHMARKS.md, "Recipe A"). Here a row's in-batch negatives leave out the clusters
 nearest to its own (by the base model's centroids): they are the likely false negatives at the
 coarser level, so same-cluster spans still pull together and far clusters still push apart,
 but neighbouring clusters keep their distance to each other.

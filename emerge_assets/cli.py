@@ -90,15 +90,13 @@ def _ui(args) -> int:
 
 def _run_state(run) -> str:
     """Why an unfinished run is unfinished, as far as this host can tell."""
-    import socket
-
-    from emerge_assets.stale_runs import HOST_TAG, PID_TAG, PROCESS_TAG, process_alive
+    from emerge_assets.stale_runs import PROCESS_TAG, local_worker_pid, process_alive
 
     if run.is_finished:
         return ""
-    if run.tags.get(HOST_TAG) != socket.gethostname() or not run.tags.get(PID_TAG, "").isdigit():
+    pid = local_worker_pid(run)
+    if pid is None:
         return " (not started by `emerge curate` on this host; see the Dagster UI)"
-    pid = int(run.tags[PID_TAG])
     if process_alive(pid, run.tags.get(PROCESS_TAG)):
         return f" (running in pid {pid})"
     return (f" (its process, pid {pid}, is gone: the next `emerge curate` on this home fails it and frees its "

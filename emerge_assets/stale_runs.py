@@ -121,6 +121,12 @@ def process_alive(pid: int, identity: str | None = None) -> bool:
     return identity is None or f"{_boot_id()}:{stat[1]}" == identity
 
 
+def local_worker_pid(run: dg.DagsterRun) -> int | None:
+    """The pid of `run`'s worker when `run_worker_tags` tagged it on this host, else None."""
+    pid = run.tags.get(PID_TAG, "")
+    return int(pid) if run.tags.get(HOST_TAG) == socket.gethostname() and pid.isdigit() else None
+
+
 def _slot_holders(instance: dg.DagsterInstance) -> dict[str, list[str]]:
     """run id -> the pools it holds a slot in or waits for (one entry per step)."""
     storage = instance.event_log_storage
@@ -154,11 +160,8 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     done: list[str] = []
     for record in instance.get_run_records(dg.RunsFilter(statuses=IN_PROGRESS, tags={HOST_TAG: host})):
         run = record.dagster_run
-        try:
-            pid = int(run.tags.get(PID_TAG, ""))
-        except ValueError:
-            continue
-        if process_alive(pid, run.tags.get(PROCESS_TAG)):
+        pid = local_worker_pid(run)
+        if pid is None or process_alive(pid, run.tags.get(PROCESS_TAG)):
             continue
         current = instance.get_run_by_id(run.run_id)
         if current is None or current.status not in IN_PROGRESS:
