@@ -100,7 +100,7 @@ def emerge_runs(texts: list[str], gold: list, seeds: list[int], dtype: str) -> t
     excluded): document label = majority cluster of its selected spans, and the matched variant
     that labels one vector per document (the normalised mean of all its span vectors) with the
     same fitted pipeline, so document-level clustering is compared directly."""
-    from emerge.encoder import l2_normalise
+    from emerge.vectors import l2_normalise
     from emerge.ingest import normalise_text
 
     run, plain, doc_level = None, [], []

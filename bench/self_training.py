@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     from sklearn.metrics import accuracy_score
 
     from emerge.config import EncoderConfig
-    from emerge.encoder import l2_normalise, load_encoder, resolve_model_path
+    from emerge.encoder import load_encoder, resolve_model_path
+    from emerge.vectors import l2_normalise
     from emerge.late_interaction import DEFAULT_RELEVANCE_THRESHOLD, LateInteractionCrossEncoder
     from emerge.self_training import SelfTrainingConfig, model_relevance_threshold, self_train
     from emerge.topics import Topic

@@ -54,12 +54,11 @@ def main(argv=None) -> int:
     from sentence_transformers import SentenceTransformer
 
     from emerge.config import EncoderConfig, SpanConfig
-    from emerge.embedding import embed_spans, embeddings_frame
+    from emerge.embedding import embed_spans, embeddings_frame, write_parquet
     from emerge.encoder import load_encoder, packaged_model_path
     from emerge.ingest import documents_from_texts
     from emerge.spans import build_spans
     from emerge.tokenize import tokenize_batch
-    from emerge_resources.io_manager import write_parquet
 
     rows = jsonl_rows(args.docs, args.limit)
     docs = documents_from_texts([r[args.text_field] for r in rows], source="bench").documents

@@ -45,7 +45,7 @@ def title_measures(titles: dict[int, str], centroids: dict[int, "np.ndarray"], e
     """The three measures of the docstring for one method's titles."""
     import numpy as np
 
-    from emerge.encoder import l2_normalise
+    from emerge.vectors import l2_normalise
 
     ids = sorted(titles)
     if not ids:

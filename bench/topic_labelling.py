@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     from sklearn.metrics import accuracy_score
 
     from emerge.config import EncoderConfig
-    from emerge.encoder import load_encoder, l2_normalise
+    from emerge.encoder import load_encoder
+    from emerge.vectors import l2_normalise
     from emerge.late_interaction import LateInteractionCrossEncoder
     from emerge.topics import Topic
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emerge.encoder import l2_normalise
+from emerge.vectors import l2_normalise
 
 DEFAULT_MIN_SIMILARITY = 0.8
 

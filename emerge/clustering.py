@@ -16,6 +16,7 @@ from emerge.atomic import atomic_write_dir, recover_dir
 from emerge.cluster_ids import DEFAULT_MIN_SIMILARITY, IdAssignment, match_cluster_ids
 from emerge.config import ClusteringConfig
 from emerge.errors import InputError
+from emerge.vectors import l2_normalise
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class ClusteringPipeline:
         for c in np.unique(labels[labels != NOISE]).tolist():
             members = vectors[labels == c]
             mean = members.mean(axis=0)
-            self.centroids[int(c)] = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+            self.centroids[int(c)] = l2_normalise(mean)
             self.sizes[int(c)] = int(len(members))
 
     def assign_stable_ids(self, previous: "ClusteringPipeline | None" = None,

@@ -235,14 +235,15 @@ class CuratorConfig:
     and the selection fields shape the final dataset.
     """
 
-    min_length: int = 16
-    max_length: int = 64
-    stride: int = 8
-    quality_threshold: float = 0.5
-    min_relevance: float = 0.0
-    max_spans_per_cluster: int | None = None
-    near_duplicate_threshold: float = 0.95
-    include_noise: bool = False
+    # the seed's names for the stage configs' fields; defaults read from those configs, never copied
+    min_length: int = SpanConfig.min_len
+    max_length: int = SpanConfig.max_len
+    stride: int = SpanConfig.stride
+    quality_threshold: float = SelectionConfig.quality_threshold
+    min_relevance: float = SelectionConfig.min_relevance
+    max_spans_per_cluster: int | None = SelectionConfig.max_spans_per_cluster
+    near_duplicate_threshold: float = SelectionConfig.near_duplicate_threshold
+    include_noise: bool = SelectionConfig.include_noise
     ingest: IngestConfig = field(default_factory=IngestConfig)
 
     def __post_init__(self):

@@ -2,7 +2,10 @@
 
 `Curator.process_batch` runs ingest -> spans -> late-chunked embeddings -> the analyzer;
 `prepare_final_dataset` runs quality scoring and Pareto selection; `save_dataset` exports.
-The Dagster assets call the same functions, so both paths give identical results.
+The Dagster assets call the same engine functions with the same configs, so the same documents
+give the same spans, vectors, quality scores and selection. What differs around them: a text's
+doc_id comes from its position in the batch here and from its file and record there, and the
+clusters are fitted on the first batch here and on a sample of every source's spans there.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class LocalClusterAnalyzer:
 
     With a fitted pipeline (e.g. `ClusteringPipeline.load(...)`) new spans are labelled by
     `approximate_predict`; with none, the first batch fits one (kept on `self.pipeline`).
+    `model` and `tokenizer` are accepted because the product description passes them; the
+    analyzer never runs a model (it labels the vectors `Curator` computed), so it ignores them.
     """
 
     label_scheme = CLUSTERS
@@ -57,7 +62,6 @@ class LocalClusterAnalyzer:
         self.config = config or AnalyzerConfig()
         self.pipeline = pipeline
         self.clustering = clustering or (pipeline.config if pipeline is not None else ClusteringConfig())
-        self.model, self.tokenizer = model, tokenizer
 
     def analyze(self, spans: pl.DataFrame, vectors: np.ndarray, **_) -> pl.DataFrame:
         keep = ((spans["n_tokens"] >= self.config.min_len) & (spans["n_tokens"] <= self.config.max_len)).to_numpy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import polars as pl
 
 from emerge.atomic import atomic_write, atomic_write_text
 from emerge.config import SelectionConfig, SpanConfig
-from emerge.label_scheme import CLUSTERS, scheme_of
+from emerge.errors import InputError
+from emerge.label_scheme import CLUSTERS, LabelScheme, scheme_of
 from emerge.quality import quality_components
 from emerge.selection import select_spans
 
@@ -102,3 +104,47 @@ def write_dataset(df: pl.DataFrame, path: str | Path, card: str | None = None) -
     else:
         out.pop("card")
     return out
+
+
+@dataclass
+class CuratedDataset:
+    """What `build_curated_dataset` made: the exported rows, each input's outcome, and the
+    numbers the dataset card and the Dagster UI report."""
+
+    frame: pl.DataFrame
+    outcomes: dict[str, int]  # inputs per outcome (in_dataset, no_span_selected, skip reasons ...)
+    counts: dict[str, int]  # sources, inputs, documents_in_dataset, spans_considered, labels
+    unlabelled_fraction: float  # over every span the labelling stage saw
+    paths: dict[str, Path]
+
+    def per_label(self, scheme: LabelScheme) -> pl.DataFrame:
+        return self.frame.group_by(scheme.label_col, scheme.title_col).agg(
+            pl.len().alias("spans"), pl.col("relevance").mean().alias("mean_relevance"),
+            pl.col("quality").mean().alias("mean_quality")).sort(scheme.label_col)
+
+
+def build_curated_dataset(*, name: str, out_dir: str | Path, scheme: LabelScheme, spans: pl.DataFrame,
+                          vectors: np.ndarray, labels: pl.DataFrame, inventories: list[pl.DataFrame],
+                          texts: dict[str, str], selection: SelectionConfig, span_config: SpanConfig,
+                          model_name: str) -> CuratedDataset:
+    """Join the labels onto the spans (on source, span_idx), select, export Parquet + CSV + card,
+    and account for every input document. `spans` and `vectors` are aligned; `labels` holds the
+    scheme's label columns per (source, span_idx); `inventories` are the sources' ingest tables."""
+    labelled, positions = join_labels(spans, labels.select("source", "span_idx", *scheme.label_columns))
+    if labelled.height == 0 and spans.height:
+        raise InputError(f"no span has a {scheme.labels_asset} row; re-materialize {scheme.labels_asset} "
+                         "after spans changed")
+    dataset = curate(labelled, vectors[positions], texts, selection, span_config, label_col=scheme.label_col,
+                     columns=scheme.dataset_columns)
+    accounting = document_accounting(inventories, spans, dataset)
+    outcomes = dict(accounting.group_by("outcome").len().sort("outcome").iter_rows())
+    counts = {"sources": len(inventories), "inputs": accounting.height,
+              "documents_in_dataset": outcomes.get("in_dataset", 0), "spans_considered": labelled.height,
+              "labels": int(dataset[scheme.label_col].n_unique()) if dataset.height else 0}
+    card = dataset_card(dataset, title=f"Emerge dataset: {name}", model=model_name,
+                        config={"selection": asdict(selection), "spans": asdict(span_config)},
+                        counts=counts | {f"inputs_{k}": v for k, v in outcomes.items()},
+                        label_col=scheme.label_col, title_col=scheme.title_col)
+    paths = write_dataset(dataset, Path(out_dir) / name, card)
+    unlabelled = scheme.unlabelled_count(labelled) / labelled.height if labelled.height else 0.0
+    return CuratedDataset(dataset, outcomes, counts, unlabelled, paths)

@@ -1,8 +1,6 @@
-"""Token-level transformer encoding and late-chunking span pooling.
-
-One forward pass per document (long documents in overlapping windows) yields a token
-embedding matrix T; every span vector is then a mean over a slice of T, computed from
-prefix sums in O(d) per span. No span ever gets its own forward pass.
+"""Token-level transformer encoding: one forward pass per document (long documents in
+overlapping windows) yields its token embedding matrix; `emerge.embedding` pools span vectors
+from it, so no span ever gets its own forward pass. Also loads the model (offline only).
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ import numpy as np
 
 from emerge.config import EncoderConfig
 from emerge.tokenize import require_fast_tokenizer, tokenize_batch
+from emerge.vectors import l2_normalise
 
 log = logging.getLogger(__name__)
 
@@ -243,44 +242,6 @@ class TokenEncoder:
         token_embs = self.token_embeddings([ids for ids, _ in toks])
         vecs = np.stack([t.mean(axis=0) if len(t) else np.zeros(self.dim, np.float32) for t in token_embs])
         return l2_normalise(vecs)
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
-    return x / np.maximum(norms, 1e-12)
-
-
-def pool_spans(token_emb: np.ndarray, tok_start: np.ndarray, tok_end: np.ndarray,
-               normalise: bool = False, out: np.ndarray | None = None) -> np.ndarray:
-    """Mean of token_emb[s:e] for every (s, e), via prefix sums: O(d) per span, exact.
-
-    Prefix sums run in float32 up to 4,096 tokens (error < 1e-5 relative there, half the memory
-    traffic) and in float64 beyond, so long documents lose no precision to cancellation. With
-    `normalise=True` the unit vector is returned directly (the mean's 1/(e-s) cancels, so it is
-    skipped). Runs on torch's CPU kernels (all cores; 2x numpy's single-threaded passes) and,
-    given `out` (a float16/float32 array of shape (len(tok_start), d)), casts straight into it
-    instead of allocating the result and copying it again.
-    """
-    import torch
-
-    dtype = torch.float32 if len(token_emb) <= 4096 else torch.float64
-    with torch.inference_mode():
-        tokens = torch.as_tensor(token_emb).to(dtype)
-        prefix = torch.zeros((len(tokens) + 1, tokens.shape[1]), dtype=dtype)
-        torch.cumsum(tokens, dim=0, out=prefix[1:])
-        ends = torch.as_tensor(np.asarray(tok_end, np.int64))
-        starts = torch.as_tensor(np.asarray(tok_start, np.int64))
-        sums = prefix.index_select(0, ends)
-        sums.sub_(prefix.index_select(0, starts))
-        if normalise:
-            sums.div_(torch.linalg.vector_norm(sums, dim=1, keepdim=True).clamp_min_(1e-12))
-        else:
-            sums.div_((ends - starts).to(dtype)[:, None])
-        if out is None:
-            return sums.to(torch.float32).numpy()
-        torch.from_numpy(out).copy_(sums)
-        return out
 
 
 def as_encoder(model=None, tokenizer=None, analyzer_config=None) -> TokenEncoder:

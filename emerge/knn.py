@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from emerge.vectors import l2_normalise
+
 _MARGIN = 8  # extra bf16 shortlist candidates per query
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class CosineIndex:
@@ -31,7 +28,7 @@ class CosineIndex:
 
         from emerge.encoder import native_bf16_cpu
 
-        self.keys = torch.from_numpy(np.ascontiguousarray(unit_rows(keys)))
+        self.keys = torch.from_numpy(np.ascontiguousarray(l2_normalise(keys)))
         self.keys_t = self.keys.T.contiguous()
         self.shortlist_in_bf16 = native_bf16_cpu() if shortlist_in_bf16 is None else shortlist_in_bf16
         self._keys_t_bf16 = self.keys_t.bfloat16() if self.shortlist_in_bf16 else None
@@ -55,7 +52,7 @@ class CosineIndex:
         bf16 = self._keys_t_bf16 is not None and (not refine or k + _MARGIN < len(self))
         with torch.inference_mode():
             for lo in range(0, n, block):
-                q = torch.from_numpy(np.ascontiguousarray(unit_rows(queries[lo:lo + block])))
+                q = torch.from_numpy(np.ascontiguousarray(l2_normalise(queries[lo:lo + block])))
                 rows = torch.arange(len(q))
                 # cosines to every key: bf16 where it pays, else float32 (exact)
                 sims = q.bfloat16() @ self._keys_t_bf16 if bf16 else q @ self.keys_t

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emerge.encoder import TokenEncoder, l2_normalise
+from emerge.encoder import TokenEncoder
+from emerge.vectors import l2_normalise
 from emerge.label_scheme import TOPICS
 from emerge.tokenize import tokenize_batch
 
@@ -186,8 +187,16 @@ class LateInteractionCrossEncoder:
         self.prototype_weight = float(prototype_weight)
         self.part_weights = dict(zip(("name", "description", "example"), part_weights))
         self.model, self.tokenizer = model, tokenizer
+        # Everything below depends on the encoder, which `analyze` may be handed only later
+        # (the Curator's or the asset's); `prepare` fills it once per encoder.
         self._encoder: TokenEncoder | None = None
         self.truncated_parts = 0
+        self.index: PartIndex | None = None
+        self.prototypes: np.ndarray | None = None
+        self.calibration = None
+        self._vocab_weights = self._col_weights = self._part_pooled = None
+        self._topic_parts: list[np.ndarray] = []
+        self._kind_columns = None
 
     # -- preparation -----------------------------------------------------------------------------
     def prepare(self, encoder: TokenEncoder) -> "LateInteractionCrossEncoder":
@@ -248,7 +257,7 @@ class LateInteractionCrossEncoder:
         idx = [p for p in self._topic_parts[t]
                if self.index.part_kind[p] in ("name", "example") and p != exclude_part]
         v = self._part_pooled[idx].sum(axis=0)
-        return v / max(np.linalg.norm(v), 1e-12)
+        return l2_normalise(v)
 
     # -- scoring ---------------------------------------------------------------------------------
     def part_scores(self, token_ids: np.ndarray, token_vecs: np.ndarray, starts: np.ndarray,

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from emerge.vectors import l2_normalise
+
 
 def near_groups(centroids: np.ndarray, fraction: float) -> np.ndarray:
     """(G x G) bool: True where one group is among the other's `fraction` nearest groups (by cosine
@@ -28,7 +30,7 @@ def near_groups(centroids: np.ndarray, fraction: float) -> np.ndarray:
     k = min(n - 1, math.ceil(fraction * (n - 1))) if fraction > 0 else 0
     if k == 0:
         return near
-    unit = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    unit = l2_normalise(centroids)
     sims = unit @ unit.T
     np.fill_diagonal(sims, -np.inf)
     nearest = np.argsort(-sims, axis=1)[:, :k]

@@ -1,5 +1,43 @@
-"""One partition per document source (a sub-folder of the input root)."""
+"""One partition per document source (a sub-folder of the input root), and how per-source assets
+run for one source or for many sources in one step (single-run backfill).
+
+The per-source assets carry `BackfillPolicy.single_run()`: a backfill over many sources (or
+`dagster asset materialize --partition-range a...z`) is then one run, one step per asset, so
+the embedding model loads once instead of once per source. In such a run Dagster hands each
+input over as {source: frame} and expects {source: frame} back; `for_each_source` runs the
+one-source body per key, so each asset body keeps its simple one-source shape.
+"""
+
+from collections.abc import Callable
 
 import dagster as dg
+import polars as pl
 
 document_source = dg.DynamicPartitionsDefinition(name="document_source")
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+SourceFrames = dg.DagsterType(
+    name="SourceFrames",
+    type_check_fn=lambda _, value: isinstance(value, (pl.DataFrame, dict)),
+    description="One source's frame, or {source: frame} when a single run covers many sources.")
+
+# An upstream per-source input that may arrive as {source: frame} (see module docstring).
+SOURCE_IN = dg.AssetIn(dagster_type=SourceFrames)
+
+
+def for_each_source(context: dg.AssetExecutionContext, compute: Callable[..., dg.Output],
+                    **inputs: pl.DataFrame | dict) -> dg.Output:
+    """`compute(source, **frames) -> Output` for each partition key of this step.
+
+    One key: the Output as is. Several: one Output holding {source: frame}, each source's
+    metadata attached to its own partition's materialization.
+    """
+    keys = context.partition_keys
+    if len(keys) == 1:
+        return compute(keys[0], **inputs)
+    values = {}
+    for key in keys:
+        out = compute(key, **{name: frames[key] for name, frames in inputs.items()})
+        values[key] = out.value
+        context.add_asset_metadata(out.metadata, partition_key=key)
+    return dg.Output(values)

@@ -12,19 +12,7 @@ from pydantic import Field
 from upath import UPath
 
 from emerge.atomic import atomic_write
-
-
-# Float vectors barely compress (zstd saves ~8 % on span embeddings) but zstd costs seconds per
-# GB on writes; lz4 keeps text columns small at a fraction of the time.
-PARQUET_COMPRESSION = "lz4"
-
-
-def write_parquet(frame: pl.DataFrame, target) -> None:
-    """How every asset frame is written. Min/max statistics are skipped for frames holding
-    vector columns: nobody filters on them, and computing them took a third of the write time
-    of span embeddings."""
-    vectors = any(isinstance(dtype, pl.Array) for dtype in frame.schema.values())
-    frame.write_parquet(target, compression=PARQUET_COMPRESSION, statistics=not vectors)
+from emerge.embedding import write_parquet
 
 
 class _ParquetUPathIOManager(dg.UPathIOManager):

@@ -39,6 +39,12 @@ def test_valid_defaults_construct():
     assert cfg.selection_config().quality_threshold == 0.6
 
 
+def test_curator_config_defaults_are_the_stage_configs_defaults():
+    """The seed's curator names map onto the stage configs; unset, they must mean the stages' defaults."""
+    assert CuratorConfig().span_config() == SpanConfig()
+    assert CuratorConfig().selection_config() == SelectionConfig()
+
+
 def test_auto_min_cluster_size_grows_with_sample():
     cfg = ClusteringConfig()
     assert cfg.auto_min_cluster_size(100) == 5

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from emerge.embedding import embed_spans
-from emerge.encoder import pool_spans
+from emerge.embedding import pool_spans
 from emerge.ingest import documents_from_texts
 from emerge.spans import build_spans
 from emerge.config import SpanConfig

@@ -6,8 +6,7 @@ import polars as pl
 
 from emerge_assets.automation import FOLLOW_INPUTS, REFIT
 from emerge_assets.metadata import cluster_map, markdown_table
-from emerge_assets.partitioned import SINGLE_RUN, SOURCE_IN, for_each_source
-from emerge_assets.partitions import document_source
+from emerge_assets.partitions import SINGLE_RUN, SOURCE_IN, document_source, for_each_source
 from emerge_assets.run_config import HdbscanClustersConfig, UmapConfig
 from emerge_resources import EmergeStorage, TitleNamerResource
 
@@ -16,20 +15,22 @@ ALL_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True})
 
 def concat_sources(spans: dict[str, pl.DataFrame], span_embeddings: dict[str, pl.DataFrame]):
     """All sources' spans and vectors in one aligned order (sorted by source name)."""
-    from emerge.embedding import vectors_of
-
     sources = sorted(set(spans) & set(span_embeddings))
     if not sources:
         raise dg.Failure("no document source has both spans and span_embeddings materialized; "
                          "materialize the per-source assets first")
-    frames, vecs = [], []
-    for s in sources:
-        emb = span_embeddings[s]
-        if emb.height != spans[s].height or not emb["span_idx"].equals(spans[s]["span_idx"]):
-            raise dg.Failure(f"source {s!r}: span_embeddings are stale relative to spans; re-materialize them")
-        frames.append(spans[s])
-        vecs.append(vectors_of(emb))
-    return sources, pl.concat(frames), np.concatenate(vecs)
+    vecs = [source_vectors(s, spans[s], span_embeddings[s]) for s in sources]
+    return sources, pl.concat([spans[s] for s in sources]), np.concatenate(vecs)
+
+
+def source_vectors(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFrame) -> np.ndarray:
+    """One source's span vectors, row-aligned with its spans (or a Failure saying what to re-run)."""
+    from emerge.embedding import vectors_of
+
+    if span_embeddings.height != spans.height or not span_embeddings["span_idx"].equals(spans["span_idx"]):
+        raise dg.Failure(f"source {source!r}: span_embeddings are stale relative to spans; "
+                         "re-materialize span_embeddings")
+    return vectors_of(span_embeddings)
 
 
 @dg.asset(group_name="clustering", kinds={"umap"}, ins={"spans": ALL_SOURCES, "span_embeddings": ALL_SOURCES},

@@ -11,7 +11,7 @@ from emerge.label_scheme import CLUSTERS, TOPICS
 from emerge_assets.assets.clustering import ALL_SOURCES, concat_sources
 from emerge_assets.assets.documents import recorded_span_config
 from emerge_assets.automation import FOLLOW_INPUTS
-from emerge_assets.metadata import counts_table, markdown_table
+from emerge_assets.metadata import dataset_metadata
 from emerge_assets.run_config import CuratedDatasetConfig, CuratedTopicDatasetConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage
 
@@ -20,58 +20,39 @@ LABEL_INPUTS = {"raw_texts": ALL_SOURCES, "spans": ALL_SOURCES, "span_embeddings
 
 def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans: dict, span_embeddings: dict,
                   labels: dict, scheme, storage: EmergeStorage, model_name: str) -> dg.Output:
-    """Join per-source labels onto spans, select, export, and describe every input's outcome."""
-    from emerge.config import SpanConfig
-    from emerge.dataset import curate, dataset_card, document_accounting, join_labels, label_balance, write_dataset
+    """Hand every source's spans, vectors and labels to the engine; report what it made."""
+    from emerge.dataset import build_curated_dataset
+    from emerge.errors import InputError
     from emerge.ingest import document_texts
 
-    selection = config.to_engine()
-    label_col, title_col, labels_asset = scheme.label_col, scheme.title_col, scheme.labels_asset
     sources, all_spans, vectors = concat_sources(spans, span_embeddings)
-    missing = [s for s in sources if s not in labels]
-    if missing:
-        raise dg.Failure(f"sources {missing} have spans but no {labels_asset}; materialize {labels_asset} for them")
-    label_frame = pl.concat([labels[s].select(pl.lit(s).alias("source"), "span_idx", *scheme.label_columns)
-                             for s in sources])
-    labelled, positions = join_labels(all_spans, label_frame)
-    if labelled.height == 0 and all_spans.height:
-        raise dg.Failure(f"no span has a {labels_asset} row; re-materialize {labels_asset} after spans changed")
+    if missing := [s for s in sources if s not in labels]:
+        raise dg.Failure(f"sources {missing} have spans but no {scheme.labels_asset}; "
+                         f"materialize {scheme.labels_asset} for them")
+    try:
+        made = build_curated_dataset(
+            name=config.dataset_name, out_dir=storage.datasets_dir, scheme=scheme, spans=all_spans,
+            vectors=vectors, labels=pl.concat([labels[s].with_columns(source=pl.lit(s)) for s in sources]),
+            inventories=list(raw_texts.values()), texts=document_texts(*(raw_texts[s] for s in sources)),
+            selection=config.to_engine(), span_config=span_config_of(context, sources, all_spans),
+            model_name=model_name)
+    except InputError as exc:
+        raise dg.Failure(str(exc)) from exc
+    context.log.info(f"{config.dataset_name}: {made.frame.height} spans from "
+                     f"{made.counts['documents_in_dataset']} documents -> {made.paths['parquet']}")
+    return dg.Output(made.frame, metadata=dataset_metadata(made, scheme))
+
+
+def span_config_of(context, sources: list[str], all_spans: pl.DataFrame):
+    """The span config the sources were cut with (recorded by `spans`), for the length fit."""
+    from emerge.config import SpanConfig
+
     span_cfg = recorded_span_config(context.instance, sources)
     if span_cfg is None:  # spans of an older materialization, or sources cut with different settings
         span_cfg = SpanConfig(min_len=int(all_spans["n_tokens"].min()), max_len=int(all_spans["n_tokens"].max()))
         context.log.warning(f"the sources' spans do not record one span config; length fit uses the observed "
                             f"{span_cfg.min_len}..{span_cfg.max_len} tokens")
-    texts = document_texts(*(raw_texts[s] for s in sources))
-    dataset = curate(labelled, vectors[positions], texts, selection, span_cfg, label_col=label_col,
-                     columns=scheme.dataset_columns)
-    accounting = document_accounting(list(raw_texts.values()), all_spans, dataset)
-    outcomes = dict(accounting.group_by("outcome").len().sort("outcome").iter_rows())
-    counts = {"sources": len(sources), "inputs": accounting.height,
-              "documents_in_dataset": outcomes.get("in_dataset", 0), "spans_considered": labelled.height,
-              "labels": int(dataset[label_col].n_unique()) if dataset.height else 0}
-    card = dataset_card(dataset, title=f"Emerge dataset: {config.dataset_name}", model=model_name,
-                        config={"selection": selection.__dict__, "spans": span_cfg.__dict__},
-                        counts=counts | {f"inputs_{k}": v for k, v in outcomes.items()},
-                        label_col=label_col, title_col=title_col)
-    paths = write_dataset(dataset, storage.datasets_dir / config.dataset_name, card)
-    per_label = dataset.group_by(label_col, title_col).agg(
-        pl.len().alias("spans"), pl.col("relevance").mean().alias("mean_relevance"),
-        pl.col("quality").mean().alias("mean_quality")).sort(label_col)
-    unlabelled = scheme.unlabelled_count(labelled)
-    context.log.info(f"{config.dataset_name}: {dataset.height} spans from {counts['documents_in_dataset']} "
-                     f"documents -> {paths['parquet']}")
-    return dg.Output(dataset, metadata={
-        "dagster/row_count": dataset.height,
-        **counts,
-        "document_outcomes": counts_table(outcomes),
-        "spans_per_label": markdown_table(per_label),
-        "label_balance": round(label_balance(dataset, label_col), 4),
-        "unlabelled_fraction_all_spans": round(unlabelled / labelled.height, 4) if labelled.height else 0.0,
-        "parquet_path": dg.MetadataValue.path(str(paths["parquet"])),
-        "csv_path": dg.MetadataValue.path(str(paths["csv"])),
-        "card_path": dg.MetadataValue.path(str(paths["card"])),
-        "preview": markdown_table(dataset.select(title_col, "relevance", "quality", "text_span").head(10)),
-    })
+    return span_cfg
 
 
 @dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={**LABEL_INPUTS, "span_clusters": ALL_SOURCES},

@@ -8,8 +8,7 @@ import polars as pl
 from emerge.ingest import IngestResult, inventory, kept_documents, read_source
 from emerge_assets.automation import FOLLOW_INPUTS
 from emerge_assets.metadata import counts_table, markdown_table
-from emerge_assets.partitioned import SINGLE_RUN, SOURCE_IN, for_each_source
-from emerge_assets.partitions import document_source
+from emerge_assets.partitions import SINGLE_RUN, SOURCE_IN, document_source, for_each_source
 from emerge_assets.pools import GPU_POOL
 from emerge_assets.run_config import RawTextsConfig, SpansConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage
