@@ -10,7 +10,9 @@ are signatures and quoting, not topics), and single letters and numbers never co
 Every word of a chosen phrase must itself be distinctive (lift >= `min_word_lift`), so an
 honorific or a reporting verb cannot ride into titles on a name ("Mr Blunkett" -> "Blunkett").
 Phrases of one title share no word stem ("Virus, Viruses" is one idea), and a title keeps the
-surface form the texts use most ("GM", "HIV", "Kilroy-Silk").
+surface form the texts use most ("GM", "HIV", "Kilroy-Silk"). A phrase must end in a noun-like
+word: without a tagger, `verb_like_words` reads each word's role off the texts themselves, from
+the closed-class words before it ("the pan" vs "was added").
 """
 
 from __future__ import annotations
@@ -46,6 +48,54 @@ def candidate_phrases(text: str, stop_words: frozenset[str]) -> set[str]:
                 phrases.update(" ".join(run[i:i + n]) for i in range(len(run) - n + 1))
             run = []
     return phrases
+
+
+# Closed-class English words (a property of the language, not of any corpus): a determiner or
+# possessive opens a noun phrase; a subject pronoun, an auxiliary, a modal or "to" comes before a verb
+# or a predicate adjective.
+_DETERMINERS = frozenset("a an the this that these those my your his her its our their some any each every "
+                         "no another such".split())
+_VERB_CONTEXT = frozenset("i you he she we they to will would can could shall should may might must is are "
+                          "was were be been being am has have had do does did not".split())
+# Irregular past forms that are never the head of a noun phrase (regular ones end in "-ed", which
+# the counts below catch); ambiguous forms ("rose", "saw", "shot", "thought") are left out.
+_IRREGULAR_PAST = frozenset("""went gone came took taken got gotten gave given said told brought bought sought caught
+taught kept held stood understood meant paid sent spent lent lost won ran began begun knew known grew grown threw
+thrown flew flown wrote written rode ridden risen driven broke broken spoken chose chosen froze stolen woke woken
+wore worn tore torn swore sworn fell fallen forgot forgotten hid hidden ate eaten seen sang sung sank sunk swam
+swum rang rung drank shook shaken fought heard fled slept stuck struck dug""".split())
+_TOKEN = re.compile(r"(?u)[^\W\d_][\w'’-]*|[.!?;:,()\[\]\"]")
+
+
+def verb_like_words(texts: list[str]) -> frozenset[str]:
+    """Lower-case words these texts use more often as verbs or predicate adjectives than as the
+    head of a noun phrase: more occurrences right after a subject pronoun, auxiliary, modal or "to"
+    ("was added", "to win", "is warm") than right after a determiner ("the pan", "a win").
+    A phrase ending in such a word is no title ("Account Went", "Cucumbers Warm"). Words the texts
+    mostly capitalise are names and never count as verb-like."""
+    verbal: dict[str, float] = {}
+    nominal: dict[str, float] = {}
+    capitalised: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for text in texts:
+        before = prev = "."
+        for token in _TOKEN.findall(_ADDRESS.sub(" . ", text)):
+            word = token.lower()
+            if word[0].isalpha():
+                total[word] = total.get(word, 0) + 1
+                if token[0].isupper() and prev not in ".!?;:\"":
+                    capitalised[word] = capitalised.get(word, 0) + 1
+                if prev in _VERB_CONTEXT:
+                    verbal[word] = verbal.get(word, 0) + 1
+                elif prev in _DETERMINERS:
+                    nominal[word] = nominal.get(word, 0) + 1
+                elif before in _DETERMINERS and prev[0].isalpha():  # "the loan application", or "the bank charged"
+                    nominal[word] = nominal.get(word, 0) + 0.5
+                    if word.endswith("ed"):  # a past tense or participle after a noun phrase: no head
+                        verbal[word] = verbal.get(word, 0) + 1
+            before, prev = prev, word
+    return frozenset(w for w, n in total.items() if capitalised.get(w, 0) * 2 < n
+                     and (w in _IRREGULAR_PAST or verbal.get(w, 0) > nominal.get(w, 0)))
 
 
 def _stemmer():
@@ -95,8 +145,12 @@ def ctfidf_keyphrases(texts_by_cluster: dict[int, list[str]], top_n: int = 5,
     word_index = {p: i for i, p in enumerate(vocab) if " " not in p}
     stem = _stemmer().stemWord
 
+    verb_like = verb_like_words(texts)
+
     def distinctive(row: int, phrase: str) -> bool:
-        return all(w in word_index and lift[row, word_index[w]] >= min_word_lift for w in phrase.split())
+        words = phrase.split()
+        return words[-1] not in verb_like and all(
+            w in word_index and lift[row, word_index[w]] >= min_word_lift for w in words)
 
     longer: dict[str, list[int]] = {}
     for i, p in enumerate(vocab):

@@ -218,6 +218,10 @@ def _main(argv=None) -> int:
     print(f"  inputs:    {ds['inputs']} ({ds['documents_in_dataset']} documents in the dataset)")
     print(f"  spans:     {ds['spans_considered']} considered, {ds['dagster/row_count']} selected")
     print(f"  clusters:  {cl['clusters']} (noise fraction over all spans {ds['unlabelled_fraction_all_spans']:.2f})")
+    titles = list((cl.get("titles") or {}).values())
+    if titles:
+        more = f" | ... {len(titles) - 8} more" if len(titles) > 8 else ""
+        print(f"  titles:    {' | '.join(titles[:8])}{more}")
     print(f"  dataset:   {ds['parquet_path']}")
     print(f"             {ds['csv_path']}")
     print(f"  card:      {ds['card_path']}")

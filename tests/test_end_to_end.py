@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -114,6 +115,10 @@ def test_emerge_curate_and_status_on_a_users_corpus(tmp_path):
     assert len((proc.stdout + proc.stderr).splitlines()) < 300  # was ~835 lines before #12
     assert "skipped:   1 source(s) without a usable document: aaa_empty" in proc.stdout
     assert "clusters:" in proc.stdout and "dataset:" in proc.stdout
+    n_clusters = int(next(line for line in proc.stdout.splitlines() if line.strip().startswith("clusters:")).split()[1])
+    titles = next(line for line in proc.stdout.splitlines() if line.strip().startswith("titles:")).split(":", 1)[1]
+    titles = [t.strip() for t in titles.split(" | ")]
+    assert len(titles) == min(n_clusters, 8) and all(re.fullmatch(r"[A-Z][\w'’ ,-]*", t) for t in titles), titles
     assert (tmp_path / "home" / "datasets" / "curated_spans.parquet").exists()
     assert (tmp_path / "home" / "datasets" / "curated_spans.card.md").exists()
     assert (tmp_path / "home" / "dagster_home" / "dagster.yaml").exists()  # the instance of this home

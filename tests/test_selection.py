@@ -7,7 +7,7 @@ from hypothesis.extra.numpy import arrays
 from emerge.config import SelectionConfig, SpanConfig
 from emerge.quality import quality_components
 from emerge.selection import length_fit, pareto_front, select_spans
-from emerge.titles import ctfidf_keyphrases, title_from_keyphrases
+from emerge.titles import ctfidf_keyphrases, title_from_keyphrases, verb_like_words
 
 
 @settings(max_examples=100, deadline=None)
@@ -130,6 +130,23 @@ def test_a_word_the_cluster_uses_inside_one_phrase_is_titled_by_that_phrase():
              1: ["sow carrot seeds", "garden compost beds", "weed the garden", "carrot soup"]}
     first = ctfidf_keyphrases(texts)[0][0]
     assert first == "space shuttle flew" or first.startswith("space shuttle")
+
+
+def test_a_phrase_that_ends_in_a_verb_never_titles_a_cluster():
+    """Counted on the texts themselves: a word met after "was"/"they"/"to" more than after a
+    determiner is no noun-phrase head ("was charged", "is warm"); names stay words; an irregular
+    past ("went") is never a head. The finance cluster must not read "Account Went" or "Bank Charged"."""
+    finance = ["my account went overdrawn last week", "the account went into the red again",
+               "the bank charged a late fee", "they charged the card twice", "the fee was charged monthly",
+               "my savings account earns interest", "a savings account with a low fee"] * 2
+    garden = ["keep the soil warm at night", "the soil is warm now", "tomato seedlings in warm soil",
+              "water the tomato seedlings daily", "Kew Gardens grows tomato seedlings"] * 2
+    assert {"went", "charged", "warm"} <= verb_like_words(finance + garden)
+    assert not {"account", "fee", "soil", "seedlings", "kew"} & verb_like_words(finance + garden)
+    phrases = ctfidf_keyphrases({0: finance, 1: garden}, top_n=5)
+    for chosen in phrases.values():
+        assert chosen and not any(p.split()[-1] in {"went", "charged", "warm"} for p in chosen)
+    assert title_from_keyphrases(phrases[0]) != "Account Went"
 
 
 # --- quality: each component must penalise its own defect, wherever the span sits in the batch --

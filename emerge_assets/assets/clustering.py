@@ -83,7 +83,8 @@ def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersC
             "pipeline_path": dg.MetadataValue.path(str(path)), "refit_of_previous": previous is not None,
             "title_overrides": f"{sum(c in pipeline.titles for c in overrides)} from {titles_file}" if overrides
             else f"none (write `cluster id: title` lines to {titles_file} to name clusters yourself)",
-            "title_namer": title_namer.model_dir or "off (keyphrase titles)"}
+            "title_namer": title_namer.model_dir or "off (keyphrase titles)",
+            "titles": dg.MetadataValue.json({str(c): t for c, t in sorted(pipeline.titles.items())})}
     return dg.Output(out, metadata=meta | _fit_metadata(out, pipeline, storage) | _id_metadata(ids, pipeline))
 
 
