@@ -72,6 +72,8 @@ def main(argv=None) -> int:
                    help="share of the other clusters, nearest by centroid, kept out of a row's in-batch negatives; "
                         "several values train one model each on the same discovery (`fine_tuned` = the first)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--min-pairs", type=int, default=TrainingConfig.min_pairs,
+                   help="fewer training pairs than this is an error (the smoke test's tiny model selects few spans)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
     for fraction in args.near_cluster_fraction:
         config = TrainingConfig(pairing="same_cluster", pairs_per_label=args.pairs_per_cluster,
                                 learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,
-                                near_cluster_fraction=fraction, seed=args.seed)
+                                near_cluster_fraction=fraction, seed=args.seed, min_pairs=args.min_pairs)
         pairs = build_pairs(dataset, "cluster_id", config)
         with tempfile.TemporaryDirectory(prefix="emerge-clustering-gain-") as tmp:
             t = time.perf_counter()
