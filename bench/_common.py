@@ -47,9 +47,9 @@ def jsonl_rows(path: str | Path, limit: int | None = None) -> list[dict]:
     return rows if limit is None else rows[:limit]
 
 
-def add_corpus_arguments(parser, label_required: bool = True) -> None:
+def add_corpus_arguments(parser, label_required: bool = True, docs_required: bool = True) -> None:
     """The labelled-JSONL options the corpus benchmarks share."""
-    parser.add_argument("--docs", required=True, help="JSONL with a text field")
+    parser.add_argument("--docs", required=docs_required, help="JSONL with a text field")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--label-field", required=label_required, default=None)
     parser.add_argument("--limit", type=int, default=None, help="the first N records")

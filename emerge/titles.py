@@ -64,19 +64,25 @@ taught kept held stood understood meant paid sent spent lent lost won ran began 
 thrown flew flown wrote written rode ridden risen driven broke broken spoken chose chosen froze stolen woke woken
 wore worn tore torn swore sworn fell fallen forgot forgotten hid hidden ate eaten seen sang sung sank sunk swam
 swum rang rung drank shook shaken fought heard fled slept stuck struck dug""".split())
+# A participle, gerund or adverb ("charged", "adding", "generously") heads no noun phrase unless
+# the texts also put it right after a determiner ("the building", "the family").
+_VERB_SUFFIXES = ("ed", "ing", "ly")
 _TOKEN = re.compile(r"(?u)[^\W\d_][\w'’-]*|[.!?;:,()\[\]\"]")
 
 
 def verb_like_words(texts: list[str]) -> frozenset[str]:
     """Lower-case words these texts use more often as verbs or predicate adjectives than as the
     head of a noun phrase: more occurrences right after a subject pronoun, auxiliary, modal or "to"
-    ("was added", "to win", "is warm") than right after a determiner ("the pan", "a win").
+    ("was added", "to win", "is warm") than after a determiner ("the pan", "a win"; half a count
+    with one word between: "the hot pan"), "-ed"/"-ing"/"-ly" words never seen right after a
+    determiner ("adding", "generously"), and irregular past forms.
     A phrase ending in such a word is no title ("Account Went", "Cucumbers Warm"). Words the texts
     mostly capitalise are names and never count as verb-like."""
     verbal: dict[str, float] = {}
     nominal: dict[str, float] = {}
     capitalised: dict[str, int] = {}
     total: dict[str, int] = {}
+    after_determiner: set[str] = set()
     for text in texts:
         before = prev = "."
         for token in _TOKEN.findall(_ADDRESS.sub(" . ", text)):
@@ -89,13 +95,13 @@ def verb_like_words(texts: list[str]) -> frozenset[str]:
                     verbal[word] = verbal.get(word, 0) + 1
                 elif prev in _DETERMINERS:
                     nominal[word] = nominal.get(word, 0) + 1
+                    after_determiner.add(word)
                 elif before in _DETERMINERS and prev[0].isalpha():  # "the loan application", or "the bank charged"
                     nominal[word] = nominal.get(word, 0) + 0.5
-                    if word.endswith("ed"):  # a past tense or participle after a noun phrase: no head
-                        verbal[word] = verbal.get(word, 0) + 1
             before, prev = prev, word
-    return frozenset(w for w, n in total.items() if capitalised.get(w, 0) * 2 < n
-                     and (w in _IRREGULAR_PAST or verbal.get(w, 0) > nominal.get(w, 0)))
+    return frozenset(w for w, n in total.items() if capitalised.get(w, 0) * 2 < n and (
+        w in _IRREGULAR_PAST or verbal.get(w, 0) > nominal.get(w, 0)
+        or (w.endswith(_VERB_SUFFIXES) and w not in after_determiner)))
 
 
 def _stemmer():

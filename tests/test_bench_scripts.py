@@ -92,6 +92,8 @@ def test_titles_script(tmp_path, tiny_causal_lm):
 
     saved = np.load(dump, allow_pickle=True)
     assert len(saved["ids"]) == m["n_clusters"] == len(saved["texts"]) == len(saved["centroids"])
+    again = run_script("titles.py", "--from-dump", str(dump))["emerge"]  # same method, same texts: same titles
+    assert again["titles"] == m["titles"] and again["title_to_cluster_top1"] == m["title_to_cluster_top1"]
 
 
 def test_title_measures_find_leaks_and_titles_that_name_other_clusters():
