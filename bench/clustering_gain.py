@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from emerge.encoder import resolve_model_path
-    from emerge.pairs import build_pairs
-    from emerge.training import train
+    from emerge.training.pairs import build_pairs
+    from emerge.training.trainer import train
 
     t_start = time.perf_counter()
     texts, gold = load_corpus(args.docs, args.text_field, args.label_field, args.limit)

@@ -87,7 +87,7 @@ def refit(run: Discovery, seed: int) -> Discovery:
     the fit, labelling and selection stages, timed."""
     from emerge.config import ClusteringConfig, SelectionConfig
     from emerge.dataset import curate
-    from emerge.discovery import fit_clustering, label_spans
+    from emerge.discovery.fit import fit_clustering, label_spans
 
     timings = {k: run.timings[k] for k in ("load_model", "ingest", "spans", "embed")}
     t = time.perf_counter()

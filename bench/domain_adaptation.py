@@ -63,8 +63,8 @@ def teacher_ceiling(model, collection, bm25: dict, lexical_weight: float, keys, 
     """How much better than the base the distillation teacher ranks the real queries: the most
     that distilling it could give. A dev measurement only: nothing in training reads it.
     With `teacher_model`, `base` is that model's dense ranking (the teacher's dense half)."""
-    from emerge.distillation import HybridTeacher
-    from emerge.retrieval import retrieval_metrics, top_k
+    from emerge.training.distillation import HybridTeacher
+    from emerge.training.retrieval import retrieval_metrics, top_k
 
     teacher = HybridTeacher(teacher_model or model, collection.corpus_texts, lexical_weight)
     fused, _, _, q = teacher.corpus_scores(collection.query_texts)
@@ -125,9 +125,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from emerge.encoder import resolve_device, resolve_model_path
-    from emerge.finetune import fine_tune_and_evaluate
-    from emerge.retrieval import evaluate_beir, evaluate_bm25, load_beir
-    from emerge.training import load_sentence_transformer
+    from emerge.training.finetune import fine_tune_and_evaluate
+    from emerge.training.retrieval import evaluate_beir, evaluate_bm25, load_beir
+    from emerge.training.trainer import load_sentence_transformer
 
     device = resolve_device(args.device)
     base_model = resolve_model_path(args.model)

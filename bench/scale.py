@@ -63,7 +63,7 @@ def rss_mb() -> float:
 def run_one(n: int, docs_path: str | None, seed: int) -> dict:
     from emerge.config import ClusteringConfig, EncoderConfig, SelectionConfig, SpanConfig
     from emerge.dataset import curate
-    from emerge.discovery import fit_clustering, label_spans
+    from emerge.discovery.fit import fit_clustering, label_spans
     from emerge.embedding import embed_spans
     from emerge.encoder import load_encoder
     from emerge.ingest import documents_from_texts

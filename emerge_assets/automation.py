@@ -8,7 +8,7 @@
   materialize it (`fit_clusters`). It also fits once by itself the first time every
   registered source is embedded, so a fresh deployment does not wait for Sunday.
   hdbscan_clusters is eager on umap_projection; span_clusters is eager on hdbscan_clusters,
-  so a refit relabels every source (ids kept stable by `emerge.cluster_ids`).
+  so a refit relabels every source (ids kept stable by `emerge.discovery.cluster_ids`).
 
 `automation_sensor` evaluates these conditions and is RUNNING by default (Dagster's implicit
 `default_automation_condition_sensor` starts STOPPED), so `dagster dev` automates out of the box.

@@ -16,10 +16,10 @@ from typing import ClassVar, Literal, Optional
 import dagster as dg
 from pydantic import Field
 
-from emerge.cluster_ids import DEFAULT_MIN_SIMILARITY
+from emerge.discovery.cluster_ids import DEFAULT_MIN_SIMILARITY
 from emerge.config import (DISTILL_LOSSES, PAIRINGS, QUERY_SOURCES, TRANSFORMS, UNICODE_FORMS, AnalyzerConfig,
                            ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig, TrainingConfig)
-from emerge.late_interaction import (DEFAULT_RELEVANCE_THRESHOLD, DIRECTIONS, PREDICTION_MODES,
+from emerge.topics.late_interaction import (DEFAULT_RELEVANCE_THRESHOLD, DIRECTIONS, PREDICTION_MODES,
                                      LateInteractionCrossEncoder, check_scorer_options)
 
 
@@ -100,7 +100,7 @@ class HdbscanClustersConfig(HdbscanConfig):
                                            "gets a fresh id.")
 
     def to_engine(self):
-        from emerge.cluster_ids import check_min_similarity
+        from emerge.discovery.cluster_ids import check_min_similarity
 
         check_min_similarity(self.id_match_min_similarity, "id_match_min_similarity")
         return super().to_engine()
@@ -129,7 +129,7 @@ def _scorer_default(name: str, description: str | None = None):
 
 
 class TopicScoresConfig(_EngineConfig):
-    """The scorer's options (`emerge.late_interaction.LateInteractionCrossEncoder`) and the span
+    """The scorer's options (`emerge.topics.late_interaction.LateInteractionCrossEncoder`) and the span
     bounds of its `AnalyzerConfig`."""
 
     engine: ClassVar[type] = AnalyzerConfig
@@ -227,7 +227,7 @@ class FineTuneConfig(_EngineConfig):
 
 
 def _self_training_default(name: str, description: str | None = None):
-    from emerge.self_training import SelfTrainingConfig, self_training_defaults
+    from emerge.topics.self_training import SelfTrainingConfig, self_training_defaults
 
     if name in {f.name for f in dataclasses.fields(TrainingConfig)}:  # how each round trains
         return Field(default=getattr(self_training_defaults(), name), description=description)
@@ -235,7 +235,7 @@ def _self_training_default(name: str, description: str | None = None):
 
 
 class FineTuneTopicConfig(FineTuneConfig):
-    """`fine_tuned_topic_model`: self-training on the topics (see `emerge.self_training`)."""
+    """`fine_tuned_topic_model`: self-training on the topics (see `emerge.topics.self_training`)."""
 
     model_name: str = Field(default="emerge-minilm-topics", description="Folder name of the saved model under models/.")
     batch_size: int = _self_training_default("batch_size", "Pairs per batch, one per topic at most.")
@@ -247,7 +247,7 @@ class FineTuneTopicConfig(FineTuneConfig):
                                                   "training positive.")
 
     def self_training(self):
-        from emerge.self_training import SelfTrainingConfig
+        from emerge.topics.self_training import SelfTrainingConfig
 
         return SelfTrainingConfig(rounds=self.rounds, per_topic=self.per_topic, min_relevance=self.min_relevance)
 

@@ -7,7 +7,7 @@ from pydantic import Field
 
 
 class TitleNamerResource(dg.ConfigurableResource):
-    """A small local instruct model that words cluster titles (`emerge.title_namer`). Unset
+    """A small local instruct model that words cluster titles (`emerge.discovery.title_namer`). Unset
     `model_dir` (the default) keeps the keyphrase titles and loads nothing."""
 
     model_dir: Optional[str] = Field(default=None, description="Folder of a local causal LM (transformers layout "
@@ -21,7 +21,7 @@ class TitleNamerResource(dg.ConfigurableResource):
         """A loaded `TitleNamer`, or None when no model is configured."""
         if not self.model_dir:
             return None
-        from emerge.title_namer import NamerConfig, TitleNamer
+        from emerge.discovery.title_namer import NamerConfig, TitleNamer
 
         return TitleNamer(NamerConfig(model_dir=self.model_dir, gguf_file=self.gguf_file,
                                       max_clusters=self.max_clusters, time_budget_s=self.time_budget_s))

@@ -10,6 +10,6 @@ class TopicsResource(dg.ConfigurableResource):
     topics_file: str = Field(description="Path of the topics file (.yaml, .yml or .json).")
 
     def load(self):
-        from emerge.topics import load_topics
+        from emerge.topics.topic import load_topics
 
         return load_topics(self.topics_file)

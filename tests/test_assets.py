@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import yaml
 
-from emerge.clustering import ClusteringPipeline
+from emerge.discovery.pipeline import ClusteringPipeline
 from emerge_assets.assets.clustering import hdbscan_clusters, span_clusters, umap_projection
 from emerge_assets.assets.dataset import curated_dataset, curated_topic_dataset
 from emerge_assets.assets.topics import topic_scores
@@ -307,7 +307,7 @@ def test_fine_tuned_topic_model_self_trains_on_the_topics(pipeline_run):
     assert run.info.end_time - run.info.start_time >= 1000 * sum(meta["seconds"].values()) * 0.99
     assert "heldout.fine_tuned.ndcg_at_10" in run.data.metrics
     if meta["promoted"]:  # the published model carries its own "none of the topics" threshold
-        from emerge.self_training import model_relevance_threshold
+        from emerge.topics.self_training import model_relevance_threshold
 
         saved = model_relevance_threshold(meta["model_path"], None)
         assert saved is not None and saved == meta["relevance_threshold"]

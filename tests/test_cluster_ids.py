@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from emerge.atomic import leftover_temps
-from emerge.cluster_ids import match_cluster_ids
-from emerge.clustering import NOISE, ClusteringPipeline
+from emerge.discovery.cluster_ids import match_cluster_ids
+from emerge.discovery.pipeline import NOISE, ClusteringPipeline
 from emerge.config import ClusteringConfig
 
 
@@ -114,7 +114,7 @@ def test_interrupted_folder_swap_is_recovered_on_load(two_fits, tmp_path):
 
 
 def test_titles_follow_stable_ids_unless_the_content_moved_and_user_titles_win(tmp_path):
-    from emerge.discovery import load_title_overrides, title_clusters
+    from emerge.discovery.fit import load_title_overrides, title_clusters
 
     rng = np.random.default_rng(5)
     centres = unit_rows(rng, 3, 24)
@@ -149,7 +149,7 @@ def test_titles_follow_stable_ids_unless_the_content_moved_and_user_titles_win(t
 @pytest.mark.parametrize("content, message", [
     ("1: [unclosed", "line 1"), ("- a list", "mapping"), ("abc: Title", "not a cluster id"), ("3: ''", "non-empty")])
 def test_bad_cluster_titles_file_names_the_file_and_the_problem(tmp_path, content, message):
-    from emerge.discovery import load_title_overrides
+    from emerge.discovery.fit import load_title_overrides
     from emerge.errors import ConfigError
 
     path = tmp_path / "cluster_titles.yaml"

@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from emerge.clustering import ClusteringPipeline, select_fit_sample
+from emerge.discovery.pipeline import ClusteringPipeline, select_fit_sample
 from emerge.config import ClusteringConfig
 from emerge.errors import InputError
 
@@ -117,7 +117,7 @@ def test_knn_projection_agrees_with_umap_transform(fitted):
 
 @pytest.mark.parametrize("bf16_shortlist", [False, True])
 def test_cosine_index_finds_the_exact_neighbours(bf16_shortlist):
-    from emerge.knn import CosineIndex, knn_graph
+    from emerge.discovery.knn import CosineIndex, knn_graph
 
     rng = np.random.default_rng(3)
     keys = rng.normal(size=(700, 24)).astype(np.float32)
@@ -144,7 +144,7 @@ def test_cosine_index_finds_the_exact_neighbours(bf16_shortlist):
 def test_vectorised_approximate_predict_equals_hdbscans(seed):
     import hdbscan
 
-    from emerge.hdbscan_predict import approximate_predict
+    from emerge.discovery.hdbscan_predict import approximate_predict
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=6, size=(5, 5))
@@ -163,7 +163,7 @@ def test_vectorised_approximate_predict_equals_hdbscans(seed):
 def test_clustering_a_projected_sample_takes_new_hdbscan_settings_without_touching_the_projection(fitted):
     """`hdbscan_clusters` refits on `umap_projection`'s saved UMAP: the new min_cluster_size is
     used, the projected pipeline keeps its own config, and the rows carry the fit's labels."""
-    from emerge.discovery import NOISE_TITLE, cluster_projected_sample
+    from emerge.discovery.fit import NOISE_TITLE, cluster_projected_sample
 
     pipe, x, y = fitted
     sample = pl.DataFrame({"doc_id": [str(i) for i in range(len(x))], "text_span": [f"span {c}" for c in y]}).with_columns(

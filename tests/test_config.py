@@ -71,7 +71,7 @@ def test_each_dagster_config_defaults_to_its_engine_configs_defaults():
 def test_topic_scores_config_defaults_are_the_scorers_defaults():
     import inspect
 
-    from emerge.late_interaction import LateInteractionCrossEncoder
+    from emerge.topics.late_interaction import LateInteractionCrossEncoder
     from emerge_assets.run_config import TopicScoresConfig
 
     scorer = inspect.signature(LateInteractionCrossEncoder.__init__).parameters

@@ -6,7 +6,7 @@ import pytest
 
 from emerge.config import TrainingConfig
 from emerge.errors import ConfigError
-from emerge.lexical import BM25Index, bm25s_rankings
+from emerge.training.lexical import BM25Index, bm25s_rankings
 
 CORPUS = ["the rotor blade stalls at high angle of attack", "onion soup simmers with garlic and pepper",
           "a refund of the card payment was charged twice", "rotor wake and blade vortex interaction noise",
@@ -51,8 +51,8 @@ def _docs(n: int = 16):
 
 
 def test_distillation_triplets_cut_the_query_out_and_never_use_its_document_as_negative(tiny_model_dir):
-    from emerge.distillation import distillation_triplets
-    from emerge.training import load_sentence_transformer
+    from emerge.training.distillation import distillation_triplets
+    from emerge.training.trainer import load_sentence_transformer
 
     rows, texts = _docs()
     model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
@@ -72,9 +72,9 @@ def test_distillation_triplets_cut_the_query_out_and_never_use_its_document_as_n
 
 def test_teacher_margins_are_the_base_margins_when_bm25_weighs_nothing(tiny_model_dir):
     """lexical_weight 0: the teacher is the base model, so its scores are the base's own cosines."""
-    from emerge.distillation import distillation_triplets
-    from emerge.retrieval import encode
-    from emerge.training import load_sentence_transformer
+    from emerge.training.distillation import distillation_triplets
+    from emerge.training.retrieval import encode
+    from emerge.training.trainer import load_sentence_transformer
 
     rows, texts = _docs(8)
     model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
@@ -92,8 +92,8 @@ def test_in_batch_teacher_gives_each_rows_own_margins_and_scores_every_other_tex
     """The in-batch teacher must agree with the row's own teacher scores (up to a per-query
     constant, which margins cancel) and score a query against another row's texts as the hybrid
     does: base cosine + scaled BM25 of that text."""
-    from emerge.distillation import HybridTeacher, distillation_triplets, document_window, fit_to_tokens
-    from emerge.training import load_sentence_transformer
+    from emerge.training.distillation import HybridTeacher, distillation_triplets, document_window, fit_to_tokens
+    from emerge.training.trainer import load_sentence_transformer
 
     rows, texts = _docs(10)
     model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
@@ -120,9 +120,9 @@ def test_in_batch_loss_is_zero_when_the_student_is_the_teacher_and_positive_othe
     in-batch margin (loss 0); a teacher that adds BM25 disagrees with it (loss > 0)."""
     import torch
 
-    from emerge.distill_loss import InBatchDistillationLoss
-    from emerge.distillation import distillation_triplets
-    from emerge.training import load_sentence_transformer
+    from emerge.training.distill_loss import InBatchDistillationLoss
+    from emerge.training.distillation import distillation_triplets
+    from emerge.training.trainer import load_sentence_transformer
 
     rows, texts = _docs(10)
     model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
@@ -143,8 +143,8 @@ def test_in_batch_loss_is_zero_when_the_student_is_the_teacher_and_positive_othe
 def test_interpolation_is_the_weighted_mean_of_the_weights(tiny_model_dir):
     import torch
 
-    from emerge.promotion import interpolate
-    from emerge.training import load_sentence_transformer
+    from emerge.training.promotion import interpolate
+    from emerge.training.trainer import load_sentence_transformer
 
     base = load_sentence_transformer(tiny_model_dir, "cpu")
     tuned = load_sentence_transformer(tiny_model_dir, "cpu")
@@ -162,8 +162,8 @@ def test_gate_rejects_a_model_made_worse_and_an_unchanged_one(tiny_model_dir):
 
     import torch
 
-    from emerge.promotion import choose_and_gate, self_retrieval_task
-    from emerge.training import load_sentence_transformer
+    from emerge.training.promotion import choose_and_gate, self_retrieval_task
+    from emerge.training.trainer import load_sentence_transformer
 
     rows, texts = _docs(16)
     train_rows, eval_rows = rows.filter(pl.col("doc_id") < "d08"), rows.filter(pl.col("doc_id") >= "d08")
@@ -195,8 +195,8 @@ def test_distill_fine_tune_publishes_at_the_models_window_or_keeps_the_base(tiny
     without the gate the model is published, with an impossible gain it is not."""
     from sentence_transformers import SentenceTransformer
 
-    from emerge.finetune import fine_tune_and_evaluate
-    from emerge.training import load_sentence_transformer
+    from emerge.training.finetune import fine_tune_and_evaluate
+    from emerge.training.trainer import load_sentence_transformer
 
     rows, texts = _docs(24)
     config = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, eval_fraction=0.25,
@@ -215,7 +215,7 @@ def test_distill_fine_tune_publishes_at_the_models_window_or_keeps_the_base(tiny
 
 
 def test_leading_sentences_take_the_opening_line_or_sentence_as_the_query():
-    from emerge.distillation import leading_sentences
+    from emerge.training.distillation import leading_sentences
 
     texts = {"a": "Statin use and breast cancer survival\nRecent studies suggest statins delay recurrence.",
              "b": "what similarity laws apply to heated aircraft models ? the models were built in a tunnel .",
@@ -230,7 +230,7 @@ def test_leading_sentences_take_the_opening_line_or_sentence_as_the_query():
 
 
 def test_document_sentences_cut_each_query_sentence_out_and_keep_openings_first():
-    from emerge.distillation import document_sentences
+    from emerge.training.distillation import document_sentences
 
     texts = {"a": "Statin use and breast cancer survival\nRecent studies suggest statins delay the recurrence. "
                   "We followed thirty thousand patients for ten years. Statin users died less often of cancer.",
@@ -252,8 +252,8 @@ def test_every_distillation_loss_trains_the_model(tiny_model_dir, tmp_path, loss
     """Each loss reads its labels (teacher ids or scores) from the rows and moves the weights."""
     import torch
 
-    from emerge.distillation import distillation_triplets
-    from emerge.training import load_sentence_transformer, train
+    from emerge.training.distillation import distillation_triplets
+    from emerge.training.trainer import load_sentence_transformer, train
 
     rows, texts = _docs(16)
     model = load_sentence_transformer(tiny_model_dir, "cpu", 32)
@@ -275,12 +275,12 @@ def test_a_separate_teacher_model_gives_the_dense_half_of_the_teacher(tiny_model
     import torch
     from transformers import BertConfig, BertModel
 
-    from emerge.distillation import distillation_triplets
+    from emerge.training.distillation import distillation_triplets
     from emerge.encoder import resolve_dtype
     from emerge.errors import InputError
-    from emerge.finetune import fine_tune_and_evaluate
-    from emerge.retrieval import encode
-    from emerge.training import load_sentence_transformer
+    from emerge.training.finetune import fine_tune_and_evaluate
+    from emerge.training.retrieval import encode
+    from emerge.training.trainer import load_sentence_transformer
 
     torch.manual_seed(7)
     other = tmp_path / "teacher"
@@ -309,7 +309,7 @@ def test_a_separate_teacher_model_gives_the_dense_half_of_the_teacher(tiny_model
 
 
 def test_keyword_queries_shorten_the_opening_to_its_rarest_shared_words():
-    from emerge.distillation import keyword_queries
+    from emerge.training.distillation import keyword_queries
 
     texts = {"a": "Rotor blade stall in the slipstream of a propeller. The rotor stalls early.",
              "b": "Propeller noise and the rotor wake. Blade vortex noise is loud.",

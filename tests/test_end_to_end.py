@@ -248,7 +248,7 @@ def test_readme_recipe_b_runs_on_the_exported_topic_csv(minilm_encoder, tiny_mod
     import re
 
     from emerge import LateInteractionCrossEncoder
-    from emerge.topics import load_topics
+    from emerge.topics.topic import load_topics
 
     topics_file = REPO / "sample_data" / "topics.yaml"
     analyzer = LateInteractionCrossEncoder(config=AnalyzerConfig(min_len=16, max_len=64),

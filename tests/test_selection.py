@@ -7,7 +7,7 @@ from hypothesis.extra.numpy import arrays
 from emerge.config import SelectionConfig, SpanConfig
 from emerge.quality import quality_components
 from emerge.selection import length_fit, pareto_front, select_spans
-from emerge.titles import ctfidf_keyphrases, title_from_keyphrases, verb_like_words
+from emerge.discovery.titles import ctfidf_keyphrases, title_from_keyphrases, verb_like_words
 
 
 @settings(max_examples=100, deadline=None)

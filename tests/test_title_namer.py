@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from emerge.errors import ConfigError
-from emerge.title_namer import NamerConfig, TitleNamer, clean_title, representative_texts
+from emerge.discovery.title_namer import NamerConfig, TitleNamer, clean_title, representative_texts
 
 
 @pytest.mark.parametrize("generated, title", [
@@ -60,9 +60,9 @@ def test_a_spent_time_budget_keeps_the_keyphrase_titles(tiny_causal_lm):
 
 
 def test_titling_uses_the_namer_but_not_for_kept_titles_and_user_titles_still_win():
-    from emerge.clustering import ClusteringPipeline
+    from emerge.discovery.pipeline import ClusteringPipeline
     from emerge.config import ClusteringConfig
-    from emerge.discovery import title_clusters
+    from emerge.discovery.fit import title_clusters
 
     class Namer:  # words every cluster it is given
         def name_clusters(self, keyphrases, texts, fallback):

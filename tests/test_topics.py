@@ -11,7 +11,7 @@ from emerge import ConfigError, LateInteractionCrossEncoder, Topic, load_topics
 from emerge.config import SpanConfig
 from emerge.embedding import TokenStore, embed_spans
 from emerge.ingest import documents_from_texts
-from emerge.late_interaction import PartIndex, range_max
+from emerge.topics.late_interaction import PartIndex, range_max
 from emerge.spans import build_spans
 
 TOPICS = [
@@ -226,7 +226,7 @@ def test_combined_score_follows_its_definition_for_every_topic(tiny_encoder):
 def test_texts_scored_end_to_end_equal_texts_scored_one_by_one(tiny_encoder):
     """Whole texts are scored as spans of one concatenated sequence, in chunks: same numbers as
     scoring each text on its own, whatever the chunk size, and an empty text scores zero."""
-    from emerge.late_interaction import encode_alone
+    from emerge.topics.late_interaction import encode_alone
 
     analyzer = LateInteractionCrossEncoder(topics=TOPICS).prepare(tiny_encoder)
     texts = ["refund my order please", "", "the parcel is late again", "dark mode", "x"]
@@ -261,7 +261,7 @@ def test_calibration_maps_unrelated_text_to_zero_and_held_out_examples_to_one(ti
 
 # -- the ablation switches: each must change what its docstring says it changes -------------------
 def _one_text(encoder, text):
-    from emerge.late_interaction import encode_alone
+    from emerge.topics.late_interaction import encode_alone
 
     ids, embs, _ = encode_alone(encoder, [text])
     return ids[0], embs[0]

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from emerge.config import TrainingConfig
 from emerge.errors import ConfigError, InputError
-from emerge.pairs import build_pairs, split_by_document
-from emerge.retrieval import load_beir, retrieval_metrics, top_k
-from emerge.training import group_exclusive_batches
+from emerge.training.pairs import build_pairs, split_by_document
+from emerge.training.retrieval import load_beir, retrieval_metrics, top_k
+from emerge.training.trainer import group_exclusive_batches
 
 WORDS = {
     0: "rotor blade stall lift wing airfoil pressure",
@@ -105,8 +105,8 @@ def test_pairs_per_label_keeps_the_most_relevant():
 
 
 def test_self_training_pairs_join_only_texts_of_one_topic():
-    from emerge.self_training import self_training_pairs
-    from emerge.topics import Topic
+    from emerge.topics.self_training import self_training_pairs
+    from emerge.topics.topic import Topic
 
     topics = [Topic("a", "Refunds", "money back", ["refund please", "give my money back"]),
               Topic("b", "Shipping", examples=["where is my parcel"])]
@@ -126,7 +126,7 @@ def test_self_training_pairs_join_only_texts_of_one_topic():
 
 
 def test_confident_rows_keep_the_largest_margins_per_topic_above_the_floor():
-    from emerge.self_training import confident_rows
+    from emerge.topics.self_training import confident_rows
 
     best = np.array([0, 0, 0, 1, 1, 1])
     relevance = np.array([0.9, 0.8, 0.3, 0.9, 0.6, 0.7])
@@ -205,7 +205,7 @@ def test_fine_tune_changes_the_model_and_reports_base_and_tuned(tiny_model_dir, 
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from emerge.finetune import fine_tune_and_evaluate
+    from emerge.training.finetune import fine_tune_and_evaluate
 
     data = make_dataset(n_docs=24)
     config = TrainingConfig(pairing="same_document", min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, epochs=2,
@@ -229,7 +229,7 @@ def test_fine_tune_changes_the_model_and_reports_base_and_tuned(tiny_model_dir, 
 
 
 def test_missing_base_model_is_named(tmp_path):
-    from emerge.finetune import fine_tune_and_evaluate
+    from emerge.training.finetune import fine_tune_and_evaluate
 
     with pytest.raises(InputError, match="does not exist"):
         fine_tune_and_evaluate(make_dataset(n_docs=24), "cluster_id", tmp_path / "nope", tmp_path / "m",
@@ -259,10 +259,10 @@ def test_span_context_pairs_cut_the_span_out_of_its_own_document():
 def test_a_self_trained_model_keeps_the_base_models_share_of_none_of_the_topics(tiny_model_dir, tmp_path):
     """Self-training stretches the calibrated scale; the trained model's saved threshold leaves the
     same share of the unlabelled texts outside every topic as the base model did at its own."""
-    from emerge.late_interaction import DEFAULT_RELEVANCE_THRESHOLD
-    from emerge.self_training import (RELEVANCE_FILE, SelfTrainingConfig, default_scorer,
+    from emerge.topics.late_interaction import DEFAULT_RELEVANCE_THRESHOLD
+    from emerge.topics.self_training import (RELEVANCE_FILE, SelfTrainingConfig, default_scorer,
                                       model_relevance_threshold, self_train)
-    from emerge.topics import Topic
+    from emerge.topics.topic import Topic
 
     topics = [Topic("r", "Refunds", "money back", ["refund please", "give my money back", "I want a refund"]),
               Topic("s", "Shipping", "parcels", ["where is my parcel", "the parcel is late", "track my package"]),
@@ -292,8 +292,8 @@ def test_hard_negatives_come_from_another_group_and_keep_the_margin(tiny_model_d
     anchor than its own positive; a margin nothing can meet leaves every row without one."""
     from sentence_transformers import SentenceTransformer
 
-    from emerge.retrieval import encode
-    from emerge.training import mine_cross_group_negatives
+    from emerge.training.retrieval import encode
+    from emerge.training.trainer import mine_cross_group_negatives
 
     data = make_dataset(n_docs=18)
     pairs = pl.DataFrame({"anchor": data["text_span"].to_list()[0::3], "positive": data["text_span"].to_list()[1::3],
@@ -314,7 +314,7 @@ def test_hard_negatives_come_from_another_group_and_keep_the_margin(tiny_model_d
 def test_a_small_fine_tune_retrieves_better_than_its_base_on_held_out_documents(tiny_model_dir, tmp_path):
     """Behaviour, not timing: spans of held-out documents find their document's other spans better
     after training than before (the random base model knows nothing of the vocabulary)."""
-    from emerge.finetune import fine_tune_and_evaluate
+    from emerge.training.finetune import fine_tune_and_evaluate
 
     config = TrainingConfig(pairing="same_document", min_pairs=4, batch_size=8, max_seq_length=32,
                             learning_rate=1e-3, epochs=3, eval_fraction=0.25)
@@ -325,7 +325,7 @@ def test_a_small_fine_tune_retrieves_better_than_its_base_on_held_out_documents(
 
 
 def test_near_groups_marks_each_groups_nearest_others_both_ways():
-    from emerge.near_label_loss import near_groups
+    from emerge.training.near_label_loss import near_groups
 
     # two tight pairs of centroids far apart: (0, 1) and (2, 3); group 4 sits between them
     centroids = np.array([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0], [0.1, 0.99], [0.7, 0.7]])
@@ -343,7 +343,7 @@ def test_near_group_loss_ignores_masked_negatives_and_equals_mnrl_without_a_mask
     import torch
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from emerge.near_label_loss import NearGroupMaskedRankingLoss
+    from emerge.training.near_label_loss import NearGroupMaskedRankingLoss
 
     torch.manual_seed(0)
     anchors, positives = torch.randn(4, 8), torch.randn(4, 8)
@@ -365,7 +365,7 @@ def test_near_group_loss_ignores_masked_negatives_and_equals_mnrl_without_a_mask
 
 
 def test_recipe_a_with_near_clusters_trains_and_saves(tiny_model_dir, tmp_path):
-    from emerge.training import train
+    from emerge.training.trainer import train
 
     data = make_dataset(n_docs=24)
     config = TrainingConfig(pairing="same_cluster", near_cluster_fraction=0.5, min_pairs=4, batch_size=4,

@@ -39,7 +39,7 @@ def source_vectors(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFra
                       "Refits on the weekly cron once new embeddings arrived, or on demand (fit_clusters).")
 def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans: dict, span_embeddings: dict,
                     storage: EmergeStorage) -> dg.Output:
-    from emerge.clustering import ClusteringPipeline, select_fit_sample
+    from emerge.discovery.pipeline import ClusteringPipeline, select_fit_sample
 
     cfg = config.to_engine()
     sources, all_spans, vectors = concat_sources(spans, span_embeddings)
@@ -63,8 +63,8 @@ def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans
                       "across refits (centroids matched to the previous fit).")
 def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersConfig, umap_projection: pl.DataFrame,
                      storage: EmergeStorage, title_namer: TitleNamerResource) -> dg.Output:
-    from emerge.clustering import ClusteringPipeline
-    from emerge.discovery import cluster_projected_sample, load_title_overrides
+    from emerge.discovery.pipeline import ClusteringPipeline
+    from emerge.discovery.fit import cluster_projected_sample, load_title_overrides
 
     previous = (ClusteringPipeline.load(storage.clustering_path)
                 if (storage.clustering_path / "pipeline.json").exists() else None)
@@ -90,7 +90,7 @@ def hdbscan_clusters(context: dg.AssetExecutionContext, config: HdbscanClustersC
 
 def _fit_metadata(out: pl.DataFrame, pipeline, storage: EmergeStorage) -> dict:
     """The fitted clusters for the UI: sizes, the size cap if one fired, the table and the map."""
-    from emerge.discovery import cluster_table
+    from emerge.discovery.fit import cluster_table
 
     labels, coords = pipeline.fit_labels_, pipeline.fit_embedding_
     return {
@@ -126,7 +126,7 @@ def _id_metadata(ids, pipeline) -> dict:
                       "(umap.transform + hdbscan.approximate_predict), with relevance to its cluster.")
 def span_clusters(context: dg.AssetExecutionContext, spans: pl.DataFrame | dict, span_embeddings: pl.DataFrame | dict,
                   storage: EmergeStorage) -> dg.Output:
-    from emerge.clustering import ClusteringPipeline
+    from emerge.discovery.pipeline import ClusteringPipeline
 
     if not (storage.clustering_path / "pipeline.json").exists():
         raise dg.Failure(f"no fitted clustering at {storage.clustering_path}; materialize hdbscan_clusters first")
@@ -137,7 +137,7 @@ def span_clusters(context: dg.AssetExecutionContext, spans: pl.DataFrame | dict,
 
 def label_source(pipeline, storage: EmergeStorage, source: str, spans: pl.DataFrame,
                  span_embeddings: pl.DataFrame) -> dg.Output:
-    from emerge.discovery import label_spans
+    from emerge.discovery.fit import label_spans
 
     _, frame, vectors = concat_sources({source: spans}, {source: span_embeddings})
     labelled = label_spans(pipeline, frame, vectors, progress=True)

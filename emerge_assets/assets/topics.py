@@ -21,8 +21,8 @@ from emerge_resources import EmbeddingModelResource, EmergeStorage, TopicsResour
 def topic_scores(context: dg.AssetExecutionContext, config: TopicScoresConfig, spans: pl.DataFrame | dict,
                  span_embeddings: pl.DataFrame | dict, topics: TopicsResource,
                  embedding_model: EmbeddingModelResource, storage: EmergeStorage) -> dg.Output:
-    from emerge.late_interaction import LateInteractionCrossEncoder
-    from emerge.self_training import model_relevance_threshold
+    from emerge.topics.late_interaction import LateInteractionCrossEncoder
+    from emerge.topics.self_training import model_relevance_threshold
 
     options = config.scorer_options(model_relevance_threshold(embedding_model.model_path(), None))
     context.log.info(f"topic scores: relevance threshold {options['relevance_threshold']:.3f}")

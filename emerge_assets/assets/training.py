@@ -1,7 +1,7 @@
 """Fine-tuned models: train on a curated dataset, evaluate base vs fine-tuned, track in MLflow.
 
 `fine_tuned_model` trains on the cluster dataset (distillation by default), `fine_tuned_topic_model`
-self-trains on the user's topics and the topic dataset's spans (`emerge.self_training`). Both save a SentenceTransformer directory
+self-trains on the user's topics and the topic dataset's spans (`emerge.topics.self_training`). Both save a SentenceTransformer directory
 under `models/` and log one MLflow run with params, metrics, dataset stats and the model.
 """
 
@@ -58,7 +58,7 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
 def _evaluation_set(config: FineTuneConfig):
     """The user's BEIR collection (`beir_dir`), or None; a broken one fails the run before training."""
     from emerge.errors import InputError
-    from emerge.retrieval import load_beir
+    from emerge.training.retrieval import load_beir
 
     if not config.beir_dir:
         return None
@@ -71,7 +71,7 @@ def _evaluation_set(config: FineTuneConfig):
 def _fine_tune(context: dg.AssetExecutionContext, config: FineTuneConfig, dataset: pl.DataFrame, label_col: str,
                storage: EmergeStorage, embedding_model: EmbeddingModelResource, beir, texts, engine_kwargs):
     from emerge.errors import InputError
-    from emerge.finetune import fine_tune_and_evaluate
+    from emerge.training.finetune import fine_tune_and_evaluate
 
     if dataset.height == 0:
         raise dg.Failure("the curated dataset is empty: nothing to train on (see its document_outcomes metadata)")

@@ -1,5 +1,5 @@
 """Product-description path of `ClusteringPipeline`."""
 
-from emerge.clustering import ClusteringPipeline
+from emerge.discovery.pipeline import ClusteringPipeline
 
 __all__ = ["ClusteringPipeline"]

@@ -21,15 +21,15 @@ import polars as pl
 
 from emerge.atomic import atomic_write_dir, atomic_write_text
 from emerge.config import TrainingConfig
-from emerge.distillation import DistillationSet, distillation_triplets
+from emerge.training.distillation import DistillationSet, distillation_triplets
 from emerge.errors import InputError
 from emerge.label_scheme import SCHEMES, scheme_of
-from emerge.pairs import build_pairs, split_by_document
-from emerge.promotion import PromotionDecision, choose_and_gate, self_retrieval_task
-from emerge.self_training import SelfTrainingConfig, default_scorer, self_train, write_matched_threshold
-from emerge.retrieval import (BeirCollection, evaluate_beir, evaluate_label_retrieval, label_retrieval_task,
+from emerge.training.pairs import build_pairs, split_by_document
+from emerge.training.promotion import PromotionDecision, choose_and_gate, self_retrieval_task
+from emerge.topics.self_training import SelfTrainingConfig, default_scorer, self_train, write_matched_threshold
+from emerge.training.retrieval import (BeirCollection, evaluate_beir, evaluate_label_retrieval, label_retrieval_task,
                               sanity_table)
-from emerge.training import TrainingResult, load_sentence_transformer, train
+from emerge.training.trainer import TrainingResult, load_sentence_transformer, train
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     """Train a candidate, choose its interpolation with the base, gate it, evaluate base vs published.
 
     The candidate is trained into `<output_dir>.candidate`; only a model that beats its base on
-    held-out self-retrieval (`emerge.promotion`, no labels) replaces `output_dir`, so a worse model
+    held-out self-retrieval (`emerge.training.promotion`, no labels) replaces `output_dir`, so a worse model
     never becomes current. `texts` (doc_id -> document text) is needed by the `distill` and
     `span_context` pairings and the gate. Metrics are named `<task>.<model>.<metric>` (task
     `heldout`, `self_retrieval` or `beir`; model `base` or `fine_tuned`) plus
@@ -144,7 +144,7 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     (default: the model's own window) whatever length training used. `base_beir_metrics` reuses a
     base evaluation of the same collection (it does not depend on the seed).
 
-    Topic datasets (`label_col="topic_id"`) train by self-training (`emerge.self_training`) on the
+    Topic datasets (`label_col="topic_id"`) train by self-training (`emerge.topics.self_training`) on the
     training documents' spans with `topics` (name, description, examples; without them, the
     names and descriptions found in the dataset) and the `self_training` config.
     """
@@ -233,7 +233,7 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
 
 def topics_from_dataset(dataset: pl.DataFrame):
     """The topics named in a topic dataset (id, name, description; no examples)."""
-    from emerge.topics import Topic
+    from emerge.topics.topic import Topic
 
     rows = (dataset.filter(pl.col("topic_id").is_not_null())
             .unique("topic_id", keep="first", maintain_order=True).sort("topic_id"))

@@ -40,7 +40,7 @@ def near_groups(centroids: np.ndarray, fraction: float) -> np.ndarray:
 
 def group_centroids(model, texts: list[str], groups: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Each group's mean base-model vector over `texts` (group indices 0..G-1)."""
-    from emerge.retrieval import encode
+    from emerge.training.retrieval import encode
 
     vectors = encode(model, texts, batch_size)
     sums = np.zeros((int(groups.max()) + 1, vectors.shape[1]))

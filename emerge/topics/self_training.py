@@ -9,7 +9,7 @@ only ever join texts of one topic:
 * the topic text or one of its examples -> a confidently labelled text;
 * two confidently labelled texts of one topic from different documents.
 
-Batches are topic-exclusive (`emerge.training.GroupExclusiveBatchSampler`, group = topic), so an
+Batches are topic-exclusive (`emerge.training.trainer.GroupExclusiveBatchSampler`, group = topic), so an
 in-batch negative is always a text of another topic. Low-relevance and unlabelled texts never
 become positives. The next round re-scores the texts with the model just trained, so labels the
 base model got wrong can be corrected before they are trained on again.
@@ -40,7 +40,7 @@ import polars as pl
 from emerge.atomic import atomic_write_text
 from emerge.config import TrainingConfig
 from emerge.errors import ConfigError, InputError
-from emerge.topics import Topic, validate_topics
+from emerge.topics.topic import Topic, validate_topics
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class RoundReport:
 class SelfTrainingReport:
     model_dir: Path
     rounds: list[RoundReport] = field(default_factory=list)
-    training: object = None  # the last round's emerge.training.TrainingResult
+    training: object = None  # the last round's emerge.training.trainer.TrainingResult
     relevance_threshold: float | None = None  # the trained model's own (see `write_matched_threshold`)
     threshold_texts: list[str] = field(default_factory=list)  # the texts that set it
     base_relevance_threshold: float | None = None
@@ -183,7 +183,7 @@ def self_train(topics, texts: list[str], base_model: str | Path, output_dir: str
     on labels from the previous round's model: fine-tuning a fine-tuned model compounds drift.
     `on_round(round, model_dir)` sees each round's model before an intermediate one is removed.
     """
-    from emerge.training import train
+    from emerge.training.trainer import train
 
     config = config or SelfTrainingConfig()
     topics = validate_topics(topics)
@@ -271,7 +271,7 @@ def default_scorer(topics: list[Topic], device: str = "cpu", **scorer_kwargs) ->
     """A factory of Emerge late-interaction scorers (independent mode) for a model directory."""
     from emerge.config import EncoderConfig
     from emerge.encoder import load_encoder
-    from emerge.late_interaction import DEFAULT_RELEVANCE_THRESHOLD, LateInteractionCrossEncoder
+    from emerge.topics.late_interaction import DEFAULT_RELEVANCE_THRESHOLD, LateInteractionCrossEncoder
 
     def make(model_dir):
         encoder = load_encoder(EncoderConfig(model_name_or_path=str(model_dir), device=device, batch_size=64))

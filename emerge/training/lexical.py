@@ -1,5 +1,5 @@
 """BM25 over a user's corpus: the lexical anchor every retrieval result is compared with, and half
-of the hybrid teacher that labels distillation triplets (`emerge.distillation`).
+of the hybrid teacher that labels distillation triplets (`emerge.training.distillation`).
 
 Tokenisation is bm25s's (English stop words, Snowball stemming via PyStemmer), scoring is
 Lucene's BM25 (k1 = 1.5, b = 0.75, idf = ln(1 + (N - df + 0.5) / (df + 0.5))). Besides ranking

@@ -175,7 +175,7 @@ class LateInteractionCrossEncoder:
                  token_weighting: str = "topic_idf", prototype_weight: float = 0.5,
                  part_weights: tuple[float, float, float] = (0.25, 0.25, 0.5)):
         from emerge.config import AnalyzerConfig
-        from emerge.topics import validate_topics
+        from emerge.topics.topic import validate_topics
 
         self.config = config or AnalyzerConfig()
         self.topics = validate_topics(topics)

@@ -6,7 +6,7 @@ learnt. Each training document's opening line or sentence (or each selected span
 pseudo-query; the rest of its document (the span cut out) is the positive; negatives are other training documents that a teacher ranks high
 for the query. The teacher is a hybrid of the base model and BM25 over the same corpus (both
 z-normalised over the query's top candidates, equal weight; no label, no network, no hub model),
-and the student learns the teacher's ranking of every text in its batch (`emerge.distill_loss`;
+and the student learns the teacher's ranking of every text in its batch (`emerge.training.distill_loss`;
 or, `distill_loss="pairwise"`, MarginMSE on each row's own negatives).
 
 Because the dense half of the teacher is the base model itself, the target margin is the base
@@ -27,8 +27,8 @@ import polars as pl
 from scipy import sparse
 
 from emerge.errors import InputError
-from emerge.lexical import BM25Index
-from emerge.pairs import cut_out
+from emerge.training.lexical import BM25Index
+from emerge.training.pairs import cut_out
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def keyword_queries(rows: pl.DataFrame, texts: dict[str, str], window_chars: int
     openings are long, well-formed queries that a pre-trained model already matches; the short
     form is where it leans most on word meaning and least on the corpus' rare terms, which is
     what BM25 in the teacher knows. Columns: query, positive, doc_id."""
-    from emerge.lexical import tokenize
+    from emerge.training.lexical import tokenize
 
     openings = leading_sentences(rows, texts, window_chars)
     index = BM25Index.build([_cut_at_space(texts[d].strip(), window_chars) for d in sorted(set(rows["doc_id"].cast(pl.String)))])
@@ -188,10 +188,10 @@ class HybridTeacher:
     corpus_texts: list[str]
     lexical_weight: float = 1.0
     batch_size: int = 64
-    dtype: str = "float32"  # the forward pass of `model` (see emerge.retrieval.encode)
+    dtype: str = "float32"  # the forward pass of `model` (see emerge.training.retrieval.encode)
 
     def __post_init__(self):
-        from emerge.retrieval import encode
+        from emerge.training.retrieval import encode
 
         self._encode = lambda texts: encode(self.model, texts, self.batch_size, dtype=self.dtype)
         self.corpus_vectors = self._encode(self.corpus_texts)

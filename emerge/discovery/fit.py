@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from emerge.cluster_ids import DEFAULT_MIN_SIMILARITY
-from emerge.clustering import NOISE, ClusteringPipeline, select_fit_sample
+from emerge.discovery.cluster_ids import DEFAULT_MIN_SIMILARITY
+from emerge.discovery.pipeline import NOISE, ClusteringPipeline, select_fit_sample
 from emerge.config import ClusteringConfig
-from emerge.titles import ctfidf_keyphrases, title_from_keyphrases
+from emerge.discovery.titles import ctfidf_keyphrases, title_from_keyphrases
 
 NOISE_TITLE = "Noise (no cluster)"
 
@@ -70,7 +70,7 @@ def title_clusters(pipeline: ClusteringPipeline, fit_texts: list[str], previous:
     A title is something users learn and refer to, so after a refit a matched cluster whose
     centroid barely moved (cosine >= KEEP_TITLE_SIMILARITY to the previous fit's) keeps the
     previous fit's title and keyphrases; a user's `overrides` (stable id -> title) win over both.
-    An optional `namer` (`emerge.title_namer.TitleNamer`) words the titles of the other clusters
+    An optional `namer` (`emerge.discovery.title_namer.TitleNamer`) words the titles of the other clusters
     from their keyphrases and texts.
     """
     by_cluster: dict[int, list[str]] = {}

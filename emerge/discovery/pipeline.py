@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from emerge.atomic import atomic_write_dir, recover_dir
-from emerge.cluster_ids import DEFAULT_MIN_SIMILARITY, IdAssignment, match_cluster_ids
+from emerge.discovery.cluster_ids import DEFAULT_MIN_SIMILARITY, IdAssignment, match_cluster_ids
 from emerge.config import ClusteringConfig
 from emerge.errors import InputError
 from emerge.vectors import l2_normalise
@@ -68,7 +68,7 @@ class ClusteringPipeline:
 
     Cluster ids are *stable ids*: `label_map` translates HDBSCAN's raw labels of this fit, and
     `assign_stable_ids` sets it so a refit keeps the previous fit's ids for the same topics
-    (see `emerge.cluster_ids`). `next_cluster_id` is the smallest id no fit has used yet.
+    (see `emerge.discovery.cluster_ids`). `next_cluster_id` is the smallest id no fit has used yet.
     """
 
     def __init__(self, config: ClusteringConfig | None = None):
@@ -116,7 +116,7 @@ class ClusteringPipeline:
         n_components = min(cfg.n_components, n - 2)
         precomputed = (None, None, None)
         if cfg.metric == "cosine" and cfg.transform != "umap":  # UMAP.transform needs its own NN index
-            from emerge.knn import knn_graph
+            from emerge.discovery.knn import knn_graph
 
             precomputed = knn_graph(vectors, n_neighbors)
         self.reducer = umap.UMAP(n_neighbors=n_neighbors, n_components=n_components, min_dist=cfg.min_dist,
@@ -276,7 +276,7 @@ class ClusteringPipeline:
 
     def _index(self):
         """The fit spans as a cosine index, built once per fitted/loaded pipeline."""
-        from emerge.knn import CosineIndex
+        from emerge.discovery.knn import CosineIndex
 
         if self._cosine_index is None or self._cosine_index_of is not self.reducer:
             self._cosine_index = CosineIndex(np.asarray(self.reducer._raw_data, dtype=np.float32))
@@ -287,7 +287,7 @@ class ClusteringPipeline:
                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(cluster labels, membership strengths in [0, 1]) for new span vectors; `progress`
         shows a bar with spans/s (a source can hold millions of dense spans)."""
-        from emerge.hdbscan_predict import approximate_predict
+        from emerge.discovery.hdbscan_predict import approximate_predict
 
         self._require_fitted()
         if len(vectors) == 0:

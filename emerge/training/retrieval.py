@@ -245,7 +245,7 @@ def sanity_table(task: LabelRetrievalTask, scores: dict[str, np.ndarray], n_quer
 
 def evaluate_bm25(collection: BeirCollection) -> dict[str, float]:
     """The lexical anchor: `bm25s` (Lucene BM25, k1 1.5, b 0.75, English stop words, Snowball stems)."""
-    from emerge.lexical import bm25s_rankings
+    from emerge.training.lexical import bm25s_rankings
 
     best = bm25s_rankings(collection.corpus_texts, collection.query_texts, 100)
     ranked = [[collection.corpus_ids[i] for i in row] for row in best]

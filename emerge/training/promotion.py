@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from emerge.distillation import document_window, pseudo_queries
+from emerge.training.distillation import document_window, pseudo_queries
 from emerge.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def self_retrieval_task(eval_rows: pl.DataFrame, train_rows: pl.DataFrame, texts
 
 def self_retrieval_score(model, task: SelfRetrievalTask, batch_size: int = 64) -> dict[str, float]:
     """MRR@10 and hits@1 of each query's own document (its other distractor copy excluded)."""
-    from emerge.retrieval import encode
+    from emerge.training.retrieval import encode
 
     q = encode(model, task.queries, batch_size)
     answers = np.nan_to_num(np.einsum("ij,ij->i", q, encode(model, task.answers, batch_size)), nan=-np.inf)

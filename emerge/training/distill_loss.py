@@ -1,7 +1,7 @@
 """Distillation over every query-text pair of a batch, with the teacher's scores of all of them.
 
 sentence-transformers' `MarginMSELoss` learns one margin per negative column: with one
-negative, a batch of 32 teaches 32 numbers. The hybrid teacher (`emerge.distillation`) can
+negative, a batch of 32 teaches 32 numbers. The hybrid teacher (`emerge.training.distillation`) can
 score every query of the batch against every text of it (2B - 1 candidates per query at one
 negative), at the cost of the same forward passes. `kind="kl"` (the default) matches the
 student's softmax over those candidates to the teacher's (KL divergence, both at `scale`), so
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from emerge.distillation import InBatchTeacher
+from emerge.training.distillation import InBatchTeacher
 
 
 class InBatchDistillationLoss(nn.Module):

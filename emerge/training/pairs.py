@@ -111,10 +111,10 @@ def build_pairs(train: pl.DataFrame, label_col: str, config: TrainingConfig,
     if rows.height == 0:
         raise InputError(f"no span in the training documents has a {label_col} (all noise/unlabelled)")
     if scheme_of(label_col).self_trains:
-        raise InputError("topic datasets train by self-training on the topics (emerge.self_training), "
+        raise InputError("topic datasets train by self-training on the topics (emerge.topics.self_training), "
                          "not on label pairs")
     if config.pairing == "distill":
-        raise InputError("pairing='distill' trains on teacher-scored triplets (emerge.distillation."
+        raise InputError("pairing='distill' trains on teacher-scored triplets (emerge.training.distillation."
                          "distillation_triplets), not on label pairs")
     elif config.pairing == "same_document":
         pairs = same_document_pairs(rows, label_col)

@@ -4,9 +4,9 @@ on teacher-scored triplets.
 Pairs train with MultipleNegativesRankingLoss: every other positive in the batch is a negative.
 That is only right when no other row of the batch belongs with the anchor, so batches are
 drawn by `GroupExclusiveBatchSampler` (one row per group per batch; groups come from
-`emerge.pairs`). Rows that carry a `score` (the teacher's scores of the positive and each
-negative, `emerge.distillation`) learn the teacher instead: by default its ranking of every text
-of the batch (`emerge.distill_loss`), or sentence-transformers' `MarginMSELoss` over the row's own
+`emerge.training.pairs`). Rows that carry a `score` (the teacher's scores of the positive and each
+negative, `emerge.training.distillation`) learn the teacher instead: by default its ranking of every text
+of the batch (`emerge.training.distill_loss`), or sentence-transformers' `MarginMSELoss` over the row's own
 passages only (`distill_loss="pairwise"`).
 """
 
@@ -105,7 +105,7 @@ def mine_cross_group_negatives(model, pairs: pl.DataFrame, margin: float, batch_
     skipped as a likely false negative (the usual margin filter of hard-negative mining).
     Rows without a candidate keep their pair and get an empty negative removed later.
     """
-    from emerge.retrieval import encode
+    from emerge.training.retrieval import encode
 
     anchors = encode(model, pairs["anchor"].to_list(), batch_size)
     positives = encode(model, pairs["positive"].to_list(), batch_size)
@@ -126,7 +126,7 @@ def mine_cross_group_negatives(model, pairs: pl.DataFrame, margin: float, batch_
 def _near_clusters(model, pairs: pl.DataFrame, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """(near-cluster matrix, each row's cluster index) for recipe A's masked loss: centroids of the
     base model's vectors of each cluster's training spans (anchors and positives)."""
-    from emerge.near_label_loss import group_centroids, near_groups
+    from emerge.training.near_label_loss import group_centroids, near_groups
 
     _, index = np.unique(pairs["group"].to_numpy(), return_inverse=True)
     texts = pairs["anchor"].to_list() + pairs["positive"].to_list()
@@ -153,7 +153,7 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
     from sentence_transformers.sentence_transformer.losses import MarginMSELoss, MultipleNegativesRankingLoss
     from transformers import TrainerCallback, set_seed
 
-    from emerge.distillation import DistillationSet
+    from emerge.training.distillation import DistillationSet
 
     set_seed(config.seed)
     teacher = None
@@ -165,7 +165,7 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
         pairs = pairs.filter(pl.col("negative").is_not_null())
         if pairs.height < config.min_pairs:
             raise InputError(f"only {pairs.height} pairs kept a hard negative; min_pairs={config.min_pairs}")
-    distilled = "score" in pairs.columns  # teacher scores: MarginMSE (emerge.distillation)
+    distilled = "score" in pairs.columns  # teacher scores: MarginMSE (emerge.training.distillation)
     negatives = [c for c in pairs.columns if c == "negative" or c.startswith("negative_")]
     columns = ["anchor", "positive", *negatives]
     labels = {"label": pairs["teacher_ids"]} if teacher is not None else {"score": pairs["score"]} if distilled else {}
@@ -193,12 +193,12 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
         save_strategy="no", report_to="none", logging_steps=max(1, len(dataset) // config.batch_size // 10),
         use_cpu=device == "cpu", disable_tqdm=False, dataloader_num_workers=0)
     if teacher is not None:
-        from emerge.distill_loss import InBatchDistillationLoss
+        from emerge.training.distill_loss import InBatchDistillationLoss
 
         loss = InBatchDistillationLoss(model, teacher, kind=config.distill_loss.removeprefix("in_batch_"),
                                     scale=config.scale)
     elif near is not None:
-        from emerge.near_label_loss import NearGroupMaskedRankingLoss
+        from emerge.training.near_label_loss import NearGroupMaskedRankingLoss
 
         loss = NearGroupMaskedRankingLoss(model, near, scale=config.scale)
     else:
