@@ -149,6 +149,15 @@ def test_a_phrase_that_ends_in_a_verb_never_titles_a_cluster():
     assert title_from_keyphrases(phrases[0]) != "Account Went"
 
 
+def test_one_title_never_names_one_idea_twice():
+    """"Israel" and "Israeli" stem apart, but a title "Israel, Israeli" says one thing twice."""
+    texts = {0: ["Israel and the Israeli army", "Israeli settlers in Israel", "the Israeli government and Jews",
+                 "Jews in Israel"] * 3,
+             1: ["sow carrot seeds", "garden compost beds", "weed the garden", "carrot soup"] * 3}
+    first_two = ctfidf_keyphrases(texts, top_n=2)[0]
+    assert len(first_two) == 2 and not ({"Israel", "Israeli"} <= set(first_two)), first_two
+
+
 # --- quality: each component must penalise its own defect, wherever the span sits in the batch --
 
 def _scores(text: str, cuts: list[tuple[int, int]], others: dict[str, str] | None = None) -> pl.DataFrame:

@@ -9,7 +9,8 @@ RAKE style), after e-mail addresses, URLs and dotted host names are cut out of t
 are signatures and quoting, not topics), and single letters and numbers never count as words.
 Every word of a chosen phrase must itself be distinctive (lift >= `min_word_lift`), so an
 honorific or a reporting verb cannot ride into titles on a name ("Mr Blunkett" -> "Blunkett").
-Phrases of one title share no word stem ("Virus, Viruses" is one idea), and a title keeps the
+Phrases of one title share no word stem ("Virus, Viruses" is one idea) and no word holds another
+("Israel, Israeli"), and a title keeps the
 surface form the texts use most ("GM", "HIV", "Kilroy-Silk"). A phrase must end in a noun-like
 word: without a tagger, `verb_like_words` reads each word's role off the texts themselves, from
 the closed-class words before it ("the pan" vs "was added").
@@ -181,7 +182,7 @@ def ctfidf_keyphrases(texts_by_cluster: dict[int, list[str]], top_n: int = 5,
                     options.insert(0, vocab[max(wider, key=lambda j: (counts[row, j], -n_words[j], vocab[j]))])
             for option in options:
                 stems = {stem(w) for w in option.split()}
-                if not stems & used:
+                if not stems & used and not _contains_a_word_of(option, chosen):
                     chosen.append(option)
                     used |= stems
                     break
@@ -189,6 +190,14 @@ def ctfidf_keyphrases(texts_by_cluster: dict[int, list[str]], top_n: int = 5,
                 break
         out[c] = [surface_form(p, texts_by_cluster[c]) for p in chosen]
     return out
+
+
+def _contains_a_word_of(phrase: str, chosen: list[str], min_chars: int = 4) -> bool:
+    """True when a word of `phrase` holds a chosen word or is held by one ("Israel" / "Israeli",
+    "Sexual" / "Homosexual"): the stemmer keeps those apart, a reader sees one idea twice."""
+    words = [w for w in phrase.split() if len(w) >= min_chars]
+    others = [w for p in chosen for w in p.split() if len(w) >= min_chars]
+    return any(a in b or b in a for a in words for b in others)
 
 
 def surface_form(phrase: str, texts: list[str], max_texts: int = 200) -> str:
