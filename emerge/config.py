@@ -304,7 +304,7 @@ class TrainingConfig:
 
     pairing: Literal[PAIRINGS] = "distill"
     context_chars: int = 1200
-    query_source: Literal[QUERY_SOURCES] = "leading_sentence"
+    query_source: Literal[QUERY_SOURCES] = "keywords"
     queries_per_document: int = 2
     max_train_queries: int | None = 2000
     negatives_per_query: int = 3
