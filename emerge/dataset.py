@@ -65,12 +65,17 @@ def label_balance(df: pl.DataFrame, label_col: str) -> float:
     return float(counts.min() / counts.max())
 
 
+def label_summary(df: pl.DataFrame, label_col: str, title_col: str) -> pl.DataFrame:
+    """Spans, mean relevance and mean quality per label (unsorted)."""
+    return df.group_by(label_col, title_col).agg(pl.len().alias("spans"),
+                                                 pl.col("relevance").mean().alias("mean_relevance"),
+                                                 pl.col("quality").mean().alias("mean_quality"))
+
+
 def dataset_card(df: pl.DataFrame, *, title: str, config: dict, model: str, counts: dict,
                  label_col: str = "cluster_id", title_col: str | None = None) -> str:
     title_col = title_col or scheme_of(label_col).title_col
-    per_label = (df.group_by(label_col, title_col).agg(pl.len().alias("spans"),
-                                                       pl.col("relevance").mean().alias("mean_relevance"),
-                                                       pl.col("quality").mean().alias("mean_quality"))
+    per_label = (label_summary(df, label_col, title_col)
                  .sort(["spans", label_col], descending=[True, False])) if df.height else None  # ties: stable
     lines = [f"# {title}", "", f"Created {datetime.now(timezone.utc).isoformat(timespec='seconds')} by Emerge.", "",
              "## Counts", ""]
@@ -118,9 +123,7 @@ class CuratedDataset:
     paths: dict[str, Path]
 
     def per_label(self, scheme: LabelScheme) -> pl.DataFrame:
-        return self.frame.group_by(scheme.label_col, scheme.title_col).agg(
-            pl.len().alias("spans"), pl.col("relevance").mean().alias("mean_relevance"),
-            pl.col("quality").mean().alias("mean_quality")).sort(scheme.label_col)
+        return label_summary(self.frame, scheme.label_col, scheme.title_col).sort(scheme.label_col)
 
 
 def build_curated_dataset(*, name: str, out_dir: str | Path, scheme: LabelScheme, spans: pl.DataFrame,
