@@ -12,10 +12,12 @@ import polars as pl
 
 from emerge.atomic import atomic_write, atomic_write_text
 from emerge.config import SelectionConfig, SpanConfig
+from emerge.embedding import vectors_of
 from emerge.errors import InputError
+from emerge.ingest import document_texts
 from emerge.label_scheme import CLUSTERS, LabelScheme, scheme_of
 from emerge.quality import quality_components
-from emerge.selection import select_spans
+from emerge.selection import cross_document_choice, per_document_choice, select_spans
 
 CLUSTER_COLUMNS = CLUSTERS.dataset_columns
 
@@ -33,15 +35,6 @@ def curate(labelled: pl.DataFrame, vectors: np.ndarray, texts: dict[str, str], s
     selected = select_spans(scored, vectors, selection, span_config, label_col=label_col)
     columns = columns or scheme_of(label_col).dataset_columns
     return selected.select([c for c in columns if c in selected.columns])
-
-
-def join_labels(spans: pl.DataFrame, labels: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
-    """(spans with their label columns, each labelled span's row in `spans`), joined on (source,
-    span_idx). Inner join: spans outside the analyzer's length bounds carry no label and are no
-    candidates; the positions pick their vectors out of the spans' vector block."""
-    positioned = spans.with_row_index("_pos")
-    labelled = positioned.join(labels, on=["source", "span_idx"], how="inner", maintain_order="left")
-    return labelled.drop("_pos"), labelled["_pos"].to_numpy()
 
 
 def document_accounting(inventories: list[pl.DataFrame], spans: pl.DataFrame, dataset: pl.DataFrame) -> pl.DataFrame:
@@ -126,28 +119,87 @@ class CuratedDataset:
         return label_summary(self.frame, scheme.label_col, scheme.title_col).sort(scheme.label_col)
 
 
-def build_curated_dataset(*, name: str, out_dir: str | Path, scheme: LabelScheme, spans: pl.DataFrame,
-                          vectors: np.ndarray, labels: pl.DataFrame, inventories: list[pl.DataFrame],
-                          texts: dict[str, str], selection: SelectionConfig, span_config: SpanConfig,
+@dataclass
+class SourceSpans:
+    """One source's inputs to the curated dataset. `spans` and `embeddings` may be lazy (scans of
+    the assets' Parquet files): `build_curated_dataset` reads one source at a time and loads the
+    vectors of only the spans that survive the per-document selection steps, so no step holds
+    every span vector of every source."""
+
+    name: str
+    spans: pl.DataFrame | pl.LazyFrame  # the `spans` asset of this source
+    embeddings: pl.DataFrame | pl.LazyFrame  # span_idx + embedding, row-aligned with `spans`
+    labels: pl.DataFrame  # span_idx + the scheme's label columns
+    documents: pl.DataFrame  # the source's `raw_texts` table (the texts quality is scored against)
+
+
+@dataclass
+class _SourcePicks:
+    picked: pl.DataFrame  # rows kept by the per-document steps, `_pos` global
+    vectors: np.ndarray  # row-aligned with `picked`
+    labelled: int  # spans with a label row
+    unlabelled: int  # of those, noise / "none of the topics"
+    doc_ids: pl.Series  # documents with at least one span
+
+
+def _source_picks(source: SourceSpans, scheme: LabelScheme, selection: SelectionConfig, span_config: SpanConfig,
+                  first_pos: int) -> _SourcePicks:
+    """The per-document selection of one source, and the vectors of the spans it kept."""
+    spans, embeddings = source.spans.lazy(), source.embeddings.lazy()
+    span_idx = spans.select("span_idx").collect()["span_idx"]
+    if not span_idx.equals(embeddings.select("span_idx").collect()["span_idx"]):
+        raise InputError(f"source {source.name!r}: span_embeddings are stale relative to spans; "
+                         "re-materialize span_embeddings")
+    frame = spans.collect()
+    labelled = frame.join(source.labels.select("span_idx", *scheme.label_columns), on="span_idx", how="inner",
+                          maintain_order="left")
+    scored = labelled if "quality" in labelled.columns else add_quality(labelled, document_texts(source.documents))
+    picked = per_document_choice(scored, selection, span_config, scheme.label_col, first_pos)
+    wanted = picked.select("span_idx")
+    vectors = vectors_of(wanted.join(embeddings.filter(pl.col("span_idx").is_in(wanted["span_idx"].implode()))
+                                     .select("span_idx", "embedding").collect(), on="span_idx", how="left",
+                                     maintain_order="left"))
+    return _SourcePicks(picked, vectors, labelled.height, scheme.unlabelled_count(labelled),
+                        frame["doc_id"].unique())
+
+
+def build_curated_dataset(*, name: str, out_dir: str | Path, scheme: LabelScheme, sources: list[SourceSpans],
+                          inventories: list[pl.DataFrame], selection: SelectionConfig, span_config: SpanConfig,
                           model_name: str) -> CuratedDataset:
-    """Join the labels onto the spans (on source, span_idx), select, export Parquet + CSV + card,
-    and account for every input document. `spans` and `vectors` are aligned; `labels` holds the
-    scheme's label columns per (source, span_idx); `inventories` are the sources' ingest tables."""
-    labelled, positions = join_labels(spans, labels.select("source", "span_idx", *scheme.label_columns))
-    if labelled.height == 0 and spans.height:
+    """Join each source's labels onto its spans (on span_idx), select, export Parquet + CSV + card,
+    and account for every input document (`inventories`: every source's `raw_texts`, those without
+    spans included).
+
+    Selection runs in two parts (`emerge.selection`): the per-document steps source by source,
+    then near-duplicate removal and the per-label cap over what they kept, across sources. The
+    result is the one `select_spans` gives on all sources concatenated in the given order."""
+    picks: list[_SourcePicks] = []
+    first_pos = 0
+    for source in sources:
+        picks.append(_source_picks(source, scheme, selection, span_config, first_pos))
+        first_pos += picks[-1].labelled
+    labelled = sum(p.labelled for p in picks)
+    if labelled == 0 and any(p.doc_ids.len() for p in picks):
         raise InputError(f"no span has a {scheme.labels_asset} row; re-materialize {scheme.labels_asset} "
                          "after spans changed")
-    dataset = curate(labelled, vectors[positions], texts, selection, span_config, label_col=scheme.label_col,
-                     columns=scheme.dataset_columns)
-    accounting = document_accounting(inventories, spans, dataset)
+    kept = [p for p in picks if p.picked.height]
+    if kept:
+        selected = cross_document_choice(pl.concat([p.picked for p in kept], how="diagonal_relaxed"),
+                                         np.concatenate([p.vectors for p in kept]), selection, scheme.label_col)
+    else:
+        selected = picks[0].picked.drop("_pos") if picks else pl.DataFrame()
+    dataset = selected.select([c for c in scheme.dataset_columns if c in selected.columns])
+    with_spans = pl.DataFrame({"doc_id": pl.concat([p.doc_ids for p in picks]) if picks
+                               else pl.Series([], dtype=pl.String)})
+    accounting = document_accounting(inventories, with_spans, dataset)
     outcomes = dict(accounting.group_by("outcome").len().sort("outcome").iter_rows())
     counts = {"sources": len(inventories), "inputs": accounting.height,
-              "documents_in_dataset": outcomes.get("in_dataset", 0), "spans_considered": labelled.height,
+              "documents_in_dataset": outcomes.get("in_dataset", 0), "spans_considered": labelled,
               "labels": int(dataset[scheme.label_col].n_unique()) if dataset.height else 0}
     card = dataset_card(dataset, title=f"Emerge dataset: {name}", model=model_name,
                         config={"selection": asdict(selection), "spans": asdict(span_config)},
                         counts=counts | {f"inputs_{k}": v for k, v in outcomes.items()},
                         label_col=scheme.label_col, title_col=scheme.title_col)
     paths = write_dataset(dataset, Path(out_dir) / name, card)
-    unlabelled = scheme.unlabelled_count(labelled) / labelled.height if labelled.height else 0.0
+    unlabelled = sum(p.unlabelled for p in picks) / labelled if labelled else 0.0
     return CuratedDataset(dataset, outcomes, counts, unlabelled, paths)

@@ -77,16 +77,32 @@ def select_spans(candidates: pl.DataFrame, vectors: np.ndarray, config: Selectio
     Steps: thresholds -> Pareto front per (document, label) over (relevance, quality,
     length_fit) -> greedy non-overlapping choice per document by score -> near-duplicate
     removal per label -> per-label cap. `candidates` rows align with `vectors` (float32 or
-    float16). Groups are walked as numpy slices of one sorted table, not as data frames.
+    float16). The first three steps need no vector (`per_document_choice`); only the spans they
+    keep reach the cross-document step (`cross_document_choice`), which is what lets the asset
+    graph load the vectors of those spans alone.
     """
+    picked = per_document_choice(candidates, config, span_config, label_col)
+    if picked.height == 0:
+        return picked.drop("_pos")
+    return cross_document_choice(picked, vectors[picked["_pos"].to_numpy()], config, label_col)
+
+
+def per_document_choice(candidates: pl.DataFrame, config: SelectionConfig, span_config: SpanConfig,
+                        label_col: str = "cluster_id", first_pos: int = 0) -> pl.DataFrame:
+    """The spans that survive the steps confined to one document: thresholds, the Pareto front per
+    (document, label), the non-overlapping choice per document. Rows keep every column, plus
+    `length_fit`, `score` and `_pos` (row position in `candidates`, offset by `first_pos` so that
+    several sources' picks concatenate into one ordering). No vector is read: a source's picks
+    do not depend on any other source."""
     started = time.perf_counter()
     if candidates.height == 0:
         return candidates.with_columns(pl.lit(None, pl.Float32).alias("length_fit"),
-                                       pl.lit(None, pl.Float32).alias("score"))
+                                       pl.lit(None, pl.Float32).alias("score"), pl.lit(0, pl.Int64).alias("_pos"))
     fit = length_fit(candidates["n_tokens"].to_numpy(), span_config, config.target_len)
     frame = candidates.with_columns(pl.Series("length_fit", fit),
                                     ((pl.col("relevance") + pl.col("quality") + pl.Series(fit)) / 3)
-                                    .cast(pl.Float32).alias("score")).with_row_index("_pos")
+                                    .cast(pl.Float32).alias("score"),
+                                    (pl.int_range(pl.len(), dtype=pl.Int64) + first_pos).alias("_pos"))
     eligible = (pl.col("quality") >= config.quality_threshold) & (pl.col("relevance") >= config.min_relevance)
     if not config.include_noise:  # noise = cluster -1 or no topic (null)
         label = pl.col(label_col)
@@ -99,10 +115,9 @@ def select_spans(candidates: pl.DataFrame, vectors: np.ndarray, config: Selectio
              .with_columns(pl.col("doc_id").rank("dense").alias("_doc"),
                            pl.col(label_col).rank("dense").fill_null(0).alias("_lab"))
              .sort(["_doc", "_lab", "_pos"]))
-    pos = table["_pos"].to_numpy()
     doc, lab = table["_doc"].to_numpy(), table["_lab"].to_numpy()
     objectives = table.select("relevance", "quality", "length_fit").to_numpy()
-    on_front = np.zeros(len(pos), bool)
+    on_front = np.zeros(table.height, bool)
     bounds = _group_bounds([doc, lab])
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         on_front[lo:hi] = pareto_front(objectives[lo:hi])
@@ -112,17 +127,29 @@ def select_spans(candidates: pl.DataFrame, vectors: np.ndarray, config: Selectio
     bounds = _group_bounds([f_doc])
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         chosen[lo + np.asarray(_non_overlapping(f_start[lo:hi], f_end[lo:hi]), np.int64)] = True
-    picked = front.filter(pl.Series(chosen)).sort(["_lab", "score", "_pos"], descending=[False, True, False])
-    p_pos, p_lab = picked["_pos"].to_numpy(), picked["_lab"].to_numpy()
+    picked_pos = front.filter(pl.Series(chosen))["_pos"]
+    log.info("selection: %d candidate spans -> %d above the thresholds -> %d on a Pareto front -> "
+             "%d non-overlapping (per document) in %.1f s (%.0f spans/s)", candidates.height, table.height,
+             front.height, len(picked_pos), time.perf_counter() - started,
+             candidates.height / max(time.perf_counter() - started, 1e-9))
+    return frame.filter(pl.col("_pos").is_in(picked_pos.implode()))
+
+
+def cross_document_choice(picked: pl.DataFrame, vectors: np.ndarray, config: SelectionConfig,
+                          label_col: str = "cluster_id") -> pl.DataFrame:
+    """Near-duplicate removal and the cap, per label, over the spans `per_document_choice` kept
+    (from one or many sources; `vectors` row-aligned with `picked`). Ranked by label, score, `_pos`."""
+    ordered = (picked.with_row_index("_row")
+               .with_columns(pl.col(label_col).rank("dense").fill_null(0).alias("_lab"))
+               .sort(["_lab", "score", "_pos"], descending=[False, True, False]))
+    rows, lab = ordered["_row"].to_numpy(), ordered["_lab"].to_numpy()
     final: list[int] = []
-    bounds = _group_bounds([p_lab])
+    bounds = _group_bounds([lab])
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        rows = p_pos[lo:hi]
-        kept = _drop_near_duplicates(vectors[rows], config.near_duplicate_threshold, config.max_spans_per_cluster)
-        final.extend(rows[kept].tolist())
-    seconds = time.perf_counter() - started
-    log.info("selection: %d candidate spans -> %d above the thresholds -> %d on a Pareto front -> %d non-overlapping "
-             "-> %d kept (near-duplicates and the cap removed) in %.1f s (%.0f spans/s)", candidates.height,
-             table.height, front.height, picked.height, len(final), seconds, candidates.height / max(seconds, 1e-9))
-    return (frame.filter(pl.col("_pos").is_in(final))
+        group = rows[lo:hi]
+        kept = _drop_near_duplicates(vectors[group], config.near_duplicate_threshold, config.max_spans_per_cluster)
+        final.extend(group[kept].tolist())
+    log.info("selection across documents: %d non-overlapping spans -> %d kept (near-duplicates and the cap "
+             "removed)", picked.height, len(final))
+    return (picked[np.sort(np.asarray(final, np.int64))]
             .sort([label_col, "score", "_pos"], descending=[False, True, False]).drop("_pos"))

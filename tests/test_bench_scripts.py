@@ -156,6 +156,24 @@ def test_scale_script():
     assert set(r["runs"][0]["wall_s"]) == {"ingest", "spans", "embed", "fit_clustering", "label_all_spans", "select"}
 
 
+def test_asset_scale_script(tiny_model_dir):
+    """The real asset graph at two sizes, one step per process; past the file's 60 documents they
+    repeat as new sources, and every step reports its own peak RSS."""
+    r = run_script("asset_scale.py", "--docs", str(PLANTED), "--sizes", "20", "70", "--docs-per-source", "60",
+                   "--model", str(tiny_model_dir))
+    assert {"runs", "time_exponent", "rss_exponent", "model_baseline_rss_gib", "machine"} <= set(r)
+    small, large = r["runs"]
+    assert (small["docs"], small["sources"], small["repeated_copies"]) == (20, 1, 0)
+    assert (large["docs"], large["sources"], large["repeated_copies"]) == (70, 2, 1)  # copy 1 is a new source
+    stages = ["raw_texts", "spans", "span_embeddings", "umap_projection", "hdbscan_clusters", "span_clusters",
+              "curated_dataset"]
+    assert list(large["per_stage"]) == stages
+    assert large["per_stage"]["spans"]["steps"] == 2 and large["per_stage"]["curated_dataset"]["steps"] == 1
+    assert all(0 < s["peak_rss_gib"] <= large["peak_rss_gib"] for s in large["per_stage"].values())
+    assert large["dataset_rows"] > 0 and large["tokens"] > small["tokens"] > 0
+    assert isinstance(r["time_exponent"], float)
+
+
 def test_domain_adaptation_script(tmp_path, tiny_model_dir):
     """A BEIR folder built from the planted corpus: each topic's name is a query, its documents relevant."""
     rows = [json.loads(line) for line in PLANTED.read_text().splitlines()]

@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from emerge.discovery.pipeline import ClusteringPipeline, select_fit_sample
+from emerge.discovery.pipeline import ClusteringPipeline, load_fit_sample, select_fit_sample
 from emerge.config import ClusteringConfig
 from emerge.errors import InputError
 
@@ -98,6 +98,43 @@ def test_fit_sample_takes_non_overlapping_spans_per_document():
         assert e1 <= s2
     capped = select_fit_sample(spans, ClusteringConfig(max_fit_spans_per_doc=8, max_fit_spans=10))
     assert len(capped) == 10
+
+
+def _source_files(tmp_path, name, n_docs, seed):
+    """One source's spans and span embeddings as the assets write them, returned as scans."""
+    rng = np.random.default_rng(seed)
+    rows = [{"source": name, "doc_id": f"{name}-{d}", "tok_start": s, "tok_end": s + n, "n_tokens": n,
+             "text_span": f"{name} {d} {s} {n}"}
+            for d in range(n_docs) for s in range(0, int(rng.integers(40, 120)), 4) for n in (8, 16)]
+    spans = pl.DataFrame(rows).with_row_index("span_idx").with_columns(pl.col("span_idx").cast(pl.Int64))
+    vecs = rng.normal(size=(spans.height, 8)).astype(np.float16)
+    emb = spans.select("span_idx").with_columns(pl.Series("embedding", vecs, dtype=pl.Array(pl.Float16, 8)))
+    spans.write_parquet(tmp_path / f"{name}.spans.parquet")
+    emb.write_parquet(tmp_path / f"{name}.emb.parquet")
+    return spans, vecs, (pl.scan_parquet(tmp_path / f"{name}.spans.parquet"),
+                         pl.scan_parquet(tmp_path / f"{name}.emb.parquet"))
+
+
+def test_fit_sample_drawn_source_by_source_equals_the_sample_of_all_sources(tmp_path):
+    parts = {name: _source_files(tmp_path, name, n_docs, seed)
+             for name, n_docs, seed in [("b_news", 7, 1), ("a_blog", 3, 2), ("c_mail", 12, 3)]}
+    cfg = ClusteringConfig(max_fit_spans_per_doc=3, max_fit_spans=25)
+    sample, vectors, total = load_fit_sample({name: scans for name, (_, _, scans) in parts.items()}, cfg)
+    names = sorted(parts)  # the assets' order
+    all_spans = pl.concat([parts[n][0] for n in names])
+    expected = select_fit_sample(all_spans, cfg)
+    assert total == all_spans.height and len(expected) == 25
+    assert sample.select("source", "span_idx", "doc_id", "text_span").equals(
+        all_spans[expected].select("source", "span_idx", "doc_id", "text_span"))
+    np.testing.assert_array_equal(vectors, np.concatenate([parts[n][1] for n in names])[expected].astype(np.float32))
+    assert set(sample["source"]) == set(names)  # every source contributes to the capped sample
+
+
+def test_fit_sample_refuses_vectors_of_other_spans(tmp_path):
+    spans, _, (scan, emb) = _source_files(tmp_path, "a", 4, 0)
+    stale = emb.collect().head(spans.height - 3)
+    with pytest.raises(InputError, match="stale"):
+        load_fit_sample({"a": (scan, stale)}, ClusteringConfig(max_fit_spans_per_doc=3, max_fit_spans=10))
 
 
 def test_knn_projection_agrees_with_umap_transform(fitted):

@@ -1,5 +1,6 @@
 """What a user reads: run-log lines, metadata tables and dataset cards say the right thing."""
 
+import numpy as np
 import polars as pl
 
 from emerge.dataset import dataset_card
@@ -39,15 +40,12 @@ def test_no_sources_message_says_what_is_wrong_and_how_to_lay_out_sources(tmp_pa
     assert "is empty" in no_sources_reason(tmp_path / "empty")
 
 
-def test_labels_join_onto_their_spans_and_every_input_gets_one_outcome():
-    from emerge.dataset import document_accounting, join_labels
+def test_every_input_gets_one_outcome():
+    from emerge.dataset import document_accounting
 
     spans = pl.DataFrame({"source": ["a", "a", "a", "b"], "span_idx": [0, 1, 2, 0],
                           "doc_id": ["a1", "a1", "a2", "b1"], "text_span": ["w", "x", "y", "z"]})
-    labels = pl.DataFrame({"source": ["b", "a"], "span_idx": [0, 2], "cluster_id": [5, 7]})
-    labelled, positions = join_labels(spans, labels)
-    assert labelled["text_span"].to_list() == ["y", "z"] and labelled["cluster_id"].to_list() == [7, 5]
-    assert positions.tolist() == [2, 3]  # rows of `spans`, so the vectors line up
+    labelled = spans.filter(pl.col("span_idx") == 2)
     inventory = pl.DataFrame({"source": ["a", "a", "a", "a"], "doc_id": ["a1", "a2", "a3", "a4"],
                               "path": ["p"] * 4, "record": ["0"] * 4,
                               "status": ["kept", "kept", "kept", "skipped"], "reason": [None, None, None, "empty"]})
@@ -57,3 +55,69 @@ def test_labels_join_onto_their_spans_and_every_input_gets_one_outcome():
     assert dict(zip(fate["doc_id"], fate["outcome"])) == {
         "a1": "no_span_selected", "a2": "in_dataset", "a3": "shorter_than_min_len", "a4": "empty",
         "b1": "no_span_selected"}
+
+
+def _source(name: str, n_docs: int, rng, shared_vectors: np.ndarray):
+    """One source as the assets hold it: raw_texts, spans, span vectors (some shared with other
+    sources, so near-duplicates cross sources) and cluster labels."""
+    from emerge.dataset import SourceSpans
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    docs, spans = [], []
+    for d in range(n_docs):
+        text = ". ".join(" ".join(rng.choice(words, 6)) for _ in range(8)) + "."
+        doc_id = f"{name}-{d}"
+        docs.append({"doc_id": doc_id, "source": name, "path": f"{d}.txt", "record": "", "status": "kept",
+                     "reason": None, "text": text, "n_chars": len(text)})
+        for start in range(0, len(text) - 40, 13):
+            end = min(len(text), start + int(rng.integers(30, 90)))
+            spans.append({"source": name, "doc_id": doc_id, "start_char": start, "end_char": end,
+                          "n_tokens": (end - start) // 4, "text_span": text[start:end]})
+    docs.append({"doc_id": f"{name}-skipped", "source": name, "path": "x.bin", "record": "", "status": "skipped",
+                 "reason": "binary", "text": None, "n_chars": 0})
+    frame = pl.DataFrame(spans).with_row_index("span_idx").with_columns(pl.col("span_idx").cast(pl.Int64))
+    vecs = rng.normal(size=(frame.height, 8)).astype(np.float32)
+    vecs[::2] = shared_vectors[rng.integers(0, len(shared_vectors), len(vecs[::2]))]
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    labels = frame.select("span_idx").with_columns(
+        pl.Series("cluster_id", rng.integers(-1, 3, frame.height)),
+        pl.Series("relevance", rng.random(frame.height).astype(np.float32)),
+        pl.Series("membership", rng.random(frame.height).astype(np.float32)),
+        pl.Series("centroid_sim", rng.random(frame.height).astype(np.float32)),
+    ).with_columns(pl.format("title {}", pl.col("cluster_id")).alias("cluster_title")).filter(
+        pl.col("span_idx") % 11 != 3)  # spans outside the analyzer's bounds carry no label
+    emb = frame.select("span_idx").with_columns(pl.Series("embedding", vecs.astype(np.float16),
+                                                          dtype=pl.Array(pl.Float16, 8)))
+    inventory = pl.DataFrame(docs)
+    return SourceSpans(name, frame.lazy(), emb.lazy(), labels, inventory), vecs
+
+
+def test_dataset_built_source_by_source_equals_selection_over_all_sources(tmp_path):
+    from emerge.config import SelectionConfig, SpanConfig
+    from emerge.dataset import build_curated_dataset, curate
+    from emerge.ingest import document_texts
+    from emerge.label_scheme import CLUSTERS
+
+    rng = np.random.default_rng(0)
+    shared = rng.normal(size=(6, 8)).astype(np.float32)
+    parts = [_source(name, n, rng, shared) for name, n in [("a", 6), ("b", 9)]]
+    selection = SelectionConfig(quality_threshold=0.2, near_duplicate_threshold=0.95, max_spans_per_cluster=40)
+    span_config = SpanConfig(min_len=5, max_len=25)
+    made = build_curated_dataset(name="ds", out_dir=tmp_path, scheme=CLUSTERS, sources=[p for p, _ in parts],
+                                 inventories=[p.documents for p, _ in parts], selection=selection,
+                                 span_config=span_config, model_name="m")
+    spans = pl.concat([p.spans.collect() for p, _ in parts])
+    labels = pl.concat([p.labels.with_columns(source=pl.lit(p.name)) for p, _ in parts])
+    vectors = np.concatenate([v for _, v in parts]).astype(np.float16)
+    joined = spans.with_row_index("_pos").join(labels, on=["source", "span_idx"], how="inner", maintain_order="left")
+    expected = curate(joined.drop("_pos"), vectors[joined["_pos"].to_numpy()],
+                      document_texts(*(p.documents for p, _ in parts)), selection, span_config)
+    assert made.frame.height > 10 and made.frame.equals(expected)
+    assert made.frame["source"].n_unique() == 2 and made.counts["spans_considered"] == joined.height
+    assert made.outcomes["binary"] == 2 and sum(made.outcomes.values()) == 17  # every input accounted for
+    assert pl.read_parquet(made.paths["parquet"]).equals(made.frame)
+    # the cross-source step ran: one source alone keeps spans that the other source's copies displace
+    alone = build_curated_dataset(name="alone", out_dir=tmp_path, scheme=CLUSTERS, sources=[parts[1][0]],
+                                  inventories=[parts[1][0].documents], selection=selection,
+                                  span_config=span_config, model_name="m")
+    assert alone.frame.height > made.frame.filter(pl.col("source") == "b").height

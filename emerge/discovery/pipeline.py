@@ -31,12 +31,16 @@ def select_fit_sample(spans: pl.DataFrame, config: ClusteringConfig) -> np.ndarr
     `max_fit_spans_per_doc`, evenly spread), so one long document cannot form a dense blob of
     near-identical overlapping spans; then a seeded uniform cap at `max_fit_spans`.
     """
+    return _cap_sample(_document_tiles(spans, config.max_fit_spans_per_doc), config)
+
+
+def _document_tiles(spans: pl.DataFrame, k: int) -> np.ndarray:
+    """Each document's (at most `k`) longest non-overlapping spans, as sorted row positions."""
     if spans.height == 0:
         return np.empty(0, np.int64)
     frame = spans.select("doc_id", "tok_start", "tok_end", "n_tokens").with_row_index("_row")
     frame = frame.sort(["doc_id", "n_tokens", "tok_start"], descending=[False, True, False])
     chosen: list[int] = []
-    k = config.max_fit_spans_per_doc
     for rows, starts, ends in frame.group_by("doc_id", maintain_order=True).agg(
             "_row", "tok_start", "tok_end").select("_row", "tok_start", "tok_end").iter_rows():
         tiles, taken = [], []
@@ -52,11 +56,57 @@ def select_fit_sample(spans: pl.DataFrame, config: ClusteringConfig) -> np.ndarr
             fillers = sorted((t for t in tiles if t[0] < longest), key=lambda t: (-t[0], t[1]))
             picked = primary + [(s, row) for _, s, row in fillers[:k - len(primary)]]
         chosen.extend(row for _, row in picked)
-    chosen_arr = np.array(sorted(chosen), dtype=np.int64)
-    if len(chosen_arr) > config.max_fit_spans:
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def _cap_sample(chosen: np.ndarray, config: ClusteringConfig) -> np.ndarray:
+    if len(chosen) > config.max_fit_spans:
         rng = np.random.default_rng(config.random_state)
-        chosen_arr = np.sort(rng.choice(chosen_arr, config.max_fit_spans, replace=False))
-    return chosen_arr
+        chosen = np.sort(rng.choice(chosen, config.max_fit_spans, replace=False))
+    return chosen
+
+
+_TILE_COLUMNS = ("doc_id", "tok_start", "tok_end", "n_tokens")
+
+
+def load_fit_sample(sources: dict[str, tuple[pl.DataFrame | pl.LazyFrame, pl.DataFrame | pl.LazyFrame]],
+                    config: ClusteringConfig) -> tuple[pl.DataFrame, np.ndarray, int]:
+    """`select_fit_sample` over many sources without holding their spans or vectors at once.
+
+    `sources` maps a source name to (spans, span embeddings), eager or lazy (scans of the assets'
+    files). Each source's document tiles are found from four small columns; the cap draws from
+    the tiles of all sources (so each source contributes in proportion to its tiles), and then
+    only the drawn rows' texts and vectors are read. The sample equals `select_fit_sample` on the
+    sources concatenated in sorted order. Returns (source, span_idx, doc_id, text_span of the
+    sample; its float32 vectors; the number of spans seen)."""
+    names = sorted(sources)
+    offsets, tiles, total = [], [], 0
+    for name in names:
+        spans = sources[name][0].lazy()
+        meta = spans.select(*_TILE_COLUMNS).collect()
+        tiles.append(_document_tiles(meta, config.max_fit_spans_per_doc) + total)
+        offsets.append(total)
+        total += meta.height
+    sample = _cap_sample(np.concatenate(tiles) if tiles else np.empty(0, np.int64), config)
+    frames, vectors = [], []
+    for name, lo, hi in zip(names, offsets, offsets[1:] + [total]):
+        rows = sample[(sample >= lo) & (sample < hi)] - lo
+        if not len(rows):
+            continue
+        spans, embeddings = (f.lazy() for f in sources[name])
+        wanted = pl.col("_row").is_in(pl.Series(rows, dtype=pl.UInt32).implode())
+        frame = (spans.with_row_index("_row").filter(wanted).select("source", "span_idx", "doc_id", "text_span")
+                 .collect())
+        vecs = embeddings.with_row_index("_row").filter(wanted).select("span_idx", "embedding").collect()
+        if embeddings.select(pl.len()).collect().item() != hi - lo or not vecs["span_idx"].equals(frame["span_idx"]):
+            raise InputError(f"source {name!r}: span_embeddings are stale relative to spans; "
+                             "re-materialize span_embeddings")
+        frames.append(frame)
+        vectors.append(np.asarray(vecs["embedding"].to_numpy(), np.float32))
+    if not frames:
+        return (pl.DataFrame(schema={"source": pl.String, "span_idx": pl.Int64, "doc_id": pl.String,
+                                     "text_span": pl.String}), np.zeros((0, 0), np.float32), total)
+    return pl.concat(frames), np.concatenate(vectors), total
 
 
 class ClusteringPipeline:

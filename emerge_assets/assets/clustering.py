@@ -11,16 +11,17 @@ from emerge_assets.run_config import HdbscanClustersConfig, UmapConfig
 from emerge_resources import EmergeStorage, TitleNamerResource
 
 ALL_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True})
+# every source's file as a pl.LazyFrame scan (see emerge_resources.io_manager): nothing is read until asked
+LAZY_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True, "lazy": True})
 
 
-def concat_sources(spans: dict[str, pl.DataFrame], span_embeddings: dict[str, pl.DataFrame]):
-    """All sources' spans and vectors in one aligned order (sorted by source name)."""
+def lazy_sources(spans: dict[str, pl.LazyFrame], span_embeddings: dict[str, pl.LazyFrame]) -> list[str]:
+    """The sources that have both spans and span vectors, sorted (or a Failure saying what to run)."""
     sources = sorted(set(spans) & set(span_embeddings))
     if not sources:
         raise dg.Failure("no document source has both spans and span_embeddings materialized; "
                          "materialize the per-source assets first")
-    vecs = [source_vectors(s, spans[s], span_embeddings[s]) for s in sources]
-    return sources, pl.concat([spans[s] for s in sources]), np.concatenate(vecs)
+    return sources
 
 
 def source_vectors(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFrame) -> np.ndarray:
@@ -33,26 +34,27 @@ def source_vectors(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFra
     return vectors_of(span_embeddings)
 
 
-@dg.asset(group_name="clustering", kinds={"umap"}, ins={"spans": ALL_SOURCES, "span_embeddings": ALL_SOURCES},
+@dg.asset(group_name="clustering", kinds={"umap"}, ins={"spans": LAZY_SOURCES, "span_embeddings": LAZY_SOURCES},
           automation_condition=REFIT,
           description="UMAP fitted on a bounded, per-document-capped sample of spans from every source. "
                       "Refits on the weekly cron once new embeddings arrived, or on demand (fit_clusters).")
-def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans: dict, span_embeddings: dict,
-                    storage: EmergeStorage) -> dg.Output:
-    from emerge.discovery.pipeline import ClusteringPipeline, select_fit_sample
+def umap_projection(context: dg.AssetExecutionContext, config: UmapConfig, spans: dict[str, pl.LazyFrame],
+                    span_embeddings: dict[str, pl.LazyFrame], storage: EmergeStorage) -> dg.Output:
+    from emerge.discovery.pipeline import ClusteringPipeline, load_fit_sample
+    from emerge.errors import InputError
 
-    cfg = config.to_engine()
-    sources, all_spans, vectors = concat_sources(spans, span_embeddings)
-    sample = select_fit_sample(all_spans, cfg)
-    pipeline = ClusteringPipeline(cfg).fit_reducer(vectors[sample])
+    cfg, sources = config.to_engine(), lazy_sources(spans, span_embeddings)
+    try:  # source by source: only the sample's texts and vectors are ever loaded
+        sample, vectors, total = load_fit_sample({s: (spans[s], span_embeddings[s]) for s in sources}, cfg)
+    except InputError as exc:
+        raise dg.Failure(str(exc)) from exc
+    pipeline = ClusteringPipeline(cfg).fit_reducer(vectors)
     path = pipeline.save(storage.models_dir / "umap_projection")
     coords = pipeline.fit_embedding_
-    fit_vectors = np.asarray(vectors[sample], np.float32)  # the fit sample is small: keep full precision
-    frame = all_spans[sample].select("source", "span_idx", "doc_id", "text_span").with_columns(
-        pl.Series("coords", coords, dtype=pl.Array(pl.Float32, coords.shape[1])),
-        pl.Series("embedding", fit_vectors, dtype=pl.Array(pl.Float32, fit_vectors.shape[1])))
+    frame = sample.with_columns(pl.Series("coords", coords, dtype=pl.Array(pl.Float32, coords.shape[1])),
+                                pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1])))
     return dg.Output(frame, metadata={
-        "dagster/row_count": frame.height, "sources": ", ".join(sources), "total_spans": all_spans.height,
+        "dagster/row_count": frame.height, "sources": ", ".join(sources), "total_spans": total,
         "fit_spans": frame.height, "model_path": dg.MetadataValue.path(str(path)),
     })
 
@@ -139,8 +141,7 @@ def label_source(pipeline, storage: EmergeStorage, source: str, spans: pl.DataFr
                  span_embeddings: pl.DataFrame) -> dg.Output:
     from emerge.discovery.fit import label_spans
 
-    _, frame, vectors = concat_sources({source: spans}, {source: span_embeddings})
-    labelled = label_spans(pipeline, frame, vectors, progress=True)
+    labelled = label_spans(pipeline, spans, source_vectors(source, spans, span_embeddings), progress=True)
     out = labelled.select("span_idx", "doc_id", "cluster_id", "cluster_title", "membership", "centroid_sim",
                           "relevance")
     per_cluster = out.group_by("cluster_id", "cluster_title").agg(pl.len().alias("spans")).sort("cluster_id")
