@@ -46,6 +46,18 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
             with path.open("wb") as fh:
                 write_parquet(obj, fh)
 
+    def load_input(self, context: dg.InputContext) -> Any:
+        """Inputs marked `partitions_as_dict` (the global assets' view of every source) are always
+        {partition key: frame}, also when one source or none exists (Dagster hands a lone partition
+        over bare, which a one-source corpus would trip on)."""
+        loaded = super().load_input(context)
+        if not ((context.definition_metadata or {}).get("partitions_as_dict") and context.has_asset_partitions):
+            return loaded
+        if isinstance(loaded, dict):
+            return loaded
+        keys = context.asset_partition_keys
+        return {} if loaded is None else {keys[0]: loaded}
+
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame | pl.LazyFrame:
         if (context.definition_metadata or {}).get("lazy"):
             if not path.exists():  # a scan would fail only when collected; missing partitions are skipped here

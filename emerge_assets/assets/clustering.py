@@ -10,9 +10,10 @@ from emerge_assets.partitions import SINGLE_RUN, SOURCE_IN, document_source, for
 from emerge_assets.run_config import HdbscanClustersConfig, UmapConfig
 from emerge_resources import EmergeStorage, TitleNamerResource
 
-ALL_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True})
-# every source's file as a pl.LazyFrame scan (see emerge_resources.io_manager): nothing is read until asked
-LAZY_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True, "lazy": True})
+# {source: frame} of every materialized source, one source included (emerge_resources.io_manager)
+ALL_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True, "partitions_as_dict": True})
+# the same as pl.LazyFrame scans of each source's file: nothing is read until asked
+LAZY_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True, "partitions_as_dict": True, "lazy": True})
 
 
 def lazy_sources(spans: dict[str, pl.LazyFrame], span_embeddings: dict[str, pl.LazyFrame]) -> list[str]:

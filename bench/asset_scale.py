@@ -1,0 +1,208 @@
+"""How the Dagster asset graph scales: raw_texts -> curated_dataset at several corpus sizes.
+
+Unlike `bench/scale.py` (the engine in one process), this materializes the real assets against
+a temporary SQLite instance, one step per process as Dagster's multiprocess executor runs them:
+the per-source assets once per source partition, the global assets once. Each step's peak RSS
+is its own process' `ru_maxrss` (read by the step's process at its end), so a global step that held every source's frames
+would show here.
+
+    .venv/bin/python bench/asset_scale.py --docs ../shared/data/bbc_news/bbc_news.jsonl \
+        --docs ../shared/data/nfcorpus/corpus.jsonl --sizes 2000 4000 8000 --out result.json
+
+Documents are taken from the `--docs` files in order; past their end they are repeated as new
+sources (the copy number is part of the source name, so every document id is distinct, but the
+texts are the same: the cross-document near-duplicate step sees the copies). The last stdout
+line is the JSON: `runs` (per size: docs, wall_s, peak_rss_gib, per_stage), the fitted
+`time_exponent` and `rss_exponent` (RSS above the model-loaded baseline), tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_model_argument, emit, jsonl_rows, machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PER_SOURCE = ("raw_texts", "spans", "span_embeddings")
+GLOBAL_FIT = ("umap_projection", "hdbscan_clusters")
+LABEL = ("span_clusters",)
+EXPORT = ("curated_dataset",)
+
+
+def load_texts(paths: list[str], text_field: str) -> list[str]:
+    """Every non-empty document text of the JSONL files (a `title` field, if any, opens the text)."""
+    texts = []
+    for path in paths:
+        for row in jsonl_rows(path):
+            text = (row.get(text_field) or "").strip()
+            title = (row.get("title") or "").strip()
+            text = f"{title}\n{text}" if title and not text.startswith(title) else text
+            if text:
+                texts.append(text)
+    return texts
+
+
+def write_corpus(texts: list[str], size: int, per_source: int, root: Path) -> list[str]:
+    """`size` documents as JSONL sources of `per_source` documents; past the end of `texts`
+    the documents repeat in sources named after their copy number."""
+    sources: dict[str, list[str]] = {}
+    for i in range(size):
+        copy, j = divmod(i, len(texts))
+        name = f"copy{copy}-part{j // per_source:04d}"
+        sources.setdefault(name, []).append(json.dumps({"id": f"{copy}-{j}", "text": texts[j]}))
+    for name, lines in sources.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "docs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return sorted(sources)
+
+
+def run_step(stage: str, home: Path, corpus: Path, model: str | None, partition: str | None) -> dict:
+    """One asset step in a child process: its wall time, its own peak RSS and its metadata."""
+    cmd = [sys.executable, __file__, "--step", stage, "--home", str(home), "--corpus", str(corpus)]
+    cmd += (["--model", model] if model else []) + (["--partition", partition] if partition else [])
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"step {stage} ({partition}) failed:\n{err[-4000:]}")
+    line = out.strip().splitlines()[-1] if out.strip() else "{}"
+    result = json.loads(line)
+    result["wall_s"] = round(wall, 2)
+    return result
+
+
+def _child(stage: str, home: str, corpus: str, model: str | None, partition: str | None) -> None:
+    """The step itself (in the child process): materialize one asset (partition) of the real graph."""
+    import resource
+
+    from emerge_assets.curate import use_dagster_home
+
+    use_dagster_home(home)
+    import dagster as dg
+
+    from emerge_assets.definitions import ASSETS, build_resources
+
+    result = dg.materialize(ASSETS, selection=[stage], partition_key=partition, instance=dg.DagsterInstance.get(),
+                            resources=build_resources(home, corpus, model, device="cpu"))
+    meta = {}
+    for event in result.get_asset_materialization_events():
+        meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()
+                if isinstance(v.value, (int, float, str)) and not isinstance(v.value, bool) and len(str(v.value)) < 200}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    print(json.dumps({"peak_rss_gib": round(peak, 3), "metadata": meta}))
+
+
+def measure_size(texts: list[str], size: int, per_source: int, model: str | None, tokens_of) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"asset_scale_{size}_") as tmp:
+        corpus, home = Path(tmp) / "corpus", Path(tmp) / "home"
+        sources = write_corpus(texts, size, per_source, corpus)
+        from emerge_assets.curate import use_dagster_home
+
+        use_dagster_home(home)
+        import dagster as dg
+
+        with dg.DagsterInstance.get() as instance:
+            instance.add_dynamic_partitions("document_source", sources)
+        per_stage: dict[str, dict] = {}
+
+        def stage(name: str, partitions: list[str | None]) -> None:
+            steps = [run_step(name, home, corpus, model, p) for p in partitions]
+            per_stage[name] = {"steps": len(steps), "wall_s": round(sum(s["wall_s"] for s in steps), 2),
+                               "peak_rss_gib": max(s["peak_rss_gib"] for s in steps),
+                               "metadata": steps[-1]["metadata"] if len(steps) == 1 else {}}
+            print(f"[asset_scale] {size} docs: {name} {per_stage[name]['wall_s']:.0f}s over {len(steps)} step(s), "
+                  f"peak RSS {per_stage[name]['peak_rss_gib']:.2f} GiB", file=sys.stderr, flush=True)
+
+        t0 = time.perf_counter()
+        for name in PER_SOURCE:
+            stage(name, sources)
+        for name in GLOBAL_FIT:
+            stage(name, [None])
+        for name in LABEL:
+            stage(name, sources)
+        for name in EXPORT:
+            stage(name, [None])
+        wall = time.perf_counter() - t0
+        tokens = tokens_of(size)
+        return {"docs": size, "sources": len(sources), "repeated_copies": (size - 1) // len(texts),
+                "tokens": tokens, "wall_s": round(wall, 1),
+                "peak_rss_gib": max(s["peak_rss_gib"] for s in per_stage.values()),
+                "tokens_per_s": round(tokens / wall, 1),
+                "embedding_tokens_per_s": round(tokens / per_stage["span_embeddings"]["wall_s"], 1),
+                "dataset_rows": per_stage["curated_dataset"]["metadata"].get("dagster/row_count"),
+                "per_stage": per_stage}
+
+
+def fitted_exponent(xs: list[float], ys: list[float]) -> float | None:
+    """Slope of log y on log x (None with fewer than two sizes or a non-positive value)."""
+    import numpy as np
+
+    if len(xs) < 2 or min(ys) <= 0:
+        return None
+    return round(float(np.polyfit(np.log(xs), np.log(ys), 1)[0]), 3)
+
+
+def model_baseline_gib(model: str | None) -> float:
+    """Peak RSS of a process that only imports the graph and loads the model: what every step pays."""
+    code = ("import resource, json\nfrom emerge_resources import EmbeddingModelResource\n"
+            f"EmbeddingModelResource(model_name_or_path={model!r}, device='cpu').get_encoder()\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=os.environ | {"HF_HUB_OFFLINE": "1"}, cwd=ROOT)
+    return round(float(out.stdout.strip().splitlines()[-1]), 3)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--docs", action="append", help="JSONL file(s) with a text field (repeatable)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--sizes", type=int, nargs="+", default=[2000, 4000, 8000])
+    p.add_argument("--docs-per-source", type=int, default=1000)
+    p.add_argument("--out", default=None)
+    add_model_argument(p)
+    p.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one asset step in this process
+    p.add_argument("--home", help=argparse.SUPPRESS)
+    p.add_argument("--corpus", help=argparse.SUPPRESS)
+    p.add_argument("--partition", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.step:
+        _child(args.step, args.home, args.corpus, args.model, args.partition)
+        return 0
+    if not args.docs:
+        p.error("--docs is required")
+    texts = load_texts(args.docs, args.text_field)
+    from emerge.encoder import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]]
+
+    def tokens_of(size: int) -> int:
+        full, rest = divmod(size, len(texts))
+        return full * sum(lengths) + sum(lengths[:rest])
+
+    started = time.perf_counter()
+    baseline = model_baseline_gib(args.model)
+    runs = [measure_size(texts, size, args.docs_per_source, args.model, tokens_of) for size in sorted(args.sizes)]
+    sizes = [r["docs"] for r in runs]
+    result = {
+        "benchmark": "asset_scale", "docs_files": args.docs, "unique_documents": len(texts),
+        "docs_per_source": args.docs_per_source, "model_baseline_rss_gib": baseline, "runs": runs,
+        "time_exponent": fitted_exponent(sizes, [r["wall_s"] for r in runs]),
+        "rss_exponent": fitted_exponent(sizes, [max(r["peak_rss_gib"] - baseline, 1e-3) for r in runs]),
+        "wall_s": round(time.perf_counter() - started, 1), "machine": machine(),
+    }
+    return emit(result, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
