@@ -19,6 +19,7 @@ line is the JSON: `runs` (per size: docs, wall_s, peak_rss_gib, per_stage), the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -102,12 +103,17 @@ def _child(stage: str, home: str, corpus: str, model: str | None, partition: str
     print(json.dumps({"peak_rss_gib": round(peak, 3), "metadata": meta}))
 
 
-def measure_size(texts: list[str], size: int, per_source: int, model: str | None, tokens_of) -> dict:
-    with tempfile.TemporaryDirectory(prefix=f"asset_scale_{size}_") as tmp:
+def measure_size(texts: list[str], size: int, per_source: int, model: str | None, tokens_of,
+                 workdir: str | None = None) -> dict:
+    if workdir:  # kept for inspection or for re-running single steps
+        Path(workdir, str(size)).mkdir(parents=True)
+    with (contextlib.nullcontext(str(Path(workdir, str(size)))) if workdir
+          else tempfile.TemporaryDirectory(prefix=f"asset_scale_{size}_")) as tmp:
         corpus, home = Path(tmp) / "corpus", Path(tmp) / "home"
         sources = write_corpus(texts, size, per_source, corpus)
         from emerge_assets.curate import use_dagster_home
 
+        os.environ.pop("DAGSTER_HOME", None)  # each size its own instance (the children inherit the variable)
         use_dagster_home(home)
         import dagster as dg
 
@@ -134,7 +140,9 @@ def measure_size(texts: list[str], size: int, per_source: int, model: str | None
             stage(name, [None])
         wall = time.perf_counter() - t0
         tokens = tokens_of(size)
+        own_instance = Path(os.environ["DAGSTER_HOME"]).resolve().is_relative_to(Path(tmp).resolve())
         return {"docs": size, "sources": len(sources), "repeated_copies": (size - 1) // len(texts),
+                "own_instance": own_instance,
                 "tokens": tokens, "wall_s": round(wall, 1),
                 "peak_rss_gib": max(s["peak_rss_gib"] for s in per_stage.values()),
                 "tokens_per_s": round(tokens / wall, 1),
@@ -169,6 +177,8 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 4000, 8000])
     p.add_argument("--docs-per-source", type=int, default=1000)
     p.add_argument("--out", default=None)
+    p.add_argument("--workdir", default=None, help="keep each size's corpus, home and instance under this folder "
+                   "(default: temporary, deleted)")
     add_model_argument(p)
     p.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one asset step in this process
     p.add_argument("--home", help=argparse.SUPPRESS)
@@ -192,7 +202,8 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     baseline = model_baseline_gib(args.model)
-    runs = [measure_size(texts, size, args.docs_per_source, args.model, tokens_of) for size in sorted(args.sizes)]
+    runs = [measure_size(texts, size, args.docs_per_source, args.model, tokens_of, args.workdir)
+            for size in sorted(args.sizes)]
     sizes = [r["docs"] for r in runs]
     result = {
         "benchmark": "asset_scale", "docs_files": args.docs, "unique_documents": len(texts),

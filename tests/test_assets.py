@@ -353,3 +353,15 @@ def test_fine_tuned_model_bad_input_fails_clearly(pipeline_run, config, match):
         dg.materialize(ASSETS, selection=[fine_tuned_model], instance=pipeline_run["instance"],
                        resources=pipeline_run["resources"],
                        run_config={"ops": {"fine_tuned_model": {"config": {**SMALL_TRAINING, **config}}}})
+
+
+def test_training_reads_the_texts_of_the_datasets_documents_only():
+    from emerge_assets.assets.training import dataset_texts
+
+    def source(name, n):
+        return pl.DataFrame({"doc_id": [f"{name}{i}" for i in range(n)], "source": name, "path": "p", "record": "",
+                             "text": [f"text of {name}{i}" for i in range(n)], "n_chars": 9,
+                             "status": "kept", "reason": None}).lazy()
+
+    texts = dataset_texts({"a": source("a", 3), "b": source("b", 2)}, pl.DataFrame({"doc_id": ["a2", "b0", "a2"]}))
+    assert texts == {"a2": "text of a2", "b0": "text of b0"}

@@ -172,6 +172,7 @@ def test_asset_scale_script(tiny_model_dir):
     assert all(0 < s["peak_rss_gib"] <= large["peak_rss_gib"] for s in large["per_stage"].values())
     assert large["dataset_rows"] > 0 and large["tokens"] > small["tokens"] > 0
     assert isinstance(r["time_exponent"], float)
+    assert all(run["own_instance"] for run in r["runs"])  # each size on its own Dagster instance
 
 
 def test_domain_adaptation_script(tmp_path, tiny_model_dir):

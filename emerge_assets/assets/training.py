@@ -10,7 +10,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from emerge_assets.assets.clustering import ALL_SOURCES
+from emerge_assets.assets.clustering import LAZY_SOURCES
 from emerge_assets.metadata import markdown_table
 from emerge_assets.pools import GPU_POOL
 from emerge_assets.run_config import FineTuneConfig, FineTuneTopicConfig
@@ -66,6 +66,16 @@ def _evaluation_set(config: FineTuneConfig):
         return load_beir(config.beir_dir, config.beir_split)
     except InputError as exc:
         raise dg.Failure(f"evaluation set: {exc}") from exc
+
+
+def dataset_texts(raw_texts: dict[str, pl.LazyFrame], dataset: pl.DataFrame) -> dict[str, str]:
+    """doc_id -> text of the documents the dataset holds, and only those: every training input
+    (pseudo-queries, the teacher's corpus, the gate's held-out documents) comes from them, so the
+    other documents of every source are never loaded."""
+    from emerge.ingest import document_texts
+
+    wanted = dataset["doc_id"].unique().implode()
+    return document_texts(*(f.filter(pl.col("doc_id").is_in(wanted)).collect() for f in raw_texts.values()))
 
 
 def _fine_tune(context: dg.AssetExecutionContext, config: FineTuneConfig, dataset: pl.DataFrame, label_col: str,
@@ -130,34 +140,30 @@ def _gate_check(asset: str) -> list[dg.AssetCheckSpec]:
 
 
 @dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool=GPU_POOL, check_specs=_gate_check("fine_tuned_model"),
-          ins={"curated_dataset": dg.AssetIn(), "raw_texts": ALL_SOURCES},
+          ins={"curated_dataset": dg.AssetIn(), "raw_texts": LAZY_SOURCES},
           description="all-MiniLM-L6-v2 (or the embedding_model resource's model) fine-tuned on the curated "
                       "cluster dataset: each document's opening sentence as a pseudo-query, the student trained to "
                       "rank every text of its batch as a base-model + BM25 teacher does (pairing distill, default), "
                       "interpolated with its base (WiSE-FT) and published only if it beats the base on held-out "
                       "documents; base vs fine-tuned in MLflow.")
 def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, curated_dataset: pl.DataFrame,
-                     raw_texts: dict, storage: EmergeStorage, embedding_model: EmbeddingModelResource,
-                     mlflow: MlflowTracking) -> dg.MaterializeResult:
-    from emerge.ingest import document_texts
-
+                     raw_texts: dict[str, pl.LazyFrame], storage: EmergeStorage,
+                     embedding_model: EmbeddingModelResource, mlflow: MlflowTracking) -> dg.MaterializeResult:
     return _train_and_track(context, config, curated_dataset, "cluster_id", f"clusters/{config.pairing}",
-                            storage, embedding_model, mlflow, document_texts(*raw_texts.values()))
+                            storage, embedding_model, mlflow, dataset_texts(raw_texts, curated_dataset))
 
 
 @dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool=GPU_POOL,
           check_specs=_gate_check("fine_tuned_topic_model"),
-          ins={"curated_topic_dataset": dg.AssetIn(), "raw_texts": ALL_SOURCES},
+          ins={"curated_topic_dataset": dg.AssetIn(), "raw_texts": LAZY_SOURCES},
           description="The base model self-trained on the user's topics: the curated topic dataset's spans are "
                       "scored against the topics, confident ones become MNRL pairs with the topic's text and "
                       "examples and with each other (topic-exclusive batches), for `rounds` rounds; gated, "
                       "evaluated and tracked like fine_tuned_model.")
 def fine_tuned_topic_model(context: dg.AssetExecutionContext, config: FineTuneTopicConfig,
-                           curated_topic_dataset: pl.DataFrame, raw_texts: dict, storage: EmergeStorage,
-                           embedding_model: EmbeddingModelResource, mlflow: MlflowTracking,
+                           curated_topic_dataset: pl.DataFrame, raw_texts: dict[str, pl.LazyFrame],
+                           storage: EmergeStorage, embedding_model: EmbeddingModelResource, mlflow: MlflowTracking,
                            topics: TopicsResource) -> dg.MaterializeResult:
-    from emerge.ingest import document_texts
-
     return _train_and_track(context, config, curated_topic_dataset, "topic_id", "topics/self_training",
-                            storage, embedding_model, mlflow, document_texts(*raw_texts.values()),
+                            storage, embedding_model, mlflow, dataset_texts(raw_texts, curated_topic_dataset),
                             topics=topics.load(), self_training=config.self_training())
