@@ -12,7 +12,7 @@ import polars as pl
 
 from emerge.atomic import atomic_write, atomic_write_text
 from emerge.config import SelectionConfig, SpanConfig
-from emerge.embedding import vectors_of
+from emerge.embedding import require_aligned, vectors_of
 from emerge.errors import InputError
 from emerge.ingest import document_texts
 from emerge.label_scheme import CLUSTERS, LabelScheme, scheme_of
@@ -146,10 +146,7 @@ def _source_picks(source: SourceSpans, scheme: LabelScheme, selection: Selection
                   first_pos: int) -> _SourcePicks:
     """The per-document selection of one source, and the vectors of the spans it kept."""
     spans, embeddings = source.spans.lazy(), source.embeddings.lazy()
-    span_idx = spans.select("span_idx").collect()["span_idx"]
-    if not span_idx.equals(embeddings.select("span_idx").collect()["span_idx"]):
-        raise InputError(f"source {source.name!r}: span_embeddings are stale relative to spans; "
-                         "re-materialize span_embeddings")
+    require_aligned(source.name, spans, embeddings)
     frame = spans.collect()
     labelled = frame.join(source.labels.select("span_idx", *scheme.label_columns), on="span_idx", how="inner",
                           maintain_order="left")

@@ -107,6 +107,19 @@ def embeddings_frame(spans: pl.DataFrame, vectors: np.ndarray) -> pl.DataFrame:
     })
 
 
+def require_aligned(source: str, spans: pl.DataFrame | pl.LazyFrame,
+                    span_embeddings: pl.DataFrame | pl.LazyFrame) -> None:
+    """Raise unless a source's span vectors belong to its current spans, row for row (same
+    span_idx column): vectors of an older `spans` would label or select the wrong text. Reads
+    one integer column of each, so a lazy scan stays cheap."""
+    from emerge.errors import InputError
+
+    ids = [f.lazy().select("span_idx").collect()["span_idx"] for f in (spans, span_embeddings)]
+    if not ids[0].equals(ids[1]):
+        raise InputError(f"source {source!r}: span_embeddings are stale relative to spans; "
+                         "re-materialize span_embeddings")
+
+
 def vectors_of(frame: pl.DataFrame) -> np.ndarray:
     """(n, d) array of an embeddings frame's `embedding` column, in its stored precision
     (float16; frames written before float16 storage load as float32)."""

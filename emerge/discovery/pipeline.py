@@ -15,6 +15,7 @@ import polars as pl
 from emerge.atomic import atomic_write_dir, recover_dir
 from emerge.discovery.cluster_ids import DEFAULT_MIN_SIMILARITY, IdAssignment, match_cluster_ids
 from emerge.config import ClusteringConfig
+from emerge.embedding import require_aligned
 from emerge.errors import InputError
 from emerge.vectors import l2_normalise
 
@@ -97,10 +98,8 @@ def load_fit_sample(sources: dict[str, tuple[pl.DataFrame | pl.LazyFrame, pl.Dat
         wanted = pl.col("_row").is_in(pl.Series(rows, dtype=pl.UInt32).implode())
         frame = (spans.with_row_index("_row").filter(wanted).select("source", "span_idx", "doc_id", "text_span")
                  .collect())
-        vecs = embeddings.with_row_index("_row").filter(wanted).select("span_idx", "embedding").collect()
-        if embeddings.select(pl.len()).collect().item() != hi - lo or not vecs["span_idx"].equals(frame["span_idx"]):
-            raise InputError(f"source {name!r}: span_embeddings are stale relative to spans; "
-                             "re-materialize span_embeddings")
+        require_aligned(name, spans, embeddings)
+        vecs = embeddings.with_row_index("_row").filter(wanted).select("embedding").collect()
         frames.append(frame)
         vectors.append(np.asarray(vecs["embedding"].to_numpy(), np.float32))
     if not frames:

@@ -27,11 +27,13 @@ def lazy_sources(spans: dict[str, pl.LazyFrame], span_embeddings: dict[str, pl.L
 
 def source_vectors(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFrame) -> np.ndarray:
     """One source's span vectors, row-aligned with its spans (or a Failure saying what to re-run)."""
-    from emerge.embedding import vectors_of
+    from emerge.embedding import require_aligned, vectors_of
+    from emerge.errors import InputError
 
-    if span_embeddings.height != spans.height or not span_embeddings["span_idx"].equals(spans["span_idx"]):
-        raise dg.Failure(f"source {source!r}: span_embeddings are stale relative to spans; "
-                         "re-materialize span_embeddings")
+    try:
+        require_aligned(source, spans, span_embeddings)
+    except InputError as exc:
+        raise dg.Failure(str(exc)) from exc
     return vectors_of(span_embeddings)
 
 
