@@ -83,8 +83,9 @@ def load_fit_sample(sources: dict[str, tuple[pl.DataFrame | pl.LazyFrame, pl.Dat
     names = sorted(sources)
     offsets, tiles, total = [], [], 0
     for name in names:
-        spans = sources[name][0].lazy()
-        meta = spans.select(*_TILE_COLUMNS).collect()
+        spans, embeddings = sources[name]
+        require_aligned(name, spans, embeddings)  # every source, drawn from or not, as before streaming
+        meta = spans.lazy().select(*_TILE_COLUMNS).collect()
         tiles.append(_document_tiles(meta, config.max_fit_spans_per_doc) + total)
         offsets.append(total)
         total += meta.height
@@ -98,7 +99,6 @@ def load_fit_sample(sources: dict[str, tuple[pl.DataFrame | pl.LazyFrame, pl.Dat
         wanted = pl.col("_row").is_in(pl.Series(rows, dtype=pl.UInt32).implode())
         frame = (spans.with_row_index("_row").filter(wanted).select("source", "span_idx", "doc_id", "text_span")
                  .collect())
-        require_aligned(name, spans, embeddings)
         vecs = embeddings.with_row_index("_row").filter(wanted).select("embedding").collect()
         frames.append(frame)
         vectors.append(np.asarray(vecs["embedding"].to_numpy(), np.float32))
