@@ -157,22 +157,31 @@ def test_scale_script():
 
 
 def test_asset_scale_script(tiny_model_dir):
-    """The real asset graph at two sizes, one step per process; past the file's 60 documents they
-    repeat as new sources, and every step reports its own peak RSS."""
-    r = run_script("asset_scale.py", "--docs", str(PLANTED), "--sizes", "20", "70", "--docs-per-source", "60",
+    """The real asset graph on a one-source corpus (the case where Dagster hands a lone partition
+    over bare), one step per process, each reporting its own peak RSS."""
+    r = run_script("asset_scale.py", "--docs", str(PLANTED), "--sizes", "20", "--docs-per-source", "60",
                    "--model", str(tiny_model_dir))
     assert {"runs", "time_exponent", "rss_exponent", "model_baseline_rss_gib", "machine"} <= set(r)
-    small, large = r["runs"]
-    assert (small["docs"], small["sources"], small["repeated_copies"]) == (20, 1, 0)
-    assert (large["docs"], large["sources"], large["repeated_copies"]) == (70, 2, 1)  # copy 1 is a new source
+    (run,) = r["runs"]
+    assert (run["docs"], run["sources"], run["repeated_copies"], run["own_instance"]) == (20, 1, 0, True)
     stages = ["raw_texts", "spans", "span_embeddings", "umap_projection", "hdbscan_clusters", "span_clusters",
               "curated_dataset"]
-    assert list(large["per_stage"]) == stages
-    assert large["per_stage"]["spans"]["steps"] == 2 and large["per_stage"]["curated_dataset"]["steps"] == 1
-    assert all(0 < s["peak_rss_gib"] <= large["peak_rss_gib"] for s in large["per_stage"].values())
-    assert large["dataset_rows"] > 0 and large["tokens"] > small["tokens"] > 0
-    assert isinstance(r["time_exponent"], float)
-    assert all(run["own_instance"] for run in r["runs"])  # each size on its own Dagster instance
+    assert list(run["per_stage"]) == stages and all(s["steps"] == 1 for s in run["per_stage"].values())
+    assert all(0 < s["peak_rss_gib"] <= run["peak_rss_gib"] for s in run["per_stage"].values())
+    assert run["dataset_rows"] > 0 and run["tokens"] > 0
+    assert r["time_exponent"] is None  # one size: nothing to fit
+
+
+def test_asset_scale_repeats_documents_as_new_sources_and_fits_exponents(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    from asset_scale import fitted_exponent, write_corpus
+
+    sources = write_corpus(["one", "two", "three"], 7, 2, tmp_path)
+    assert sources == ["copy0-part0000", "copy0-part0001", "copy1-part0000", "copy1-part0001", "copy2-part0000"]
+    ids = [json.loads(line)["id"] for s in sources for line in (tmp_path / s / "docs.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 7  # every repeated document gets a new id
+    assert fitted_exponent([1000, 4000], [10.0, 40.0]) == 1.0
+    assert fitted_exponent([1000, 4000], [10.0, 10.0]) == 0.0 and fitted_exponent([1000], [10.0]) is None
 
 
 def test_domain_adaptation_script(tmp_path, tiny_model_dir):
