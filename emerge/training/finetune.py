@@ -132,7 +132,8 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
                            texts: dict[str, str] | None = None, on_log: Callable[[dict], None] | None = None,
                            progress: Callable[[str], None] | None = None,
                            base_beir_metrics: dict[str, float] | None = None, topics=None,
-                           self_training: SelfTrainingConfig | None = None) -> FineTuneReport:
+                           self_training: SelfTrainingConfig | None = None,
+                           inspect_candidate: Callable[[object, object], None] | None = None) -> FineTuneReport:
     """Train a candidate, choose its interpolation with the base, gate it, evaluate base vs published.
 
     The candidate is trained into `<output_dir>.candidate`; only a model that beats its base on
@@ -147,6 +148,10 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     Topic datasets (`label_col="topic_id"`) train by self-training (`emerge.topics.self_training`) on the
     training documents' spans with `topics` (name, description, examples; without them, the
     names and descriptions found in the dataset) and the `self_training` config.
+
+    `inspect_candidate(base, trained)`, when given, sees both models (at the evaluation window)
+    before the trained weights are discarded: benchmarks use it for diagnostics that must not
+    feed back into the run (e.g. how other interpolation weights would have scored).
     """
     say = progress or log.info
     seconds: dict[str, float] = {}
@@ -222,6 +227,9 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
                 say(f"evaluating the {name} model on {len(beir.corpus_ids)} documents, {len(beir.query_ids)} queries")
                 metrics |= _prefixed(f"beir.{name}", evaluate_beir(model, beir, progress=True))
     seconds["evaluate"] = time.perf_counter() - t
+    if inspect_candidate is not None:
+        tuned.max_seq_length = _eval_length(tuned, config)
+        inspect_candidate(base, tuned)
     for name in list(metrics):
         if ".fine_tuned." in name:
             task_name, metric = name.split(".fine_tuned.")
