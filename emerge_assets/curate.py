@@ -94,8 +94,12 @@ def main(argv=None) -> int:
         return 130
 
 
-def _main(argv=None) -> int:
-    from emerge_assets.definitions import EMERGE_HOME, INPUT_ROOT, PROJECT_ROOT
+class _Refusal(Exception):
+    """Input the run cannot start with: one `error:` line and exit status 2, before any model work."""
+
+
+def _parse_args(argv=None) -> argparse.Namespace:
+    from emerge_assets.definitions import EMERGE_HOME, INPUT_ROOT
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -112,8 +116,11 @@ def _main(argv=None) -> int:
                         help="also show Dagster's DEBUG events and beta/preview warnings")
     parser.add_argument("--register-only", action="store_true",
                         help="only register each source folder as a document_source partition, then exit")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def _main(argv=None) -> int:
+    args = _parse_args(argv)
     use_dagster_home(args.emerge_home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -121,20 +128,46 @@ def _main(argv=None) -> int:
 
     from emerge_assets.definitions import ASSETS, CHECKS, JOBS, build_resources
     from emerge_assets.partitions import document_source
-    from emerge_assets.stale_runs import execute_watched, fail_dead_runs
+    from emerge_assets.stale_runs import fail_dead_runs
 
     _log_to_stderr()
-
     resources = build_resources(args.emerge_home, args.input_root, args.model,
                                 **({"topics_file": args.topics} if args.topics else {}))
+    try:
+        sources, problems, with_topics, run_config = _preflight(args, resources)
+    except _Refusal as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    instance = dg.DagsterInstance.get()
+    new = [s for s in sources if not instance.has_dynamic_partition(document_source.name, s)]
+    if new:
+        instance.add_dynamic_partitions(document_source.name, new)
+    if args.register_only:
+        print(f"[emerge] document_source partitions: {', '.join(sources)} ({len(new)} new)")
+        return 0
+    fail_dead_runs(instance)  # a killed earlier demo must not keep the gpu slot (WARNING per run)
+    t0 = time.perf_counter()
     defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=JOBS, resources=resources)
+    meta = _run_jobs(defs, instance, sources, run_config, with_topics, not args.skip_training, args.verbose)
+    print(f"\n[emerge] done in {time.perf_counter() - t0:.0f}s")
+    _print_summary(meta, sources, problems, with_topics, args.emerge_home)
+    return 0
+
+
+def _preflight(args: argparse.Namespace, resources: dict) -> tuple[list[str], dict[str, str], bool, dict]:
+    """Everything the run needs that can be checked before the first step: sources that have a
+    usable document (the others are skipped with a WARNING each), the topics file, the model
+    path, the run config. Returns (sources, skipped source -> why, whether topics are scored,
+    run config); raises `_Refusal` where the run cannot start."""
+    from emerge.config import EncoderConfig
+    from emerge.errors import ConfigError
+    from emerge_assets.definitions import ASSETS, PROJECT_ROOT
+    from emerge_assets.run_file import load_run_config
+
     storage = resources["storage"]
     sources = storage.list_sources()
     if not sources:
-        print(f"error: {no_sources_reason(Path(args.input_root))}", file=sys.stderr)
-        return 2
-    from emerge.errors import ConfigError
-
+        raise _Refusal(no_sources_reason(Path(args.input_root)))
     bundled = Path(args.input_root).resolve() == (PROJECT_ROOT / "sample_data" / "corpus").resolve()
     # never the sample's topics on someone else's corpus
     with_topics = args.topics is not None or "EMERGE_TOPICS_FILE" in os.environ or bundled
@@ -142,22 +175,15 @@ def _main(argv=None) -> int:
         if with_topics:
             resources["topics"].load()
     except ConfigError as exc:
-        print(f"error: topics file {resources['topics'].topics_file}: {exc}", file=sys.stderr)
-        return 2
-    from emerge.config import EncoderConfig
-
+        raise _Refusal(f"topics file {resources['topics'].topics_file}: {exc}") from exc
     try:  # a mistyped --model fails now, with one line, not as a traceback in span_embeddings
         EncoderConfig(model_name_or_path=args.model)
     except ConfigError as exc:
-        print(f"error: --model: {exc}", file=sys.stderr)
-        return 2
-    from emerge_assets.run_file import for_job, load_run_config
-
+        raise _Refusal(f"--model: {exc}") from exc
     try:
         run_config = load_run_config(args.config, ASSETS) if args.config else {"ops": {}}
     except ConfigError as exc:
-        print(f"error: run config: {exc}", file=sys.stderr)
-        return 2
+        raise _Refusal(f"run config: {exc}") from exc
     problems: dict[str, str] = {}
     if not args.register_only:  # every source is read before any model work, as raw_texts will read it
         from emerge.ingest import preflight_sources
@@ -168,23 +194,22 @@ def _main(argv=None) -> int:
         for problem in problems.values():
             print(f"[emerge] WARNING skipping {problem}", file=sys.stderr, flush=True)
         if not sources:
-            print(f"error: none of the source folders under {args.input_root} has a usable document",
-                  file=sys.stderr)
-            return 2
-    instance = dg.DagsterInstance.get()
-    new = [s for s in sources if not instance.has_dynamic_partition(document_source.name, s)]
-    if new:
-        instance.add_dynamic_partitions(document_source.name, new)
-    if args.register_only:
-        print(f"[emerge] document_source partitions: {', '.join(sources)} ({len(new)} new)")
-        return 0
-    fail_dead_runs(instance)  # a killed earlier demo must not keep the gpu slot (WARNING per run)
-    t0 = time.perf_counter()
+            raise _Refusal(f"none of the source folders under {args.input_root} has a usable document")
+    return sources, problems, with_topics, run_config
+
+
+def _run_jobs(defs, instance, sources: list[str], run_config: dict, with_topics: bool, train: bool,
+              verbose: bool) -> dict[str, dict]:
+    """The pipeline's jobs in order (per-source jobs once per source); returns each materialized
+    asset's metadata, for the summary."""
+    from emerge_assets.run_file import for_job
+    from emerge_assets.stale_runs import execute_watched
+
     meta: dict[str, dict] = {}
 
     def run(job: str, partition: str | None = None) -> None:
         job_def = defs.resolve_job_def(job)
-        console = {"console": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}}  # no event stream
+        console = {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}  # no event stream
         result = execute_watched(job_def, instance, partition_key=partition,
                                  run_config={**for_job(run_config, job_def), "loggers": console})
         for event in result.get_asset_materialization_events():
@@ -207,11 +232,15 @@ def _main(argv=None) -> int:
             run("score_topics", source)
         print("[emerge] exporting the topic-labelled dataset ...", flush=True)
         run("export_topic_dataset")
-    if not args.skip_training:
+    if train:
         print("[emerge] fine-tuning the model on the curated dataset (base vs fine-tuned -> MLflow) ...", flush=True)
         run("train_model")
+    return meta
+
+
+def _print_summary(meta: dict[str, dict], sources: list[str], problems: dict[str, str], with_topics: bool,
+                   emerge_home: str) -> None:
     ds, cl = meta["curated_dataset"], meta["hdbscan_clusters"]
-    print(f"\n[emerge] done in {time.perf_counter() - t0:.0f}s")
     print(f"  sources:   {len(sources)} ({', '.join(sources)})")
     if problems:
         print(f"  skipped:   {len(problems)} source(s) without a usable document: {', '.join(sorted(problems))}")
@@ -239,9 +268,7 @@ def _main(argv=None) -> int:
         print(f"  gate:      {fm['promotion']}")
         print(f"  MLflow:    {fm['mlflow_run']}")
         print(f"             mlflow ui --backend-store-uri {fm['mlflow_tracking_uri']}")
-    print(f"  Dagster UI: emerge ui --home {args.emerge_home}   (instance {os.environ['DAGSTER_HOME']})")
-    return 0
-
+    print(f"  Dagster UI: emerge ui --home {emerge_home}   (instance {os.environ['DAGSTER_HOME']})")
 
 if __name__ == "__main__":
     sys.exit(main())
