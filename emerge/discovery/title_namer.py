@@ -97,24 +97,17 @@ class TitleNamer:
     """Loads the model once; `name_clusters` words titles within the configured bounds."""
 
     def __init__(self, config: NamerConfig):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from emerge.causal_lm import load_causal_lm
 
         self.config = config
-        kwargs = {"gguf_file": config.gguf_file} if config.gguf_file else {}
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model_dir, local_files_only=True, **kwargs)
-        self.model = AutoModelForCausalLM.from_pretrained(config.model_dir, local_files_only=True, **kwargs).eval()
+        self.tokenizer, self.model = load_causal_lm(config.model_dir, config.gguf_file)
 
     def name(self, keyphrases: list[str], texts: list[str]) -> str | None:
-        import torch
+        from emerge.causal_lm import complete
 
         prompt = PROMPT.format(keywords=", ".join(keyphrases), texts=" | ".join(
             representative_texts(texts, keyphrases, self.config.examples, self.config.max_example_chars)))
-        ids = self.tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        with torch.inference_mode():
-            out = self.model.generate(**ids, max_new_tokens=self.config.max_new_tokens, do_sample=False,
-                                      pad_token_id=pad)
-        return clean_title(self.tokenizer.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True))
+        return clean_title(complete(self.tokenizer, self.model, [prompt], self.config.max_new_tokens)[0])
 
     def name_clusters(self, keyphrases: dict[int, list[str]], texts: dict[int, list[str]],
                       fallback: dict[int, str], progress: Callable[[str], None] | None = None) -> dict[int, str]:
