@@ -3,8 +3,10 @@
 Unlike `bench/scale.py` (the engine in one process), this materializes the real assets against
 a temporary SQLite instance, one step per process as Dagster's multiprocess executor runs them:
 the per-source assets once per source partition, the global assets once. Each step's peak RSS
-is its own process' `ru_maxrss` (read by the step's process at its end), so a global step that held every source's frames
-would show here.
+is its own process' high-water mark (`VmHWM`, read by the step's process at its end), so a global
+step that held every source's frames would show here. (Not `ru_maxrss`: on Linux a child keeps
+the RSS its parent had when it forked, across exec, so every step would read at least this
+driver's own size.)
 
     .venv/bin/python bench/asset_scale.py --docs ../shared/data/bbc_news/bbc_news.jsonl \
         --docs ../shared/data/nfcorpus/corpus.jsonl --sizes 2000 4000 8000 --out result.json
@@ -84,8 +86,6 @@ def run_step(stage: str, home: Path, corpus: Path, model: str | None, partition:
 
 def _child(stage: str, home: str, corpus: str, model: str | None, partition: str | None) -> None:
     """The step itself (in the child process): materialize one asset (partition) of the real graph."""
-    import resource
-
     from emerge_assets.curate import use_dagster_home
 
     use_dagster_home(home)
@@ -99,8 +99,22 @@ def _child(stage: str, home: str, corpus: str, model: str | None, partition: str
     for event in result.get_asset_materialization_events():
         meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()
                 if isinstance(v.value, (int, float, str)) and not isinstance(v.value, bool) and len(str(v.value)) < 200}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    print(json.dumps({"peak_rss_gib": round(peak, 3), "metadata": meta}))
+    print(json.dumps({"peak_rss_gib": round(peak_rss_gib(), 3), "metadata": meta}))
+
+
+def peak_rss_gib() -> float:
+    """This process' own peak RSS: `VmHWM` (reset by exec), else `ru_maxrss` where there is no /proc
+    (it may include what the parent held when it forked this process)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB -> GiB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB -> GiB
 
 
 def measure_size(texts: list[str], size: int, per_source: int, model: str | None, tokens_of,
@@ -162,9 +176,11 @@ def fitted_exponent(xs: list[float], ys: list[float]) -> float | None:
 
 def model_baseline_gib(model: str | None) -> float:
     """Peak RSS of a process that only imports the graph and loads the model: what every step pays."""
-    code = ("import resource, json\nfrom emerge_resources import EmbeddingModelResource\n"
+    import inspect
+
+    code = (inspect.getsource(peak_rss_gib) + "\nfrom emerge_resources import EmbeddingModelResource\n"
             f"EmbeddingModelResource(model_name_or_path={model!r}, device='cpu').get_encoder()\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)")
+            "print(peak_rss_gib())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=os.environ | {"HF_HUB_OFFLINE": "1"}, cwd=ROOT)
     return round(float(out.stdout.strip().splitlines()[-1]), 3)

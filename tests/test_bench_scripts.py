@@ -184,6 +184,24 @@ def test_asset_scale_repeats_documents_as_new_sources_and_fits_exponents(tmp_pat
     assert fitted_exponent([1000, 4000], [10.0, 10.0]) == 0.0 and fitted_exponent([1000], [10.0]) is None
 
 
+
+def test_a_step_process_reports_its_own_peak_rss_not_the_parents(tmp_path):
+    """On Linux a child keeps its parent's RSS at fork in `ru_maxrss`, across exec: a small step
+    launched by a large driver must still report a small peak."""
+    import inspect
+    import subprocess
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from asset_scale import peak_rss_gib
+
+    held = bytearray(400 * 2**20)
+    held[::4096] = b"\1" * len(held[::4096])  # touch every page: 400 MiB resident in this process
+    assert peak_rss_gib() > 0.35
+    child = subprocess.run([sys.executable, "-c", inspect.getsource(peak_rss_gib) + "\nprint(peak_rss_gib())"],
+                           capture_output=True, text=True, check=True)
+    assert float(child.stdout) < 0.2
+    del held
+
 def test_domain_adaptation_script(tmp_path, tiny_model_dir):
     """A BEIR folder built from the planted corpus: each topic's name is a query, its documents relevant."""
     rows = [json.loads(line) for line in PLANTED.read_text().splitlines()]
