@@ -225,7 +225,7 @@ def _consistent(queries: pl.DataFrame, teacher: HybridTeacher, doc_index: dict[s
         f"teacher's top {top_k}; the rest are dropped")
     if not keep.any():
         raise InputError(f"no generated query ranks its own document in the teacher's top {top_k}: the generator "
-                         "writes about something else (check the model) or consistency_top_k is too strict")
+                         "writes about something else (check the model) or query_consistency_top_k is too strict")
     return queries.filter(pl.Series(keep))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +74,7 @@ def clean_query(generated: str, min_words: int = 2, max_words: int = 20) -> str 
         return None
     if line.lower().startswith(("document", "query", "write the")):
         return None
-    counts = {}
-    for w in words:
-        counts[w.lower()] = counts.get(w.lower(), 0) + 1
-    if max(counts.values()) >= 3:  # "cancer cancer cancer": a degenerate loop
+    if Counter(w.lower() for w in words).most_common(1)[0][1] >= 3:  # "cancer risk cancer cells cancer": a loop
         return None
     return line
 
