@@ -67,10 +67,12 @@ def write_corpus(texts: list[str], size: int, per_source: int, root: Path) -> li
     return sorted(sources)
 
 
-def run_step(stage: str, home: Path, corpus: Path, model: str | None, partition: str | None) -> dict:
+def run_step(stage: str, home: Path, corpus: Path, model: str | None, partition: str | None,
+             config: dict | None = None) -> dict:
     """One asset step in a child process: its wall time, its own peak RSS and its metadata."""
     cmd = [sys.executable, __file__, "--step", stage, "--home", str(home), "--corpus", str(corpus)]
     cmd += (["--model", model] if model else []) + (["--partition", partition] if partition else [])
+    cmd += ["--step-config", json.dumps(config)] if config else []
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=os.environ | {"HF_HUB_OFFLINE": "1"})
@@ -84,7 +86,8 @@ def run_step(stage: str, home: Path, corpus: Path, model: str | None, partition:
     return result
 
 
-def _child(stage: str, home: str, corpus: str, model: str | None, partition: str | None) -> None:
+def _child(stage: str, home: str, corpus: str, model: str | None, partition: str | None,
+           config: dict | None = None) -> None:
     """The step itself (in the child process): materialize one asset (partition) of the real graph."""
     from emerge_assets.curate import use_dagster_home
 
@@ -94,7 +97,8 @@ def _child(stage: str, home: str, corpus: str, model: str | None, partition: str
     from emerge_assets.definitions import ASSETS, build_resources
 
     result = dg.materialize(ASSETS, selection=[stage], partition_key=partition, instance=dg.DagsterInstance.get(),
-                            resources=build_resources(home, corpus, model, device="cpu"))
+                            resources=build_resources(home, corpus, model, device="cpu"),
+                            run_config={"ops": {stage: {"config": config}}} if config else None)
     meta = {}
     for event in result.get_asset_materialization_events():
         meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()
@@ -118,7 +122,7 @@ def peak_rss_gib() -> float:
 
 
 def measure_size(texts: list[str], size: int, per_source: int, model: str | None, tokens_of,
-                 workdir: str | None = None) -> dict:
+                 workdir: str | None = None, compare_full_labelling: bool = False) -> dict:
     if workdir:  # kept for inspection or for re-running single steps
         Path(workdir, str(size)).mkdir(parents=True)
     with (contextlib.nullcontext(str(Path(workdir, str(size)))) if workdir
@@ -135,8 +139,9 @@ def measure_size(texts: list[str], size: int, per_source: int, model: str | None
             instance.add_dynamic_partitions("document_source", sources)
         per_stage: dict[str, dict] = {}
 
-        def stage(name: str, partitions: list[str | None]) -> None:
-            steps = [run_step(name, home, corpus, model, p) for p in partitions]
+        def stage(name: str, partitions: list[str | None], config: dict | None = None,
+                  per_stage: dict = per_stage) -> None:
+            steps = [run_step(name, home, corpus, model, p, config) for p in partitions]
             per_stage[name] = {"steps": len(steps), "wall_s": round(sum(s["wall_s"] for s in steps), 2),
                                "peak_rss_gib": max(s["peak_rss_gib"] for s in steps),
                                "metadata": steps[-1]["metadata"] if len(steps) == 1 else {}}
@@ -153,6 +158,7 @@ def measure_size(texts: list[str], size: int, per_source: int, model: str | None
         for name in EXPORT:
             stage(name, [None])
         wall = time.perf_counter() - t0
+        full = full_labelling(stage, sources, per_stage) if compare_full_labelling else None
         tokens = tokens_of(size)
         own_instance = Path(os.environ["DAGSTER_HOME"]).resolve().is_relative_to(Path(tmp).resolve())
         return {"docs": size, "sources": len(sources), "repeated_copies": (size - 1) // len(texts),
@@ -162,7 +168,25 @@ def measure_size(texts: list[str], size: int, per_source: int, model: str | None
                 "tokens_per_s": round(tokens / wall, 1),
                 "embedding_tokens_per_s": round(tokens / per_stage["span_embeddings"]["wall_s"], 1),
                 "dataset_rows": per_stage["curated_dataset"]["metadata"].get("dagster/row_count"),
-                "per_stage": per_stage}
+                "per_stage": per_stage} | ({"full_labelling": full} if full else {})
+
+
+def full_labelling(stage, sources: list[str], per_stage: dict) -> dict:
+    """Label every span (`label_min_quality` null) on the same home and export again: what
+    labelling only the spans selection can keep saves, and whether any dataset row differs."""
+    import polars as pl
+
+    path = per_stage["curated_dataset"]["metadata"]["parquet_path"]
+    candidates_only = pl.read_parquet(path)
+    again: dict[str, dict] = {}
+    stage("span_clusters", sources, {"label_min_quality": None}, again)
+    stage("curated_dataset", [None], None, again)
+    every_span = pl.read_parquet(path)
+    return {"span_clusters_wall_s": again["span_clusters"]["wall_s"],
+            "span_clusters_peak_rss_gib": again["span_clusters"]["peak_rss_gib"],
+            "curated_dataset_wall_s": again["curated_dataset"]["wall_s"],
+            "spans_considered": again["curated_dataset"]["metadata"].get("spans_considered"),
+            "same_dataset": candidates_only.equals(every_span), "dataset_rows": every_span.height}
 
 
 def fitted_exponent(xs: list[float], ys: list[float]) -> float | None:
@@ -200,9 +224,14 @@ def main(argv=None) -> int:
     p.add_argument("--home", help=argparse.SUPPRESS)
     p.add_argument("--corpus", help=argparse.SUPPRESS)
     p.add_argument("--partition", help=argparse.SUPPRESS)
+    p.add_argument("--step-config", help=argparse.SUPPRESS)
+    p.add_argument("--compare-full-labelling", action="store_true",
+                   help="after each size, label every span (label_min_quality null) and export again on the same "
+                        "home: the time labelling only selectable spans saves, and whether the dataset is the same")
     args = p.parse_args(argv)
     if args.step:
-        _child(args.step, args.home, args.corpus, args.model, args.partition)
+        _child(args.step, args.home, args.corpus, args.model, args.partition,
+               json.loads(args.step_config) if args.step_config else None)
         return 0
     if not args.docs:
         p.error("--docs is required")
@@ -218,8 +247,8 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     baseline = model_baseline_gib(args.model)
-    runs = [measure_size(texts, size, args.docs_per_source, args.model, tokens_of, args.workdir)
-            for size in sorted(args.sizes)]
+    runs = [measure_size(texts, size, args.docs_per_source, args.model, tokens_of, args.workdir,
+                         args.compare_full_labelling) for size in sorted(args.sizes)]
     sizes = [r["docs"] for r in runs]
     result = {
         "benchmark": "asset_scale", "docs_files": args.docs, "unique_documents": len(texts),

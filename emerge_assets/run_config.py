@@ -106,6 +106,19 @@ class HdbscanClustersConfig(HdbscanConfig):
         return super().to_engine()
 
 
+class SpanClustersConfig(dg.Config):
+    label_min_quality: Optional[float] = Field(
+        default=SelectionConfig.quality_threshold,
+        description="Label only spans of at least this quality (the curated datasets' default quality_threshold): "
+                    "the others can never be selected at that threshold, and labelling them was most of this "
+                    "step's work. curated_dataset refuses a lower quality_threshold than the one its sources were "
+                    "labelled at. Null labels every span.")
+
+    def model_post_init(self, __context) -> None:
+        if self.label_min_quality is not None and not 0.0 <= self.label_min_quality <= 1.0:
+            raise ValueError(f"label_min_quality must be in [0, 1] or null, got {self.label_min_quality}")
+
+
 class CuratedDatasetConfig(_EngineConfig):
     engine: ClassVar[type] = SelectionConfig
     quality_threshold: float = engine_default(SelectionConfig, "quality_threshold", "Minimum span quality in [0, 1].")

@@ -160,7 +160,7 @@ def test_asset_scale_script(tiny_model_dir):
     """The real asset graph on a one-source corpus (the case where Dagster hands a lone partition
     over bare), one step per process, each reporting its own peak RSS."""
     r = run_script("asset_scale.py", "--docs", str(PLANTED), "--sizes", "20", "--docs-per-source", "60",
-                   "--model", str(tiny_model_dir))
+                   "--model", str(tiny_model_dir), "--compare-full-labelling")
     assert {"runs", "time_exponent", "rss_exponent", "model_baseline_rss_gib", "machine"} <= set(r)
     (run,) = r["runs"]
     assert (run["docs"], run["sources"], run["repeated_copies"], run["own_instance"]) == (20, 1, 0, True)
@@ -170,6 +170,11 @@ def test_asset_scale_script(tiny_model_dir):
     assert all(0 < s["peak_rss_gib"] <= run["peak_rss_gib"] for s in run["per_stage"].values())
     assert run["dataset_rows"] > 0 and run["tokens"] > 0
     assert r["time_exponent"] is None  # one size: nothing to fit
+    full, labelled = run["full_labelling"], run["per_stage"]["span_clusters"]["metadata"]
+    assert full["same_dataset"] and full["dataset_rows"] == run["dataset_rows"]
+    assert labelled["spans_below_quality"] > 0  # so the comparison compared two different labellings
+    assert full["spans_considered"] == labelled["spans"] > run["per_stage"]["curated_dataset"]["metadata"][
+        "spans_considered"]
 
 
 def test_asset_scale_repeats_documents_as_new_sources_and_fits_exponents(tmp_path):

@@ -7,13 +7,15 @@ import polars as pl
 from emerge_assets.automation import FOLLOW_INPUTS, REFIT
 from emerge_assets.metadata import cluster_map, markdown_table
 from emerge_assets.partitions import SINGLE_RUN, SOURCE_IN, document_source, for_each_source
-from emerge_assets.run_config import HdbscanClustersConfig, UmapConfig
+from emerge_assets.run_config import HdbscanClustersConfig, SpanClustersConfig, UmapConfig
 from emerge_resources import EmergeStorage, TitleNamerResource
 
 # {source: frame} of every materialized source, one source included (emerge_resources.io_manager)
 ALL_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True, "partitions_as_dict": True})
 # the same as pl.LazyFrame scans of each source's file: nothing is read until asked
 LAZY_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True, "partitions_as_dict": True, "lazy": True})
+# span_clusters' metadata key: the quality below which a source's spans were left unlabelled
+LABEL_MIN_QUALITY = "label_min_quality"
 
 
 def lazy_sources(spans: dict[str, pl.LazyFrame], span_embeddings: dict[str, pl.LazyFrame]) -> list[str]:
@@ -25,8 +27,10 @@ def lazy_sources(spans: dict[str, pl.LazyFrame], span_embeddings: dict[str, pl.L
     return sources
 
 
-def source_vectors(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFrame) -> np.ndarray:
-    """One source's span vectors, row-aligned with its spans (or a Failure saying what to re-run)."""
+def source_vectors(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFrame,
+                   keep: np.ndarray | None = None) -> np.ndarray:
+    """One source's span vectors, row-aligned with its spans (or a Failure saying what to re-run);
+    with `keep`, only those rows' vectors (no full-source array is built)."""
     from emerge.embedding import require_aligned, vectors_of
     from emerge.errors import InputError
 
@@ -34,7 +38,7 @@ def source_vectors(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFra
         require_aligned(source, spans, span_embeddings)
     except InputError as exc:
         raise dg.Failure(str(exc)) from exc
-    return vectors_of(span_embeddings)
+    return vectors_of(span_embeddings if keep is None else span_embeddings.filter(pl.Series(keep)))
 
 
 @dg.asset(group_name="clustering", kinds={"umap"}, ins={"spans": LAZY_SOURCES, "span_embeddings": LAZY_SOURCES},
@@ -126,30 +130,40 @@ def _id_metadata(ids, pipeline) -> dict:
 
 @dg.asset(partitions_def=document_source, group_name="clustering", kinds={"hdbscan", "polars"},
           deps=[hdbscan_clusters], backfill_policy=SINGLE_RUN, automation_condition=FOLLOW_INPUTS,
-          ins={"spans": SOURCE_IN, "span_embeddings": SOURCE_IN},
-          description="Every span of one source labelled by the saved ClusteringPipeline "
-                      "(umap.transform + hdbscan.approximate_predict), with relevance to its cluster.")
-def span_clusters(context: dg.AssetExecutionContext, spans: pl.DataFrame | dict, span_embeddings: pl.DataFrame | dict,
+          ins={"raw_texts": SOURCE_IN, "spans": SOURCE_IN, "span_embeddings": SOURCE_IN},
+          description="The spans of one source that can reach the curated dataset (quality at least "
+                      "label_min_quality) labelled by the saved ClusteringPipeline (placement among the fit "
+                      "spans + hdbscan.approximate_predict), with relevance to their cluster.")
+def span_clusters(context: dg.AssetExecutionContext, config: SpanClustersConfig, raw_texts: pl.DataFrame | dict,
+                  spans: pl.DataFrame | dict, span_embeddings: pl.DataFrame | dict,
                   storage: EmergeStorage) -> dg.Output:
     from emerge.discovery.pipeline import ClusteringPipeline
 
     if not (storage.clustering_path / "pipeline.json").exists():
         raise dg.Failure(f"no fitted clustering at {storage.clustering_path}; materialize hdbscan_clusters first")
     pipeline = ClusteringPipeline.load(storage.clustering_path)
-    return for_each_source(context, lambda source, spans, span_embeddings: label_source(
-        pipeline, storage, source, spans, span_embeddings), spans=spans, span_embeddings=span_embeddings)
+    return for_each_source(context, lambda source, raw_texts, spans, span_embeddings: label_source(
+        pipeline, storage, source, spans, span_embeddings, raw_texts, config.label_min_quality),
+        raw_texts=raw_texts, spans=spans, span_embeddings=span_embeddings)
 
 
-def label_source(pipeline, storage: EmergeStorage, source: str, spans: pl.DataFrame,
-                 span_embeddings: pl.DataFrame) -> dg.Output:
+def label_source(pipeline, storage: EmergeStorage, source: str, spans: pl.DataFrame, span_embeddings: pl.DataFrame,
+                 raw_texts: pl.DataFrame, min_quality: float | None) -> dg.Output:
     from emerge.discovery.fit import label_spans
+    from emerge.ingest import document_texts
+    from emerge.quality import selectable
 
-    labelled = label_spans(pipeline, spans, source_vectors(source, spans, span_embeddings), progress=True)
+    keep = selectable(spans, document_texts(raw_texts), min_quality)
+    labelled = label_spans(pipeline, spans.filter(pl.Series(keep)),
+                           source_vectors(source, spans, span_embeddings, keep), progress=True)
     out = labelled.select("span_idx", "doc_id", "cluster_id", "cluster_title", "membership", "centroid_sim",
                           "relevance")
     per_cluster = out.group_by("cluster_id", "cluster_title").agg(pl.len().alias("spans")).sort("cluster_id")
     return dg.Output(out, metadata={
         "dagster/row_count": out.height,
+        "spans": spans.height,
+        "spans_below_quality": spans.height - out.height,
+        LABEL_MIN_QUALITY: min_quality if min_quality is not None else 0.0,
         "noise_fraction": round(float((out["cluster_id"] < 0).mean()), 4) if out.height else 0.0,
         "spans_per_cluster": markdown_table(per_cluster),
         "pipeline_path": dg.MetadataValue.path(str(storage.clustering_path)),

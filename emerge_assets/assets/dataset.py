@@ -11,7 +11,7 @@ import dagster as dg
 import polars as pl
 
 from emerge.label_scheme import CLUSTERS, TOPICS
-from emerge_assets.assets.clustering import ALL_SOURCES, LAZY_SOURCES, lazy_sources
+from emerge_assets.assets.clustering import ALL_SOURCES, LABEL_MIN_QUALITY, LAZY_SOURCES, lazy_sources
 from emerge_assets.assets.documents import recorded_span_config
 from emerge_assets.automation import FOLLOW_INPUTS
 from emerge_assets.metadata import dataset_metadata
@@ -47,6 +47,25 @@ def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans:
     return dg.Output(made.frame, metadata=dataset_metadata(made, scheme))
 
 
+def require_labelled_down_to(context, quality_threshold: float, sources: list[str]) -> None:
+    """Fail when `span_clusters` left spans of some source unlabelled that this threshold would
+    select (it labels only spans of at least its `label_min_quality`, recorded per partition)."""
+    short = {}
+    for source in sources:
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("span_clusters"), asset_partitions=[source]), limit=1).records
+        metadata = records[0].asset_materialization.metadata if records else {}
+        floor = float(metadata[LABEL_MIN_QUALITY].value) if LABEL_MIN_QUALITY in metadata else 0.0
+        if quality_threshold < floor:
+            short[source] = floor
+    if short:
+        raise dg.Failure(
+            f"quality_threshold {quality_threshold} is below the quality span_clusters labelled down to for "
+            f"{len(short)} source(s) ({', '.join(f'{s}: {f}' for s, f in sorted(short.items()))}); spans in between "
+            f"have no cluster. Re-materialize span_clusters with label_min_quality <= {quality_threshold} "
+            "(or null), or raise quality_threshold.")
+
+
 def span_config_of(context, sources: list[str], source_spans: list[pl.LazyFrame]):
     """The span config the sources were cut with (recorded by `spans`), for the length fit."""
     from emerge.config import SpanConfig
@@ -68,6 +87,7 @@ def span_config_of(context, sources: list[str], source_spans: list[pl.LazyFrame]
 def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetConfig, raw_texts: dict,
                     spans: dict[str, pl.LazyFrame], span_embeddings: dict[str, pl.LazyFrame], span_clusters: dict,
                     storage: EmergeStorage, embedding_model: EmbeddingModelResource) -> dg.Output:
+    require_labelled_down_to(context, config.quality_threshold, sorted(span_clusters))
     return build_dataset(context, config, raw_texts, spans, span_embeddings, span_clusters, CLUSTERS, storage,
                          embedding_model.display_name)
 
