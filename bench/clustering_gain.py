@@ -17,6 +17,7 @@ UMAP + HDBSCAN (NMI, noise as one class). Last stdout line = JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -71,11 +72,17 @@ def main(argv=None) -> int:
     p.add_argument("--near-cluster-fraction", type=float, nargs="+", default=[TrainingConfig.near_cluster_fraction],
                    help="share of the other clusters, nearest by centroid, kept out of a row's in-batch negatives; "
                         "several values train one model each on the same discovery (`fine_tuned` = the first)")
+    p.add_argument("--pairing", choices=["same_cluster", "same_document"], default="same_cluster",
+                   help="same_cluster: recipe A (spans of different documents in one cluster); same_document: two "
+                        "neighbouring selected spans of one document and cluster, batches still cluster-exclusive "
+                        "with the same near-cluster mask (a document never mixes gold topics, a cluster may)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--min-pairs", type=int, default=TrainingConfig.min_pairs,
                    help="fewer training pairs than this is an error (the smoke test's tiny model selects few spans)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+
+    import polars as pl
 
     from emerge.encoder import resolve_model_path
     from emerge.training.pairs import build_pairs
@@ -99,7 +106,11 @@ def main(argv=None) -> int:
         config = TrainingConfig(pairing="same_cluster", pairs_per_label=args.pairs_per_cluster,
                                 learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,
                                 near_cluster_fraction=fraction, seed=args.seed, min_pairs=args.min_pairs)
-        pairs = build_pairs(dataset, "cluster_id", config)
+        if args.pairing == "same_document":
+            pairs = build_pairs(dataset, "cluster_id", dataclasses.replace(config, pairing="same_document"))
+            pairs = pairs.with_columns(pl.col("label").alias("group"))  # cluster-exclusive batches, near mask
+        else:
+            pairs = build_pairs(dataset, "cluster_id", config)
         with tempfile.TemporaryDirectory(prefix="emerge-clustering-gain-") as tmp:
             t = time.perf_counter()
             trained = train(pairs, base_dir, Path(tmp) / "model", config)
@@ -112,7 +123,7 @@ def main(argv=None) -> int:
     results["fine_tuned"] = variants[str(args.near_cluster_fraction[0])]
     result = {"config": {"docs": args.docs, "limit": args.limit, "documents": len(texts), "labels": len(set(gold)),
                          "model": str(base_dir),
-                         "seed": args.seed, "pairs_per_cluster": args.pairs_per_cluster,
+                         "seed": args.seed, "pairs_per_cluster": args.pairs_per_cluster, "pairing": args.pairing,
                          "learning_rate": args.learning_rate, "epochs": args.epochs, "batch_size": args.batch_size,
                          "near_cluster_fraction": args.near_cluster_fraction[0]},
               "machine": machine(), "discovered_clusters": n_clusters, "curated_spans": dataset.height,
