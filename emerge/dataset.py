@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +23,7 @@ from emerge.quality import quality_components
 from emerge.selection import cross_document_choice, per_document_choice, select_spans
 
 CLUSTER_COLUMNS = CLUSTERS.dataset_columns
+log = logging.getLogger(__name__)
 
 
 def add_quality(spans: pl.DataFrame, texts: dict[str, str]) -> pl.DataFrame:
@@ -136,10 +140,48 @@ class SourceSpans:
 @dataclass
 class _SourcePicks:
     picked: pl.DataFrame  # rows kept by the per-document steps, `_pos` global
-    vectors: np.ndarray  # row-aligned with `picked`
+    vectors: np.ndarray | None  # row-aligned with `picked`
     labelled: int  # spans with a label row
     unlabelled: int  # of those, noise / "none of the topics"
     doc_ids: pl.Series  # documents with at least one span
+
+
+class _LabelSpill:
+    """Every source's per-document picks on disk, one folder per label. The cross-document step
+    (near-duplicates and the cap) works within one label, so it reads one label's picks and
+    vectors at a time: the dataset step holds the largest label's picks, not every source's
+    (which grew with the corpus: ~3M picks with their vectors at 1M documents)."""
+
+    def __init__(self, root: Path, label_col: str):
+        self.root, self.label_col = root, label_col
+        self.folders: dict = {}
+        self.rows = self._sources = 0
+
+    def add(self, picked: pl.DataFrame, vectors: np.ndarray) -> None:
+        if picked.height == 0:
+            return
+        dtype = pl.Float16 if vectors.dtype == np.float16 else pl.Float32
+        frame = picked.with_columns(pl.Series("embedding", vectors, dtype=pl.Array(dtype, vectors.shape[1])))
+        for (label,), part in frame.group_by(self.label_col, maintain_order=True):
+            folder = self.folders.setdefault(label, self.root / f"label-{len(self.folders):06d}")
+            folder.mkdir(exist_ok=True)
+            part.write_parquet(folder / f"{self._sources:06d}.parquet")
+        self.rows += picked.height
+        self._sources += 1
+
+    def choose(self, selection: SelectionConfig) -> pl.DataFrame:
+        """`cross_document_choice` label by label, in its output order (labels ascending, no label first)."""
+        kept, largest = [], 0
+        for label in sorted(self.folders, key=lambda x: (x is not None, x)):
+            part = pl.concat([pl.read_parquet(f) for f in sorted(self.folders[label].iterdir())],
+                             how="diagonal_relaxed")
+            largest = max(largest, part.height)
+            kept.append(cross_document_choice(part.drop("embedding"), vectors_of(part), selection, self.label_col,
+                                              quiet=True))
+        out = pl.concat(kept, how="diagonal_relaxed")
+        log.info("selection across documents: %d non-overlapping spans -> %d kept (near-duplicates and the cap "
+                 "removed, one label at a time; the largest held %d)", self.rows, out.height, largest)
+        return out
 
 
 def _source_picks(source: SourceSpans, scheme: LabelScheme, selection: SelectionConfig, span_config: SpanConfig,
@@ -172,19 +214,20 @@ def build_curated_dataset(*, name: str, out_dir: str | Path, scheme: LabelScheme
     result is the one `select_spans` gives on all sources concatenated in the given order."""
     picks: list[_SourcePicks] = []
     first_pos = 0
-    for source in sources:
-        picks.append(_source_picks(source, scheme, selection, span_config, first_pos))
-        first_pos += picks[-1].labelled
-    labelled = sum(p.labelled for p in picks)
-    if labelled == 0 and any(p.doc_ids.len() for p in picks):
-        raise InputError(f"no span has a {scheme.labels_asset} row; re-materialize {scheme.labels_asset} "
-                         "after spans changed")
-    kept = [p for p in picks if p.picked.height]
-    if kept:
-        selected = cross_document_choice(pl.concat([p.picked for p in kept], how="diagonal_relaxed"),
-                                         np.concatenate([p.vectors for p in kept]), selection, scheme.label_col)
-    else:
-        selected = picks[0].picked.drop("_pos") if picks else pl.DataFrame()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".picks-") as tmp:
+        spill = _LabelSpill(Path(tmp), scheme.label_col)
+        for source in sources:
+            source_picks = _source_picks(source, scheme, selection, span_config, first_pos)
+            spill.add(source_picks.picked, source_picks.vectors)
+            picks.append(dataclasses.replace(source_picks, picked=source_picks.picked.head(0), vectors=None))
+            first_pos += source_picks.labelled
+        labelled = sum(p.labelled for p in picks)
+        if labelled == 0 and any(p.doc_ids.len() for p in picks):
+            raise InputError(f"no span has a {scheme.labels_asset} row; re-materialize {scheme.labels_asset} "
+                             "after spans changed")
+        selected = spill.choose(selection) if spill.rows else (picks[0].picked.drop("_pos") if picks
+                                                                else pl.DataFrame())
     dataset = selected.select([c for c in scheme.dataset_columns if c in selected.columns])
     with_spans = pl.DataFrame({"doc_id": pl.concat([p.doc_ids for p in picks]) if picks
                                else pl.Series([], dtype=pl.String)})

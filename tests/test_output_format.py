@@ -121,3 +121,27 @@ def test_dataset_built_source_by_source_equals_selection_over_all_sources(tmp_pa
                                   inventories=[parts[1][0].documents], selection=selection,
                                   span_config=span_config, model_name="m")
     assert alone.frame.height > made.frame.filter(pl.col("source") == "b").height
+
+
+def test_the_cross_document_step_holds_one_label_at_a_time(tmp_path, caplog):
+    """Near-duplicates and the cap work within a label, so the dataset step reads one label's picks
+    (spilled per label) instead of every source's: the log names the largest label's share."""
+    import logging
+    import re
+
+    from emerge.config import SelectionConfig, SpanConfig
+    from emerge.dataset import build_curated_dataset
+    from emerge.label_scheme import CLUSTERS
+
+    rng = np.random.default_rng(1)
+    parts = [_source(name, 8, rng, rng.normal(size=(6, 8)).astype(np.float32)) for name in ("a", "b")]
+    with caplog.at_level(logging.INFO, logger="emerge.dataset"):
+        made = build_curated_dataset(name="ds", out_dir=tmp_path, scheme=CLUSTERS, sources=[p for p, _ in parts],
+                                     inventories=[p.documents for p, _ in parts],
+                                     selection=SelectionConfig(quality_threshold=0.2, include_noise=True),
+                                     span_config=SpanConfig(min_len=5, max_len=25), model_name="m")
+    picks, kept, largest = map(int, re.search(r"(\d+) non-overlapping spans -> (\d+) kept .* the largest held (\d+)",
+                                              caplog.text).groups())
+    assert kept == made.frame.height and made.frame["cluster_id"].n_unique() == 4  # noise (-1) kept as a label
+    assert largest < picks
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".picks-")] == []  # the spill is removed
