@@ -176,8 +176,7 @@ class _LabelSpill:
             part = pl.concat([pl.read_parquet(f) for f in sorted(self.folders[label].iterdir())],
                              how="diagonal_relaxed")
             largest = max(largest, part.height)
-            kept.append(cross_document_choice(part.drop("embedding"), vectors_of(part), selection, self.label_col,
-                                              quiet=True))
+            kept.append(cross_document_choice(part.drop("embedding"), vectors_of(part), selection, self.label_col))
         out = pl.concat(kept, how="diagonal_relaxed")
         log.info("selection across documents: %d non-overlapping spans -> %d kept (near-duplicates and the cap "
                  "removed, one label at a time; the largest held %d)", self.rows, out.height, largest)

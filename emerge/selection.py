@@ -84,7 +84,10 @@ def select_spans(candidates: pl.DataFrame, vectors: np.ndarray, config: Selectio
     picked = per_document_choice(candidates, config, span_config, label_col)
     if picked.height == 0:
         return picked.drop("_pos")
-    return cross_document_choice(picked, vectors[picked["_pos"].to_numpy()], config, label_col)
+    chosen = cross_document_choice(picked, vectors[picked["_pos"].to_numpy()], config, label_col)
+    log.info("selection across documents: %d non-overlapping spans -> %d kept (near-duplicates and the cap "
+             "removed)", picked.height, chosen.height)
+    return chosen
 
 
 def per_document_choice(candidates: pl.DataFrame, config: SelectionConfig, span_config: SpanConfig,
@@ -136,7 +139,7 @@ def per_document_choice(candidates: pl.DataFrame, config: SelectionConfig, span_
 
 
 def cross_document_choice(picked: pl.DataFrame, vectors: np.ndarray, config: SelectionConfig,
-                          label_col: str = "cluster_id", quiet: bool = False) -> pl.DataFrame:
+                          label_col: str = "cluster_id") -> pl.DataFrame:
     """Near-duplicate removal and the cap, per label, over the spans `per_document_choice` kept
     (from one or many sources; `vectors` row-aligned with `picked`). Ranked by label, score, `_pos`."""
     ordered = (picked.with_row_index("_row")
@@ -149,8 +152,5 @@ def cross_document_choice(picked: pl.DataFrame, vectors: np.ndarray, config: Sel
         group = rows[lo:hi]
         kept = _drop_near_duplicates(vectors[group], config.near_duplicate_threshold, config.max_spans_per_cluster)
         final.extend(group[kept].tolist())
-    if not quiet:
-        log.info("selection across documents: %d non-overlapping spans -> %d kept (near-duplicates and the cap "
-                 "removed)", picked.height, len(final))
     return (picked[np.sort(np.asarray(final, np.int64))]
             .sort([label_col, "score", "_pos"], descending=[False, True, False]).drop("_pos"))

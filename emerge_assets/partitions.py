@@ -25,6 +25,15 @@ SourceFrames = dg.DagsterType(
 SOURCE_IN = dg.AssetIn(dagster_type=SourceFrames)
 
 
+def latest_partition_metadata(instance: dg.DagsterInstance, asset: str, source: str) -> dict:
+    """The metadata (key -> MetadataValue) of `asset`'s latest materialization of `source`; {} when none."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[source]), limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return {}
+    return dict(records[0].asset_materialization.metadata)
+
+
 def for_each_source(context: dg.AssetExecutionContext, compute: Callable[..., dg.Output],
                     **inputs: pl.DataFrame | dict) -> dg.Output:
     """`compute(source, **frames) -> Output` for each partition key of this step.

@@ -20,7 +20,7 @@ import json
 import dagster as dg
 
 from emerge.inbox import scan_inbox
-from emerge_assets.partitions import document_source
+from emerge_assets.partitions import document_source, latest_partition_metadata
 from emerge_resources import EmergeStorage
 
 EMBED_JOB = "embed_sources"
@@ -29,11 +29,7 @@ FINGERPRINT_TAG = "emerge/source_fingerprint"
 
 def last_read_fingerprint(instance: dg.DagsterInstance, source: str) -> str | None:
     """`source_fingerprint` of the latest raw_texts materialization of `source`, if any."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_texts"), asset_partitions=[source]), limit=1).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    value = records[0].asset_materialization.metadata.get("source_fingerprint")
+    value = latest_partition_metadata(instance, "raw_texts", source).get("source_fingerprint")
     return value.value if value is not None else None
 
 

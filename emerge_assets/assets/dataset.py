@@ -15,6 +15,7 @@ from emerge_assets.assets.clustering import ALL_SOURCES, LABEL_MIN_QUALITY, LAZY
 from emerge_assets.assets.documents import recorded_span_config
 from emerge_assets.automation import FOLLOW_INPUTS
 from emerge_assets.metadata import dataset_metadata
+from emerge_assets.partitions import latest_partition_metadata
 from emerge_assets.run_config import CuratedDatasetConfig, CuratedTopicDatasetConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage
 
@@ -52,9 +53,7 @@ def require_labelled_down_to(context, quality_threshold: float, sources: list[st
     select (it labels only spans of at least its `label_min_quality`, recorded per partition)."""
     short = {}
     for source in sources:
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("span_clusters"), asset_partitions=[source]), limit=1).records
-        metadata = records[0].asset_materialization.metadata if records else {}
+        metadata = latest_partition_metadata(context.instance, "span_clusters", source)
         floor = float(metadata[LABEL_MIN_QUALITY].value) if LABEL_MIN_QUALITY in metadata else 0.0
         if quality_threshold < floor:
             short[source] = floor

@@ -8,7 +8,8 @@ import polars as pl
 from emerge.ingest import IngestResult, inventory, kept_documents, read_source
 from emerge_assets.automation import FOLLOW_INPUTS
 from emerge_assets.metadata import counts_table, markdown_table
-from emerge_assets.partitions import SINGLE_RUN, SOURCE_IN, document_source, for_each_source
+from emerge_assets.partitions import (SINGLE_RUN, SOURCE_IN, document_source, for_each_source,
+                                     latest_partition_metadata)
 from emerge_assets.pools import GPU_POOL
 from emerge_assets.run_config import RawTextsConfig, SpansConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage
@@ -75,9 +76,7 @@ def recorded_span_config(instance, sources: list[str]):
 
     seen = set()
     for source in sources:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("spans"), asset_partitions=[source]), limit=1).records
-        metadata = records[0].asset_materialization.metadata if records else {}
+        metadata = latest_partition_metadata(instance, "spans", source)
         if not all(f"span_{k}" in metadata for k in SPAN_CONFIG_KEYS):
             return None
         seen.add(tuple(int(metadata[f"span_{k}"].value) for k in SPAN_CONFIG_KEYS))
