@@ -63,8 +63,8 @@ def main(argv=None) -> int:
         "machine": machine(), "native_bf16_cpu": native_bf16_cpu(), "documents": docs.height, "spans": spans.height,
         "cosine_bf16_to_float32": {"mean": round(float(cos.mean()), 5), "p1": round(float(np.percentile(cos, 1)), 5),
                                    "min": round(float(cos.min()), 5)},
-        "wall_s": {k: round(v, 2) for k, v in walls.items()},
-        "speedup_bf16": round(walls["float32"] / walls["bfloat16"], 2),
+        "wall_s": {k: round(v, 4) for k, v in walls.items()},
+        "speedup_bf16": round(walls["float32"] / walls["bfloat16"], 3),
     }
     return emit(result, args.out)
 
