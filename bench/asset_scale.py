@@ -122,7 +122,7 @@ def peak_rss_gib() -> float:
 
 
 def measure_size(texts: list[str], size: int, per_source: int, model: str | None, tokens_of,
-                 workdir: str | None = None, compare_full_labelling: bool = False) -> dict:
+                 workdir: str | None = None, compare_full_labelling: bool = False, topics: bool = False) -> dict:
     if workdir:  # kept for inspection or for re-running single steps
         Path(workdir, str(size)).mkdir(parents=True)
     with (contextlib.nullcontext(str(Path(workdir, str(size)))) if workdir
@@ -159,6 +159,7 @@ def measure_size(texts: list[str], size: int, per_source: int, model: str | None
             stage(name, [None])
         wall = time.perf_counter() - t0
         full = full_labelling(stage, sources, per_stage) if compare_full_labelling else None
+        topic = topic_path(stage, sources, compare_full_labelling) if topics else None
         tokens = tokens_of(size)
         own_instance = Path(os.environ["DAGSTER_HOME"]).resolve().is_relative_to(Path(tmp).resolve())
         return {"docs": size, "sources": len(sources), "repeated_copies": (size - 1) // len(texts),
@@ -168,25 +169,39 @@ def measure_size(texts: list[str], size: int, per_source: int, model: str | None
                 "tokens_per_s": round(tokens / wall, 1),
                 "embedding_tokens_per_s": round(tokens / per_stage["span_embeddings"]["wall_s"], 1),
                 "dataset_rows": per_stage["curated_dataset"]["metadata"].get("dagster/row_count"),
-                "per_stage": per_stage} | ({"full_labelling": full} if full else {})
+                "per_stage": per_stage} | ({"full_labelling": full} if full else {}) | (
+                    {"topic_path": topic} if topic else {})
 
 
-def full_labelling(stage, sources: list[str], per_stage: dict) -> dict:
+def full_labelling(stage, sources: list[str], per_stage: dict, labels: str = "span_clusters",
+                   dataset: str = "curated_dataset") -> dict:
     """Label every span (`label_min_quality` null) on the same home and export again: what
     labelling only the spans selection can keep saves, and whether any dataset row differs."""
     import polars as pl
 
-    path = per_stage["curated_dataset"]["metadata"]["parquet_path"]
+    path = per_stage[dataset]["metadata"]["parquet_path"]
     candidates_only = pl.read_parquet(path)
     again: dict[str, dict] = {}
-    stage("span_clusters", sources, {"label_min_quality": None}, again)
-    stage("curated_dataset", [None], None, again)
+    stage(labels, sources, {"label_min_quality": None}, again)
+    stage(dataset, [None], None, again)
     every_span = pl.read_parquet(path)
-    return {"span_clusters_wall_s": again["span_clusters"]["wall_s"],
-            "span_clusters_peak_rss_gib": again["span_clusters"]["peak_rss_gib"],
-            "curated_dataset_wall_s": again["curated_dataset"]["wall_s"],
-            "spans_considered": again["curated_dataset"]["metadata"].get("spans_considered"),
+    return {f"{labels}_wall_s": again[labels]["wall_s"], f"{labels}_peak_rss_gib": again[labels]["peak_rss_gib"],
+            f"{dataset}_wall_s": again[dataset]["wall_s"],
+            "spans_considered": again[dataset]["metadata"].get("spans_considered"),
             "same_dataset": candidates_only.equals(every_span), "dataset_rows": every_span.height}
+
+
+def topic_path(stage, sources: list[str], compare_full_labelling: bool) -> dict:
+    """The topic-guided path on the same home (topic_scores per source, then curated_topic_dataset);
+    with the comparison, score every span again and export again, as for the clusters."""
+    steps: dict[str, dict] = {}
+    stage("topic_scores", sources, None, steps)
+    stage("curated_topic_dataset", [None], None, steps)
+    out = {"per_stage": steps, "wall_s": round(sum(s["wall_s"] for s in steps.values()), 2),
+           "dataset_rows": steps["curated_topic_dataset"]["metadata"].get("dagster/row_count")}
+    if compare_full_labelling:
+        out["full_labelling"] = full_labelling(stage, sources, steps, "topic_scores", "curated_topic_dataset")
+    return out
 
 
 def fitted_exponent(xs: list[float], ys: list[float]) -> float | None:
@@ -228,7 +243,12 @@ def main(argv=None) -> int:
     p.add_argument("--compare-full-labelling", action="store_true",
                    help="after each size, label every span (label_min_quality null) and export again on the same "
                         "home: the time labelling only selectable spans saves, and whether the dataset is the same")
+    p.add_argument("--topics", default=None,
+                   help="a topics file (YAML): also run the topic-guided path (topic_scores, curated_topic_dataset) "
+                        "after the discovery path, on the same home; with --compare-full-labelling, twice")
     args = p.parse_args(argv)
+    if args.topics:  # the step processes read it through build_resources' default
+        os.environ["EMERGE_TOPICS_FILE"] = str(Path(args.topics).resolve())
     if args.step:
         _child(args.step, args.home, args.corpus, args.model, args.partition,
                json.loads(args.step_config) if args.step_config else None)
@@ -248,7 +268,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     baseline = model_baseline_gib(args.model)
     runs = [measure_size(texts, size, args.docs_per_source, args.model, tokens_of, args.workdir,
-                         args.compare_full_labelling) for size in sorted(args.sizes)]
+                         args.compare_full_labelling, bool(args.topics)) for size in sorted(args.sizes)]
     sizes = [r["docs"] for r in runs]
     result = {
         "benchmark": "asset_scale", "docs_files": args.docs, "unique_documents": len(texts),

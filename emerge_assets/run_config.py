@@ -106,17 +106,26 @@ class HdbscanClustersConfig(HdbscanConfig):
         return super().to_engine()
 
 
-class SpanClustersConfig(dg.Config):
-    label_min_quality: Optional[float] = Field(
+def label_min_quality_field(labels: str, dataset: str):
+    """The `label_min_quality` field of a labelling asset (span_clusters, topic_scores)."""
+    return Field(
         default=SelectionConfig.quality_threshold,
-        description="Label only spans of at least this quality (the curated datasets' default quality_threshold): "
-                    "the others can never be selected at that threshold, and labelling them was most of this "
-                    "step's work. curated_dataset refuses a lower quality_threshold than the one its sources were "
-                    "labelled at. Null labels every span.")
+        description=f"Label only spans of at least this quality (the curated datasets' default quality_threshold): "
+                    f"the others can never be selected at that threshold, and labelling them was most of this "
+                    f"step's work. {dataset} refuses a lower quality_threshold than the one its sources' {labels} "
+                    f"were made at. Null labels every span.")
+
+
+def check_label_min_quality(value: float | None) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_min_quality must be in [0, 1] or null, got {value}")
+
+
+class SpanClustersConfig(dg.Config):
+    label_min_quality: Optional[float] = label_min_quality_field("cluster labels", "curated_dataset")
 
     def model_post_init(self, __context) -> None:
-        if self.label_min_quality is not None and not 0.0 <= self.label_min_quality <= 1.0:
-            raise ValueError(f"label_min_quality must be in [0, 1] or null, got {self.label_min_quality}")
+        check_label_min_quality(self.label_min_quality)
 
 
 class CuratedDatasetConfig(_EngineConfig):
@@ -156,6 +165,11 @@ class TopicScoresConfig(_EngineConfig):
     prototype_weight: float = _scorer_default("prototype_weight", "Weight of cosine to the topic prototype vs MaxSim.")
     min_len: int = engine_default(AnalyzerConfig, "min_len", "Shortest span (tokens) to score.")
     max_len: int = engine_default(AnalyzerConfig, "max_len", "Longest span (tokens) to score.")
+    label_min_quality: Optional[float] = label_min_quality_field("topic scores", "curated_topic_dataset")
+
+    def model_post_init(self, __context) -> None:
+        check_label_min_quality(self.label_min_quality)
+        super().model_post_init(__context)
 
     def scorer_options(self, model_threshold: float | None = None) -> dict:
         """The scorer's keyword arguments; `model_threshold` (the model's saved one) fills an unset threshold."""

@@ -197,58 +197,70 @@ def test_empty_source_folder_fails_clearly(pipeline_run):
                        resources=pipeline_run["resources"])
 
 
-def test_span_clusters_label_exactly_the_spans_selection_can_keep(pipeline_run):
+@pytest.mark.parametrize("labels_asset, runs", [(span_clusters, "labels"), (topic_scores, "scores")])
+def test_labelling_assets_label_exactly_the_spans_selection_can_keep(pipeline_run, labels_asset, runs):
     from emerge.ingest import document_texts
     from emerge.quality import quality_components
 
+    name = labels_asset.op.name
     for source in SOURCES:
-        meta = metadata_of(pipeline_run["labels"][source], span_clusters)
-        labels = pl.read_parquet(pipeline_run["home"] / "assets" / "span_clusters" / f"{source}.parquet")
+        meta = metadata_of(pipeline_run[runs][source], labels_asset)
+        labels = pl.read_parquet(pipeline_run["home"] / "assets" / name / f"{source}.parquet")
         all_spans = pl.read_parquet(pipeline_run["home"] / "assets" / "spans" / f"{source}.parquet")
         texts = document_texts(pl.read_parquet(pipeline_run["home"] / "assets" / "raw_texts" / f"{source}.parquet"))
-        quality = quality_components(all_spans, texts)["quality"]
+        candidates = all_spans.filter(quality_components(all_spans, texts)["quality"] >= 0.5)
         assert 0 < labels.height < all_spans.height  # the sample corpus has spans on both sides of 0.5
-        assert labels["span_idx"].to_list() == all_spans.filter(quality >= 0.5)["span_idx"].to_list()
-        assert meta["dagster/row_count"] + meta["spans_below_quality"] == meta["spans"] == all_spans.height
-        assert meta["label_min_quality"] == 0.5
+        assert meta["spans_below_quality"] == all_spans.height - candidates.height
+        assert meta["spans"] == all_spans.height and meta["label_min_quality"] == 0.5
+        if labels_asset is span_clusters:
+            assert labels["span_idx"].to_list() == candidates["span_idx"].to_list()
+            assert 0 <= meta["noise_fraction"] <= 1
+        else:  # the scorer also skips spans outside its own length bounds
+            assert set(labels["span_idx"]) <= set(candidates["span_idx"])
+            assert labels.height >= 0.9 * candidates.height
         assert labels["relevance"].is_between(0, 1).all()
-        assert 0 <= meta["noise_fraction"] <= 1
 
 
-def test_labelling_only_selectable_spans_changes_no_dataset_row(pipeline_run, tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("labels_asset, dataset_asset", [(span_clusters, curated_dataset),
+                                                         (topic_scores, curated_topic_dataset)])
+def test_labelling_only_selectable_spans_changes_no_dataset_row(pipeline_run, tmp_path, tiny_model_dir,
+                                                                 labels_asset, dataset_asset):
     """Every span labelled (label_min_quality null) or only those of quality >= 0.5: the same curated
-    rows; and a curated_dataset asking for spans below what was labelled fails, saying what to run."""
+    rows; and a dataset asking for spans below what was labelled fails, saying what to run."""
     home = tmp_path / "home"
     shutil.copytree(pipeline_run["home"], home)
     resources = build_resources(str(home), str(pipeline_run["corpus"]), str(tiny_model_dir), device="cpu")
+    labels_op, dataset_op = labels_asset.op.name, dataset_asset.op.name
     datasets = {}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("document_source", SOURCES)
         for floor in (0.5, None):
             for s in SOURCES:
-                assert dg.materialize(ASSETS, selection=[span_clusters], partition_key=s, instance=instance,
-                                      resources=resources, run_config={"ops": {"span_clusters": {
+                assert dg.materialize(ASSETS, selection=[labels_asset], partition_key=s, instance=instance,
+                                      resources=resources, run_config={"ops": {labels_op: {
                                           "config": {"label_min_quality": floor}}}}).success
-            result = dg.materialize(ASSETS, selection=[curated_dataset], instance=instance, resources=resources)
-            datasets[floor] = pl.read_parquet(metadata_of(result, curated_dataset)["parquet_path"])
-            low = {"ops": {"curated_dataset": {"config": {"quality_threshold": 0.3}}}}
+            result = dg.materialize(ASSETS, selection=[dataset_asset], instance=instance, resources=resources)
+            datasets[floor] = pl.read_parquet(metadata_of(result, dataset_asset)["parquet_path"])
+            low = {"ops": {dataset_op: {"config": {"quality_threshold": 0.3}}}}
             if floor == 0.5:
-                with pytest.raises(dg.Failure, match="label_min_quality <= 0.3"):
-                    dg.materialize(ASSETS, selection=[curated_dataset], instance=instance, resources=resources,
+                with pytest.raises(dg.Failure, match=f"Re-materialize {labels_op} with label_min_quality <= 0.3"):
+                    dg.materialize(ASSETS, selection=[dataset_asset], instance=instance, resources=resources,
                                    run_config=low)
             else:
-                assert dg.materialize(ASSETS, selection=[curated_dataset], instance=instance, resources=resources,
+                assert dg.materialize(ASSETS, selection=[dataset_asset], instance=instance, resources=resources,
                                       run_config=low).success
     assert datasets[0.5].height > 0
     assert datasets[0.5].equals(datasets[None])
 
 
-def test_span_clusters_config_rejects_a_quality_outside_the_unit_interval():
-    from emerge_assets.run_config import SpanClustersConfig
+@pytest.mark.parametrize("config_name", ["SpanClustersConfig", "TopicScoresConfig"])
+def test_labelling_configs_reject_a_quality_outside_the_unit_interval(config_name):
+    from emerge_assets import run_config
 
+    config = getattr(run_config, config_name)
     with pytest.raises(ValueError, match="label_min_quality"):
-        SpanClustersConfig(label_min_quality=1.5)
-    assert SpanClustersConfig(label_min_quality=None).label_min_quality is None
+        config(label_min_quality=1.5)
+    assert config(label_min_quality=None).label_min_quality is None
 
 
 def test_span_clusters_without_a_fitted_pipeline_fails_clearly(tmp_path, tiny_model_dir):

@@ -160,7 +160,8 @@ def test_asset_scale_script(tiny_model_dir):
     """The real asset graph on a one-source corpus (the case where Dagster hands a lone partition
     over bare), one step per process, each reporting its own peak RSS."""
     r = run_script("asset_scale.py", "--docs", str(PLANTED), "--sizes", "20", "--docs-per-source", "60",
-                   "--model", str(tiny_model_dir), "--compare-full-labelling")
+                   "--model", str(tiny_model_dir), "--compare-full-labelling", "--topics",
+                   str(REPO / "sample_data" / "topics.yaml"))
     assert {"runs", "time_exponent", "rss_exponent", "model_baseline_rss_gib", "machine"} <= set(r)
     (run,) = r["runs"]
     assert (run["docs"], run["sources"], run["repeated_copies"], run["own_instance"]) == (20, 1, 0, True)
@@ -175,6 +176,11 @@ def test_asset_scale_script(tiny_model_dir):
     assert labelled["spans_below_quality"] > 0  # so the comparison compared two different labellings
     assert full["spans_considered"] == labelled["spans"] > run["per_stage"]["curated_dataset"]["metadata"][
         "spans_considered"]
+    topic = run["topic_path"]  # the topic-guided path, on the same home
+    assert list(topic["per_stage"]) == ["topic_scores", "curated_topic_dataset"]
+    scored = topic["per_stage"]["topic_scores"]["metadata"]
+    assert scored["spans"] == labelled["spans"] and scored["spans_below_quality"] == labelled["spans_below_quality"]
+    assert topic["full_labelling"]["same_dataset"] and topic["full_labelling"]["dataset_rows"] == topic["dataset_rows"]
 
 
 def test_asset_scale_repeats_documents_as_new_sources_and_fits_exponents(tmp_path):

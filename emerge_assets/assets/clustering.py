@@ -41,6 +41,20 @@ def source_vectors(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFra
     return vectors_of(span_embeddings if keep is None else span_embeddings.filter(pl.Series(keep)))
 
 
+def candidate_rows(spans: pl.DataFrame, raw_texts: pl.DataFrame, min_quality: float | None) -> np.ndarray:
+    """Which of a source's spans a labelling asset labels: those of at least `min_quality`."""
+    from emerge.ingest import document_texts
+    from emerge.quality import selectable
+
+    return selectable(spans, document_texts(raw_texts), min_quality)
+
+
+def candidate_metadata(spans: pl.DataFrame, keep: np.ndarray, min_quality: float | None) -> dict:
+    """How many spans a labelling asset left out, and the floor the dataset assets check against."""
+    return {"spans": spans.height, "spans_below_quality": int(spans.height - keep.sum()),
+            LABEL_MIN_QUALITY: min_quality if min_quality is not None else 0.0}
+
+
 @dg.asset(group_name="clustering", kinds={"umap"}, ins={"spans": LAZY_SOURCES, "span_embeddings": LAZY_SOURCES},
           automation_condition=REFIT,
           description="UMAP fitted on a bounded, per-document-capped sample of spans from every source. "
@@ -150,10 +164,8 @@ def span_clusters(context: dg.AssetExecutionContext, config: SpanClustersConfig,
 def label_source(pipeline, storage: EmergeStorage, source: str, spans: pl.DataFrame, span_embeddings: pl.DataFrame,
                  raw_texts: pl.DataFrame, min_quality: float | None) -> dg.Output:
     from emerge.discovery.fit import label_spans
-    from emerge.ingest import document_texts
-    from emerge.quality import selectable
 
-    keep = selectable(spans, document_texts(raw_texts), min_quality)
+    keep = candidate_rows(spans, raw_texts, min_quality)
     labelled = label_spans(pipeline, spans.filter(pl.Series(keep)),
                            source_vectors(source, spans, span_embeddings, keep), progress=True)
     out = labelled.select("span_idx", "doc_id", "cluster_id", "cluster_title", "membership", "centroid_sim",
@@ -161,9 +173,7 @@ def label_source(pipeline, storage: EmergeStorage, source: str, spans: pl.DataFr
     per_cluster = out.group_by("cluster_id", "cluster_title").agg(pl.len().alias("spans")).sort("cluster_id")
     return dg.Output(out, metadata={
         "dagster/row_count": out.height,
-        "spans": spans.height,
-        "spans_below_quality": spans.height - out.height,
-        LABEL_MIN_QUALITY: min_quality if min_quality is not None else 0.0,
+        **candidate_metadata(spans, keep, min_quality),
         "noise_fraction": round(float((out["cluster_id"] < 0).mean()), 4) if out.height else 0.0,
         "spans_per_cluster": markdown_table(per_cluster),
         "pipeline_path": dg.MetadataValue.path(str(storage.clustering_path)),

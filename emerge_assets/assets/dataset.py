@@ -48,20 +48,21 @@ def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans:
     return dg.Output(made.frame, metadata=dataset_metadata(made, scheme))
 
 
-def require_labelled_down_to(context, quality_threshold: float, sources: list[str]) -> None:
-    """Fail when `span_clusters` left spans of some source unlabelled that this threshold would
-    select (it labels only spans of at least its `label_min_quality`, recorded per partition)."""
+def require_labelled_down_to(context, quality_threshold: float, sources: list[str], labels_asset: str) -> None:
+    """Fail when `labels_asset` (span_clusters, topic_scores) left spans of some source unlabelled
+    that this threshold would select (it labels only spans of at least its `label_min_quality`,
+    recorded per partition)."""
     short = {}
     for source in sources:
-        metadata = latest_partition_metadata(context.instance, "span_clusters", source)
+        metadata = latest_partition_metadata(context.instance, labels_asset, source)
         floor = float(metadata[LABEL_MIN_QUALITY].value) if LABEL_MIN_QUALITY in metadata else 0.0
         if quality_threshold < floor:
             short[source] = floor
     if short:
         raise dg.Failure(
-            f"quality_threshold {quality_threshold} is below the quality span_clusters labelled down to for "
+            f"quality_threshold {quality_threshold} is below the quality {labels_asset} labelled down to for "
             f"{len(short)} source(s) ({', '.join(f'{s}: {f}' for s, f in sorted(short.items()))}); spans in between "
-            f"have no cluster. Re-materialize span_clusters with label_min_quality <= {quality_threshold} "
+            f"have no label. Re-materialize {labels_asset} with label_min_quality <= {quality_threshold} "
             "(or null), or raise quality_threshold.")
 
 
@@ -86,7 +87,7 @@ def span_config_of(context, sources: list[str], source_spans: list[pl.LazyFrame]
 def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetConfig, raw_texts: dict,
                     spans: dict[str, pl.LazyFrame], span_embeddings: dict[str, pl.LazyFrame], span_clusters: dict,
                     storage: EmergeStorage, embedding_model: EmbeddingModelResource) -> dg.Output:
-    require_labelled_down_to(context, config.quality_threshold, sorted(span_clusters))
+    require_labelled_down_to(context, config.quality_threshold, sorted(span_clusters), "span_clusters")
     return build_dataset(context, config, raw_texts, spans, span_embeddings, span_clusters, CLUSTERS, storage,
                          embedding_model.display_name)
 
@@ -99,5 +100,6 @@ def curated_topic_dataset(context: dg.AssetExecutionContext, config: CuratedTopi
                           spans: dict[str, pl.LazyFrame], span_embeddings: dict[str, pl.LazyFrame],
                           topic_scores: dict,
                           storage: EmergeStorage, embedding_model: EmbeddingModelResource) -> dg.Output:
+    require_labelled_down_to(context, config.quality_threshold, sorted(topic_scores), "topic_scores")
     return build_dataset(context, config, raw_texts, spans, span_embeddings, topic_scores, TOPICS, storage,
                          embedding_model.display_name)
