@@ -317,3 +317,12 @@ def test_clustering_gain_script(tiny_model_dir):
         assert {"nmi", "v_measure", "hdbscan_nmi"} <= set(r[model]) and 0.0 <= r[model]["nmi"] <= 1.0
     assert r["train_pairs"] > 0 and r["wall_s"] > 0
     assert set(r["variants"]) == {"0.0", "0.5"} and r["variants"]["0.0"]["scores"] == r["fine_tuned"]
+
+
+def test_topic_candidates_script(tiny_model_dir):
+    """Scoring only the candidate spans gives every candidate the score it gets among all spans."""
+    r = run_script("topic_candidates.py", "--docs", str(PLANTED), "--limit", "12", "--repeats", "1",
+                   "--topics", str(REPO / "sample_data" / "topics.yaml"), "--model", str(tiny_model_dir))
+    assert r["topics"] == 4 and 0 < r["candidates"] < r["spans"]
+    assert r["same_scores"] and r["max_relevance_difference"] == 0.0
+    assert r["score_all_s"] > 0 and r["saved_fraction_of_scoring"] <= 1

@@ -303,8 +303,11 @@ class LateInteractionCrossEncoder:
             li[:, topics[usable]] += self.part_weights[kind] * best[:, usable]
             weight[topics[usable]] += self.part_weights[kind]
         li /= np.maximum(weight, 1e-12)
-        pooled = np.asarray(pooled, np.float32)  # span vectors are stored in float16: no BLAS for that
-        return (1 - self.prototype_weight) * li + self.prototype_weight * (pooled @ protos.T)
+        # float64: a float32 product's last bits depend on how many rows BLAS is handed, and a
+        # span's score must not depend on which other spans are scored with it (topic_scores
+        # scores only the spans selection can keep; every span gives the same dataset)
+        cosine = (np.asarray(pooled, np.float64) @ np.asarray(protos, np.float64).T).astype(np.float32)
+        return (1 - self.prototype_weight) * li + self.prototype_weight * cosine
 
     def _score_texts(self, encoder: TokenEncoder, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Part scores and pooled vectors of texts each encoded alone (spans = whole texts)."""
