@@ -246,7 +246,8 @@ def _print_summary(meta: dict[str, dict], sources: list[str], problems: dict[str
         print(f"  skipped:   {len(problems)} source(s) without a usable document: {', '.join(sorted(problems))}")
     print(f"  inputs:    {ds['inputs']} ({ds['documents_in_dataset']} documents in the dataset)")
     print(f"  spans:     {ds['spans_considered']} considered, {ds['dagster/row_count']} selected")
-    print(f"  clusters:  {cl['clusters']} (noise fraction over all spans {ds['unlabelled_fraction_all_spans']:.2f})")
+    print(f"  clusters:  {cl['clusters']} "
+          f"(noise fraction of the labelled spans {ds['unlabelled_fraction_labelled_spans']:.2f})")
     titles = list((cl.get("titles") or {}).values())
     if titles:
         more = f" | ... {len(titles) - 8} more" if len(titles) > 8 else ""
@@ -257,7 +258,8 @@ def _print_summary(meta: dict[str, dict], sources: list[str], problems: dict[str
     if with_topics:
         tds = meta["curated_topic_dataset"]
         print(f"  topics:    {tds['dagster/row_count']} spans from {tds['documents_in_dataset']} documents, "
-              f"{tds['labels']} topics used (unlabelled share {tds['unlabelled_fraction_all_spans']:.2f})")
+              f"{tds['labels']} topics used "
+              f"(unlabelled share of the scored spans {tds['unlabelled_fraction_labelled_spans']:.2f})")
         print(f"  dataset:   {tds['parquet_path']}")
     else:
         print("  topics:    none given, so no topic dataset (--topics FILE scores spans against your topics)")

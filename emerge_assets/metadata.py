@@ -96,7 +96,7 @@ def dataset_metadata(made, scheme) -> dict:
         "document_outcomes": counts_table(made.outcomes),
         "spans_per_label": markdown_table(made.per_label(scheme)),
         "label_balance": round(label_balance(frame, scheme.label_col), 4),
-        "unlabelled_fraction_all_spans": round(made.unlabelled_fraction, 4),
+        "unlabelled_fraction_labelled_spans": round(made.unlabelled_fraction, 4),
         "parquet_path": dg.MetadataValue.path(str(made.paths["parquet"])),
         "csv_path": dg.MetadataValue.path(str(made.paths["csv"])),
         "card_path": dg.MetadataValue.path(str(made.paths["card"])),
