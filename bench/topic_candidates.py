@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     diff = (both["relevance"] - both["relevance_all"]).abs()
     result = {
         "benchmark": "topic_candidates", "docs": docs.height, "topics": len(topics),
-        "topic_parts": int(sum(2 + len(t.examples) for t in topics)), "spans": spans.height,
+        "topic_parts": len(scorer.index.part_kind), "spans": spans.height,
         "candidates": int(keep.sum()), "embed_s": round(embed_s, 3), "score_all_s": round(all_s, 3),
         "quality_s": round(quality_s, 3), "score_candidates_s": round(kept_s, 3),
         "saved_fraction_of_scoring": round(1 - (quality_s + kept_s) / all_s, 3),

@@ -27,10 +27,9 @@ def lazy_sources(spans: dict[str, pl.LazyFrame], span_embeddings: dict[str, pl.L
     return sources
 
 
-def source_vectors(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFrame,
-                   keep: np.ndarray | None = None) -> np.ndarray:
-    """One source's span vectors, row-aligned with its spans (or a Failure saying what to re-run);
-    with `keep`, only those rows' vectors (no full-source array is built)."""
+def source_vectors(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFrame, keep: np.ndarray) -> np.ndarray:
+    """The vectors of the `keep` rows of one source's spans (or a Failure saying what to re-run
+    when vectors and spans are not row-aligned); no full-source array is built."""
     from emerge.embedding import require_aligned, vectors_of
     from emerge.errors import InputError
 
@@ -38,21 +37,21 @@ def source_vectors(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFra
         require_aligned(source, spans, span_embeddings)
     except InputError as exc:
         raise dg.Failure(str(exc)) from exc
-    return vectors_of(span_embeddings if keep is None else span_embeddings.filter(pl.Series(keep)))
+    return vectors_of(span_embeddings.filter(pl.Series(keep)))
 
 
-def candidate_rows(spans: pl.DataFrame, raw_texts: pl.DataFrame, min_quality: float | None) -> np.ndarray:
-    """Which of a source's spans a labelling asset labels: those of at least `min_quality`."""
+def label_candidates(source: str, spans: pl.DataFrame, span_embeddings: pl.DataFrame, raw_texts: pl.DataFrame,
+                     min_quality: float | None) -> tuple[pl.DataFrame, np.ndarray, dict]:
+    """What a labelling asset (span_clusters, topic_scores) labels of one source: the spans of at
+    least `min_quality`, their vectors, and the metadata saying how many were left out and the
+    floor the dataset assets check against (`LABEL_MIN_QUALITY`)."""
     from emerge.ingest import document_texts
     from emerge.quality import selectable
 
-    return selectable(spans, document_texts(raw_texts), min_quality)
-
-
-def candidate_metadata(spans: pl.DataFrame, keep: np.ndarray, min_quality: float | None) -> dict:
-    """How many spans a labelling asset left out, and the floor the dataset assets check against."""
-    return {"spans": spans.height, "spans_below_quality": int(spans.height - keep.sum()),
-            LABEL_MIN_QUALITY: min_quality if min_quality is not None else 0.0}
+    keep = selectable(spans, document_texts(raw_texts), min_quality)
+    metadata = {"spans": spans.height, "spans_below_quality": int(spans.height - keep.sum()),
+                LABEL_MIN_QUALITY: min_quality if min_quality is not None else 0.0}
+    return spans.filter(pl.Series(keep)), source_vectors(source, spans, span_embeddings, keep), metadata
 
 
 @dg.asset(group_name="clustering", kinds={"umap"}, ins={"spans": LAZY_SOURCES, "span_embeddings": LAZY_SOURCES},
@@ -165,15 +164,14 @@ def label_source(pipeline, storage: EmergeStorage, source: str, spans: pl.DataFr
                  raw_texts: pl.DataFrame, min_quality: float | None) -> dg.Output:
     from emerge.discovery.fit import label_spans
 
-    keep = candidate_rows(spans, raw_texts, min_quality)
-    labelled = label_spans(pipeline, spans.filter(pl.Series(keep)),
-                           source_vectors(source, spans, span_embeddings, keep), progress=True)
+    candidates, vectors, counts = label_candidates(source, spans, span_embeddings, raw_texts, min_quality)
+    labelled = label_spans(pipeline, candidates, vectors, progress=True)
     out = labelled.select("span_idx", "doc_id", "cluster_id", "cluster_title", "membership", "centroid_sim",
                           "relevance")
     per_cluster = out.group_by("cluster_id", "cluster_title").agg(pl.len().alias("spans")).sort("cluster_id")
     return dg.Output(out, metadata={
         "dagster/row_count": out.height,
-        **candidate_metadata(spans, keep, min_quality),
+        **counts,
         "noise_fraction": round(float((out["cluster_id"] < 0).mean()), 4) if out.height else 0.0,
         "spans_per_cluster": markdown_table(per_cluster),
         "pipeline_path": dg.MetadataValue.path(str(storage.clustering_path)),

@@ -3,7 +3,7 @@
 import dagster as dg
 import polars as pl
 
-from emerge_assets.assets.clustering import candidate_metadata, candidate_rows, source_vectors
+from emerge_assets.assets.clustering import LABEL_MIN_QUALITY, label_candidates
 from emerge_assets.automation import FOLLOW_INPUTS
 from emerge_assets.metadata import topic_scores_metadata, unlabelled_share
 from emerge_assets.partitions import SINGLE_RUN, SOURCE_IN, document_source, for_each_source
@@ -44,13 +44,13 @@ def score_source(context, config: TopicScoresConfig, analyzer, topics: TopicsRes
         if not path.exists():
             raise dg.Failure(f"no token embeddings at {path}; re-materialize span_embeddings for this source")
         store = TokenStore.load(path)
-    keep = candidate_rows(spans, raw_texts, config.label_min_quality)
-    labelled = analyzer.analyze(spans.filter(pl.Series(keep)), source_vectors(source, spans, span_embeddings, keep),
-                                token_store=store, encoder=embedding_model.get_encoder(), progress=True)
+    candidates, vectors, counts = label_candidates(source, spans, span_embeddings, raw_texts,
+                                                   config.label_min_quality)
+    labelled = analyzer.analyze(candidates, vectors, token_store=store, encoder=embedding_model.get_encoder(),
+                                progress=True)
     out = labelled.select("span_idx", "doc_id", "topic_id", "topic_name", "topic_description", "best_topic_id",
                           "relevance")
-    context.log.info(f"{out.height} of {spans.height} spans (quality >= {config.label_min_quality}) scored against "
-                     f"{len(analyzer.topics)} topics; unlabelled {unlabelled_share(out):.1%}")
-    return dg.Output(out, metadata=topic_scores_metadata(labelled, out, analyzer)
-                     | candidate_metadata(spans, keep, config.label_min_quality) | {
+    context.log.info(f"{out.height} of {spans.height} spans (quality >= {counts[LABEL_MIN_QUALITY]}) scored "
+                     f"against {len(analyzer.topics)} topics; unlabelled {unlabelled_share(out):.1%}")
+    return dg.Output(out, metadata=topic_scores_metadata(labelled, out, analyzer) | counts | {
         "prediction_mode": config.prediction_mode, "topics_file": dg.MetadataValue.path(topics.topics_file)})
