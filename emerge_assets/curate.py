@@ -245,7 +245,8 @@ def _print_summary(meta: dict[str, dict], sources: list[str], problems: dict[str
     if problems:
         print(f"  skipped:   {len(problems)} source(s) without a usable document: {', '.join(sorted(problems))}")
     print(f"  inputs:    {ds['inputs']} ({ds['documents_in_dataset']} documents in the dataset)")
-    print(f"  spans:     {ds['spans_considered']} considered, {ds['dagster/row_count']} selected")
+    print(f"  spans:     {ds['spans_considered']} labelled (those good enough to select), "
+          f"{ds['dagster/row_count']} selected")
     print(f"  clusters:  {cl['clusters']} "
           f"(noise fraction of the labelled spans {ds['unlabelled_fraction_labelled_spans']:.2f})")
     titles = list((cl.get("titles") or {}).values())
