@@ -266,7 +266,7 @@ class CuratorConfig:
 
 
 PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
-QUERY_SOURCES = ("spans", "leading_sentence", "sentences", "keywords", "cluster_keywords", "generated")
+QUERY_SOURCES = ("spans", "leading_sentence", "sentences", "keywords", "generated")
 DISTILL_LOSSES = ("in_batch_kl", "in_batch_mse", "pairwise")
 # distill moves normalised-cosine scores, so it needs a larger step than MNRL's pairs;
 # WiSE-FT interpolation then takes back what the larger step costs (BENCHMARKS.md, domain adaptation)

@@ -203,8 +203,7 @@ class FineTuneConfig(_EngineConfig):
     query_source: Literal[QUERY_SOURCES] = _training_default(
         "query_source", "distill: pseudo-queries are the selected spans (spans), each document's opening "
         "line/sentence (leading_sentence), that opening shortened to its 2-5 rarest words (keywords), the "
-        "opening and other sentences cut out of the document (sentences), 2-5 of the document's cluster's most "
-        "distinctive words that it holds (cluster_keywords), or a query a local language model "
+        "opening and other sentences cut out of the document (sentences), or a query a local language model "
         "writes about each document (generated; needs query_generator).")
     queries_per_document: int = _training_default("queries_per_document", "distill: pseudo-queries (selected "
                                                   "spans, or sentences) per training document.")

@@ -336,34 +336,3 @@ def test_keyword_queries_shorten_the_opening_to_its_rarest_shared_words():
     # two words: the rarest shared ones (stall, slipstream, propeller: 2 documents each; rotor, blade: 3)
     two = keyword_queries(rows, texts, 400, seed=0, min_terms=2, max_terms=2).filter(pl.col("doc_id") == "a")
     assert set(two["query"][0].lower().split()) < {"stall", "slipstream", "propeller"}
-
-
-def test_cluster_keyword_queries_ask_for_the_cluster_in_words_the_document_holds():
-    from emerge.training.distillation import cluster_keyword_queries
-
-    texts = {"a": "Telomere length shortens with stress. Telomerase repairs telomere ends in cells.",
-             "b": "Leukocyte telomere length and diet. Telomerase activity rose with exercise.",
-             "c": "Telomerase and telomere erosion in leukocyte samples of older adults.",
-             "d": "Statin use and breast cancer survival in a cohort. Statin users lived longer.",
-             "e": "Breast cancer risk and cholesterol lowering statin drugs in women.",
-             "f": "Cholesterol, statin therapy and cancer recurrence after surgery.",
-             "g": "A lone document about volcanic ash and soil."}
-    labels = {"a": 0, "b": 0, "c": 0, "d": 1, "e": 1, "f": 1, "g": -1}
-    # two spans per document, c a third one in the other cluster: the majority decides its cluster
-    spans = [(d, labels[d]) for d in texts for _ in range(2)] + [("c", 1)]
-    rows = pl.DataFrame(spans, schema=["doc_id", "cluster_id"], orient="row")
-    queries = {r["doc_id"]: r for r in cluster_keyword_queries(rows, texts, 400, seed=0).iter_rows(named=True)}
-    assert "g" not in queries  # no cluster, no query
-    assert set(queries) == {"a", "b", "c", "d", "e", "f"}
-    for doc, r in queries.items():
-        words = r["query"].split()
-        assert 2 <= len(words) <= 5
-        assert all(w in texts[doc] for w in words)  # the document's own surface forms
-        assert r["positive"] == texts[doc]  # nothing cut out: the words come from the cluster
-        # a cluster's words only: no word of the other cluster's topic
-        other = {"statin", "cancer", "breast", "cholesterol"} if labels[doc] == 0 else {"telomere", "telomerase"}
-        assert not {w.lower() for w in words} & other
-    # a word held by one document of the cluster only is never asked for
-    assert all("erosion" not in r["query"] for r in queries.values())
-    assert "stress" not in queries["a"]["query"]
-    assert "Telomerase" in queries["c"]["query"] or "telomere" in queries["c"]["query"]

@@ -166,60 +166,6 @@ def keyword_queries(rows: pl.DataFrame, texts: dict[str, str], window_chars: int
     return pl.DataFrame(out, schema=["query", "positive", "doc_id"], orient="row")
 
 
-def cluster_keyword_queries(rows: pl.DataFrame, texts: dict[str, str], window_chars: int, seed: int,
-                            label_col: str = "cluster_id", top_terms: int = 15, min_terms: int = 2,
-                            max_terms: int = 5) -> pl.DataFrame:
-    """Topic-level search-box queries: each document's query is `min_terms`..`max_terms` of its
-    cluster's most distinctive words that the document itself contains ("statin cholesterol
-    cancer"). Distinctive = share of the cluster's documents that hold the word times its idf over
-    the training documents (c-TF-IDF over documents); a word needs two documents of the cluster.
-    Unlike `keyword_queries`, which asks for one document's opening, such a query asks for what a
-    whole cluster is about, as a user's topic question does, and many training documents answer
-    it: the in-batch teacher scores all of them, so the student learns the teacher's ranking of a
-    topic's documents, not only of a title's. The positive is the document's window (nothing is
-    cut out: the query's words come from the cluster). A document's cluster is the one most of its
-    selected spans carry; documents of no cluster give no query. Columns: query, positive, doc_id."""
-    from emerge.training.lexical import tokenize
-
-    clusters = (rows.filter(pl.col(label_col).cast(pl.Int64, strict=False).fill_null(-1) >= 0)
-                .with_columns(pl.col("doc_id").cast(pl.String))
-                .group_by("doc_id", label_col).len().sort(["doc_id", "len", label_col], descending=[False, True, False])
-                .group_by("doc_id", maintain_order=True).first())
-    docs = sorted(set(rows["doc_id"].cast(pl.String)))
-    windows = {d: _cut_at_space(texts[d].strip(), window_chars) for d in docs}
-    index = BM25Index.build([windows[d] for d in docs])
-    words = {d: [m.group() for m in _WORD.finditer(windows[d])] for d in clusters["doc_id"]}
-    vocabulary = sorted({w.lower() for ws in words.values() for w in ws if len(w) >= 3})
-    stem_of = {w: (t[0] if t else None) for w, t in zip(vocabulary, tokenize(vocabulary))}
-    doc_stems: dict[str, dict[str, str]] = {}  # stem -> the document's first surface form of it
-    for d, ws in words.items():
-        forms: dict[str, str] = {}
-        for w in ws:
-            stem = stem_of.get(w.lower())
-            if stem is not None and stem in index.vocab:
-                forms.setdefault(stem, w)
-        doc_stems[d] = forms
-    members: dict[object, list[str]] = {}
-    for d, c in clusters.select("doc_id", label_col).iter_rows():
-        members.setdefault(c, []).append(d)
-    rng = np.random.default_rng(seed)
-    out = []
-    for c in sorted(members, key=str):
-        ds = members[c]
-        counts: dict[str, int] = {}
-        for d in ds:
-            for stem in doc_stems[d]:
-                counts[stem] = counts.get(stem, 0) + 1
-        scored = sorted(((n / len(ds)) * index.idf[index.vocab[s]], s) for s, n in counts.items() if n >= 2)
-        top = [s for _, s in scored[::-1][:top_terms]]
-        for d in ds:
-            present = [s for s in top if s in doc_stems[d]]
-            n = int(rng.integers(min_terms, max_terms + 1))
-            if len(present) >= min_terms:
-                out.append((" ".join(doc_stems[d][s] for s in present[:n]), document_window(texts[d], window_chars), d))
-    return pl.DataFrame(out, schema=["query", "positive", "doc_id"], orient="row")
-
-
 def _cut_at_space(text: str, limit: int) -> str:
     """`text` cut to `limit` characters, back to the last whitespace so no word is cut in two."""
     if len(text) <= limit:
@@ -335,8 +281,7 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
                           negatives_per_query: int, negative_depth: int, window_chars: int,
                           lexical_weight: float, seed: int, max_queries: int | None = None,
                           query_source: str = "spans", teacher_model=None, generator=None,
-                          consistency_top_k: int | None = None, label_col: str = "cluster_id",
-                          progress=None) -> DistillationSet:
+                          consistency_top_k: int | None = None, progress=None) -> DistillationSet:
     """Teacher-scored (query, positive, negatives) rows for distillation. Negatives are drawn from
     the teacher's top `negative_depth` training documents, never the query's own document.
 
@@ -362,10 +307,6 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
         queries = document_sentences(rows, texts, window_chars, queries_per_document, seed, max_queries)
     elif query_source == "keywords":
         queries = keyword_queries(rows, texts, window_chars, seed)
-        if max_queries is not None and queries.height > max_queries:
-            queries = queries.sample(n=max_queries, seed=seed)
-    elif query_source == "cluster_keywords":
-        queries = cluster_keyword_queries(rows, texts, window_chars, seed, label_col)
         if max_queries is not None and queries.height > max_queries:
             queries = queries.sample(n=max_queries, seed=seed)
     elif query_source == "generated":
