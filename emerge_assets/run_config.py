@@ -262,6 +262,10 @@ class FineTuneConfig(_EngineConfig):
     beir_dir: Optional[str] = Field(default=None, description="Optional evaluation set in BEIR layout (corpus.jsonl, "
                                     "queries.jsonl, qrels/<split>.tsv), scored for base and fine-tuned.")
     beir_split: str = Field(default="test")
+    gate_beir_split: Optional[str] = Field(
+        default=None, description="Gate on the judged queries of this split of beir_dir (nDCG@10 of base vs each "
+        "interpolation) instead of held-out self-retrieval, which needs no labels but does not catch every loss on "
+        "real queries. Use a split of its own (e.g. dev): gating on beir_split makes its reported numbers optimistic.")
 
 
 def _self_training_default(name: str, description: str | None = None):

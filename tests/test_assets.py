@@ -397,9 +397,46 @@ def test_a_model_made_worse_is_not_promoted_and_the_previous_one_stays(pipeline_
     assert check.check_name == "fine_tuned_beats_base" and not check.passed
 
 
+def test_the_gate_can_compare_models_on_the_users_judged_queries(pipeline_run, tmp_path):
+    """gate_beir_split: the gate scores base and candidate by nDCG@10 on that split's judged queries,
+    and says so in the metadata, the check and MLflow; the run still reports beir_split apart."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from emerge_assets.assets.training import fine_tuned_model
+
+    docs = {f"d{i}": text for i, text in enumerate(["Rotor blades stall at high angles of attack.",
+                                                    "Simmer the onion soup with garlic and pepper.",
+                                                    "A refund goes back to the card within five days.",
+                                                    "The comet passed the planet's orbit last night."])}
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps({"_id": d, "text": t}) for d, t in docs.items()))
+    (tmp_path / "queries.jsonl").write_text("\n".join(json.dumps({"_id": f"q{i}", "text": q}) for i, q in enumerate(
+        ["why do blades stall", "onion soup recipe", "card refund time", "comet orbit"])))
+    for split, queries in (("dev", (0, 1)), ("test", (2, 3))):
+        (tmp_path / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+            f"q{i}\td{i}\t1\n" for i in queries))
+    config = {**SMALL_TRAINING, "gate": True, "interpolation_weights": [1.0], "beir_dir": str(tmp_path),
+              "gate_beir_split": "dev"}
+    result = dg.materialize(ASSETS, selection=[fine_tuned_model], instance=pipeline_run["instance"],
+                            resources=pipeline_run["resources"],
+                            run_config={"ops": {"fine_tuned_model": {"config": config}}})
+    assert result.success
+    meta = metadata_of(result, fine_tuned_model)
+    assert "judged queries nDCG@10 (2 queries)" in meta["promotion"]
+    assert meta["beir_queries"] == 2  # the reported split, not the gate's
+    (check,) = result.get_asset_check_evaluations()
+    assert {"judged_queries_base", "judged_queries_weight_1"} <= set(check.metadata)
+    metrics = MlflowClient(tracking_uri=meta["mlflow_tracking_uri"]).get_run(meta["mlflow_run_id"]).data.metrics
+    assert {"judged_queries.base.ndcg_at_10", "beir.base.ndcg_at_10"} <= set(metrics)
+    assert not any(k.startswith("self_retrieval.") for k in metrics)
+
+
 @pytest.mark.parametrize("config, match", [
     ({"min_pairs": 100_000}, "min_pairs=100000"),
     ({"beir_dir": "/nonexistent/beir"}, "missing corpus file"),
+    ({"gate_beir_split": "dev"}, "gate_beir_split='dev' needs beir_dir"),
     ({"batch_size": 1}, "batch_size"),
 ])
 def test_fine_tuned_model_bad_input_fails_clearly(pipeline_run, config, match):

@@ -182,6 +182,40 @@ def test_gate_rejects_a_model_made_worse_and_an_unchanged_one(tiny_model_dir):
     assert forced.promoted and "without the gate" in forced.reason
 
 
+def test_gate_on_judged_queries_rejects_a_model_made_worse(tiny_model_dir, tmp_path):
+    """The user's own judged queries as the gate's criterion: nDCG@10 at the model's window, named in
+    the decision, and a wrecked model stays unpublished."""
+    import copy
+    import json
+
+    import torch
+
+    from emerge.training.promotion import choose_and_gate, judged_queries_criterion
+    from emerge.training.retrieval import evaluate_beir, load_beir
+    from emerge.training.trainer import load_sentence_transformer
+
+    _, texts = _docs(16)
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps({"_id": d, "text": t}) for d, t in texts.items()))
+    queries = {f"q{d}": texts[d].split(".")[0] for d in list(texts)[:8]}  # each document's first sentence
+    (tmp_path / "queries.jsonl").write_text("\n".join(json.dumps({"_id": q, "text": t}) for q, t in queries.items()))
+    (tmp_path / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{q[1:]}\t1\n" for q in queries))
+    collection = load_beir(tmp_path, "dev")
+    base = load_sentence_transformer(tiny_model_dir, "cpu", 16)  # trained at 16 tokens; judged at its window
+    broken = copy.deepcopy(base)
+    with torch.no_grad():
+        broken[0].auto_model.embeddings.word_embeddings.weight.fill_(0.1)
+    criterion = judged_queries_criterion(collection)
+    _, decision = choose_and_gate(base, broken, criterion, (1.0,), 0.0)
+    assert not decision.promoted and decision.scores_by_weight[1.0] < decision.base_score
+    assert decision.criterion == "judged_queries" and decision.metric == "ndcg@10"
+    assert "judged queries nDCG@10 (8 queries)" in decision.reason
+    at_window = load_sentence_transformer(tiny_model_dir, "cpu")
+    assert decision.base_score == pytest.approx(evaluate_beir(at_window, collection)["ndcg@10"])
+    assert base.max_seq_length == 16  # scored at the window, left as it was
+
+
 def test_training_config_rejects_bad_distillation_values():
     with pytest.raises(ConfigError, match="interpolation_weights"):
         TrainingConfig(interpolation_weights=(0.0,))

@@ -25,7 +25,8 @@ from emerge.training.distillation import DistillationSet, distillation_triplets
 from emerge.errors import InputError
 from emerge.label_scheme import SCHEMES, scheme_of
 from emerge.training.pairs import build_pairs, split_by_document
-from emerge.training.promotion import PromotionDecision, choose_and_gate, self_retrieval_task
+from emerge.training.promotion import (PromotionDecision, choose_and_gate, judged_queries_criterion,
+                                      self_retrieval_task)
 from emerge.topics.self_training import SelfTrainingConfig, default_scorer, self_train, write_matched_threshold
 from emerge.training.retrieval import (BeirCollection, evaluate_beir, evaluate_label_retrieval, label_retrieval_task,
                               sanity_table)
@@ -140,7 +141,8 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
                            progress: Callable[[str], None] | None = None,
                            base_beir_metrics: dict[str, float] | None = None, topics=None,
                            self_training: SelfTrainingConfig | None = None,
-                           inspect_candidate: Callable[[object, object], None] | None = None) -> FineTuneReport:
+                           inspect_candidate: Callable[[object, object], None] | None = None,
+                           gate_queries: BeirCollection | None = None) -> FineTuneReport:
     """Train a candidate, choose its interpolation with the base, gate it, evaluate base vs published.
 
     The candidate is trained into `<output_dir>.candidate`; only a model that beats its base on
@@ -155,6 +157,10 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     Topic datasets (`label_col="topic_id"`) train by self-training (`emerge.topics.self_training`) on the
     training documents' spans with `topics` (name, description, examples; without them, the
     names and descriptions found in the dataset) and the `self_training` config.
+
+    `gate_queries`, when given, replaces self-retrieval in the gate: nDCG@10 on the user's own judged
+    queries (keep them apart from `beir`, or the reported numbers are the ones the weight was chosen
+    on). Self-retrieval catches forgetting and collapse, not every loss on real queries.
 
     `inspect_candidate(base, trained)`, when given, sees both models (at the evaluation window)
     before the trained weights are discarded: benchmarks use it for diagnostics that must not
@@ -199,7 +205,11 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     t = time.perf_counter()
     base = load_sentence_transformer(base_model, device, config.max_seq_length)
     tuned = load_sentence_transformer(result.model_dir, device, config.max_seq_length)
-    if gate_task is not None:
+    if gate_queries is not None:
+        criterion = judged_queries_criterion(gate_queries, config.eval_max_seq_length)
+        chosen, decision = choose_and_gate(base, tuned, criterion, tuple(config.interpolation_weights),
+                                           config.promotion_min_gain, progress=say, gate=config.gate)
+    elif gate_task is not None:
         chosen, decision = choose_and_gate(base, tuned, gate_task, tuple(config.interpolation_weights),
                                            config.promotion_min_gain, progress=say, gate=config.gate)
     else:  # no document texts: nothing label-free to gate on, so the trained weights are published
@@ -241,8 +251,8 @@ def _evaluate_base_and_published(base, chosen, config: TrainingConfig, task, dec
             heldout, scores[name] = evaluate_label_retrieval(model, task)
             metrics |= _prefixed(f"heldout.{name}", heldout)
         if decision is not None:
-            metrics[f"self_retrieval.{name}.mrr@10"] = round(decision.base_score if name == "base"
-                                                             else decision.candidate_score, 5)
+            metrics[f"{decision.criterion}.{name}.{decision.metric}"] = round(
+                decision.base_score if name == "base" else decision.candidate_score, 5)
         if beir is not None:
             if name == "base" and base_beir_metrics is not None:
                 metrics |= _prefixed("beir.base", base_beir_metrics)

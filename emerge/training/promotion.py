@@ -6,12 +6,19 @@ trained on) is a query; the right answer is its own document with the span cut o
 other held-out documents and a sample of training documents as distractors. A model that
 forgot how to retrieve, or collapsed, loses here; one that learnt the corpus' vocabulary wins.
 It reads the corpus only, so it may choose the interpolation weight and gate promotion.
+
+It guards against forgetting and collapse, not against every loss on a user's own queries: a
+recipe that learns the corpus' words the wrong way can raise self-retrieval and still lose on real
+queries (BENCHMARKS.md, topic-level queries on NFCorpus). A user who has judged queries of their
+own can gate on those instead (`judged_queries_criterion`, a split kept apart from the one the run
+reports).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +72,38 @@ def self_retrieval_score(model, task: SelfRetrievalTask, batch_size: int = 64) -
     return {"mrr@10": float(np.where(rank <= 10, 1.0 / rank, 0.0).mean()), "hits@1": float((rank == 1).mean())}
 
 
+@dataclass(frozen=True)
+class GateCriterion:
+    """What the gate compares: `score(model)`, higher is better; `name.metric` names it in metrics."""
+
+    name: str  # "self_retrieval" or "judged_queries"
+    metric: str
+    description: str
+    score: Callable[[object], float]
+
+
+def self_retrieval_criterion(task: SelfRetrievalTask) -> GateCriterion:
+    return GateCriterion("self_retrieval", "mrr@10", "held-out self-retrieval MRR@10",
+                         lambda model: self_retrieval_score(model, task)["mrr@10"])
+
+
+def judged_queries_criterion(collection, window: int | None = None) -> GateCriterion:
+    """nDCG@10 on the user's judged queries (a BEIR collection), at `window` tokens (default: the
+    model's own)."""
+    from emerge.training.retrieval import evaluate_beir
+
+    def score(model) -> float:
+        kept = model.max_seq_length
+        model.max_seq_length = window or getattr(model, "emerge_window", kept)
+        try:
+            return evaluate_beir(model, collection)["ndcg@10"]
+        finally:
+            model.max_seq_length = kept
+
+    return GateCriterion("judged_queries", "ndcg@10", f"judged queries nDCG@10 ({len(collection.query_ids)} queries)",
+                         score)
+
+
 def interpolate(base, tuned, weight: float):
     """WiSE-FT: a copy of `tuned` with weights (1 - weight) * base + weight * tuned."""
     mixed = copy.deepcopy(tuned)
@@ -84,30 +123,35 @@ class PromotionDecision:
     promoted: bool
     min_gain: float
     gated: bool = True
+    criterion: str = "self_retrieval"
+    metric: str = "mrr@10"
+    description: str = "held-out self-retrieval MRR@10"
 
     @property
     def reason(self) -> str:
         verdict = "promoted" if self.promoted else "not promoted: the base (or the previous model) stays current"
         if not self.gated:
             verdict = "published without the gate (gate=false)"
-        return (f"held-out self-retrieval MRR@10 base {self.base_score:.4f} vs fine-tuned {self.candidate_score:.4f} "
+        return (f"{self.description} base {self.base_score:.4f} vs fine-tuned {self.candidate_score:.4f} "
                 f"(weight {self.weight:g}; needs > base + {self.min_gain:g}): {verdict}")
 
 
-def choose_and_gate(base, tuned, task: SelfRetrievalTask, weights: tuple[float, ...], min_gain: float,
-                    progress=None, gate: bool = True):
-    """(the model to publish or None, decision). Scores base and every interpolation weight on the
-    held-out task; the best weight is the candidate, promoted only if it beats the base by more
-    than `min_gain`."""
+def choose_and_gate(base, tuned, task: SelfRetrievalTask | GateCriterion, weights: tuple[float, ...],
+                    min_gain: float, progress=None, gate: bool = True):
+    """(the model to publish or None, decision). Scores base and every interpolation weight by the
+    criterion (a self-retrieval task: held-out self-retrieval); the best weight is the candidate,
+    promoted only if it beats the base by more than `min_gain`."""
     say = progress or log.info
-    base_score = self_retrieval_score(base, task)["mrr@10"]
-    say(f"gate: base held-out self-retrieval MRR@10 {base_score:.4f}")
+    criterion = task if isinstance(task, GateCriterion) else self_retrieval_criterion(task)
+    base_score = criterion.score(base)
+    say(f"gate: base {criterion.description} {base_score:.4f}")
     scores, models = {}, {}
     for w in weights:
         models[w] = tuned if w == 1.0 else interpolate(base, tuned, w)
-        scores[w] = self_retrieval_score(models[w], task)["mrr@10"]
-        say(f"gate: weight {w:g} -> MRR@10 {scores[w]:.4f}")
+        scores[w] = criterion.score(models[w])
+        say(f"gate: weight {w:g} -> {criterion.metric} {scores[w]:.4f}")
     best = max(weights, key=lambda w: (scores[w], -abs(1.0 - w)))
     better = scores[best] > base_score + min_gain
-    decision = PromotionDecision(best, base_score, scores[best], scores, better or not gate, min_gain, gate)
+    decision = PromotionDecision(best, base_score, scores[best], scores, better or not gate, min_gain, gate,
+                                 criterion.name, criterion.metric, criterion.description)
     return models[best], decision

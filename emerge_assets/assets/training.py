@@ -37,7 +37,9 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     """Both model assets: the engine's fine-tune and evaluation, one MLflow run, the UI's metadata."""
     started_at = time.time()
     beir = _evaluation_set(config)
-    report = _fine_tune(context, config, dataset, label_col, storage, embedding_model, beir, texts, engine_kwargs)
+    gate_queries = _gate_queries(context, config)
+    report = _fine_tune(context, config, dataset, label_col, storage, embedding_model, beir, texts,
+                        engine_kwargs | {"gate_queries": gate_queries})
     params, metrics = report.tracking(config.to_engine(), engine_kwargs.get("self_training"), recipe=recipe,
                                       base_model=embedding_model.display_name,
                                       device=embedding_model.resolved_device(), beir_dir=config.beir_dir or "")
@@ -55,17 +57,33 @@ def _train_and_track(context: dg.AssetExecutionContext, config: FineTuneConfig, 
                                 check_results=[_gate_result(report)])
 
 
-def _evaluation_set(config: FineTuneConfig):
-    """The user's BEIR collection (`beir_dir`), or None; a broken one fails the run before training."""
+def _evaluation_set(config: FineTuneConfig, split: str | None = None, role: str = "evaluation set"):
+    """The user's BEIR collection (`beir_dir`, `split` or `beir_split`), or None; a broken one fails
+    the run before training."""
     from emerge.errors import InputError
     from emerge.training.retrieval import load_beir
 
     if not config.beir_dir:
         return None
     try:
-        return load_beir(config.beir_dir, config.beir_split)
+        return load_beir(config.beir_dir, split or config.beir_split)
     except InputError as exc:
-        raise dg.Failure(f"evaluation set: {exc}") from exc
+        raise dg.Failure(f"{role}: {exc}") from exc
+
+
+def _gate_queries(context, config: FineTuneConfig):
+    """The judged queries the gate compares models on (`gate_beir_split` of `beir_dir`), or None
+    (held-out self-retrieval)."""
+    if config.gate_beir_split is None:
+        return None
+    if not config.beir_dir:
+        raise dg.Failure(f"gate_beir_split={config.gate_beir_split!r} needs beir_dir, the BEIR folder whose "
+                         f"qrels/{config.gate_beir_split}.tsv holds the queries to gate on")
+    if config.gate_beir_split == config.beir_split:
+        context.log.warning(f"the gate and the reported evaluation both use split {config.beir_split!r}: the "
+                            "reported fine-tuned numbers are those the interpolation weight was chosen on "
+                            "(optimistic); gate on a split of its own (e.g. dev)")
+    return _evaluation_set(config, config.gate_beir_split, "gate queries")
 
 
 def dataset_texts(raw_texts: dict[str, pl.LazyFrame], dataset: pl.DataFrame) -> dict[str, str]:
@@ -125,8 +143,8 @@ def _model_metadata(report, beir, run, mlflow: MlflowTracking, embedding_model: 
 
 def _gate_result(report) -> dg.AssetCheckResult:
     gate = report.promotion
-    scores = ({f"self_retrieval_weight_{w:g}": s for w, s in gate.scores_by_weight.items()}
-              | {"self_retrieval_base": gate.base_score}) if gate else {}
+    scores = ({f"{gate.criterion}_weight_{w:g}": s for w, s in gate.scores_by_weight.items()}
+              | {f"{gate.criterion}_base": gate.base_score, "criterion": gate.description}) if gate else {}
     return dg.AssetCheckResult(check_name="fine_tuned_beats_base", passed=report.promoted,
                                severity=dg.AssetCheckSeverity.WARN,
                                metadata={"reason": gate.reason if gate else "ungated",
@@ -135,7 +153,8 @@ def _gate_result(report) -> dg.AssetCheckResult:
 
 def _gate_check(asset: str) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec("fine_tuned_beats_base", asset=asset, description="The candidate beat its base on "
-                              "held-out self-retrieval (no labels) and was published; a failure means the base or "
+                              "held-out self-retrieval (no labels; or the judged queries of gate_beir_split) and "
+                              "was published; a failure means the base or "
                               "the previous model stays current.")]
 
 
