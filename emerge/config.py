@@ -267,7 +267,7 @@ class CuratorConfig:
 
 PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
 QUERY_SOURCES = ("spans", "leading_sentence", "sentences", "keywords", "generated")
-DISTILL_LOSSES = ("in_batch_kl", "in_batch_kl_ranked", "in_batch_mse", "pairwise")
+DISTILL_LOSSES = ("in_batch_kl", "in_batch_mse", "pairwise")
 # distill moves normalised-cosine scores, so it needs a larger step than MNRL's pairs;
 # WiSE-FT interpolation then takes back what the larger step costs (BENCHMARKS.md, domain adaptation)
 DEFAULT_LEARNING_RATES = {"distill": 1e-4, "span_context": 2e-5, "same_document": 2e-5, "same_cluster": 2e-5}

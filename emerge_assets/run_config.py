@@ -230,8 +230,7 @@ class FineTuneConfig(_EngineConfig):
         "its top this many training documents.")
     distill_loss: Literal[DISTILL_LOSSES] = _training_default(
         "distill_loss", "distill: in_batch_kl (the student's ranking of every text of the batch matched to the "
-        "teacher's, KL; the measured default), in_batch_kl_ranked (plus a KL over the texts other than the "
-        "positive: the teacher's order of the related documents at full weight), in_batch_mse (raw margins to every text) or pairwise (MarginMSE on "
+        "teacher's, KL; the measured default), in_batch_mse (raw margins to every text) or pairwise (MarginMSE on "
         "each pseudo-query's own negatives).")
     interpolation_weights: list[float] = _training_default("interpolation_weights", "WiSE-FT weights tried "
                                                            "between base (0) and trained (1); the best on held-out "

@@ -6,11 +6,7 @@ score every query of the batch against every text of it (2B - 1 candidates per q
 negative), at the cost of the same forward passes. `kind="kl"` (the default) matches the
 student's softmax over those candidates to the teacher's (KL divergence, both at `scale`), so
 easy in-batch texts, which both rank far below, weigh almost nothing and the teacher's top
-candidates carry the signal. A pseudo-query's own positive usually takes nearly all of the
-teacher's probability (it holds the query's words), so its order of the *other* texts (which of
-the related documents answer the query better) weighs next to nothing; `kind="kl_ranked"` adds a
-second KL over the candidates without the row's positive, so that order is learnt at full
-weight. `kind="mse"` matches raw margins to every text instead; measured
+candidates carry the signal. `kind="mse"` matches raw margins to every text instead; measured
 worse on Cranfield, since easy texts carry large BM25 margins that pull the whole space apart.
 Texts of the query's own document other than its positive are left out (another row may have
 drawn it as a negative); a relevant text in another row gets teacher probability rather than
@@ -47,21 +43,14 @@ class InBatchDistillationLoss(nn.Module):
         rows = torch.arange(queries.shape[0], device=queries.device)
         own_doc = torch.from_numpy(self.teacher.query_docs[query_ids][:, None]
                                    == self.teacher.text_docs[text_ids][None, :]).to(queries.device)
-        any_own = own_doc.clone()
         own_doc[rows, rows] = False  # the row's own positive stays
-        if self.kind in ("kl", "kl_ranked"):
-            loss = self._kl(student, target, own_doc)
-            if self.kind == "kl_ranked":  # the teacher's order of the other texts, without the positive's mass
-                loss = loss + self._kl(student, target, any_own)
-            return loss
+        if self.kind == "kl":
+            log_student = torch.log_softmax((student * self.scale).masked_fill(own_doc, -1e4), dim=1)
+            teacher = torch.softmax((target * self.scale).masked_fill(own_doc, -1e4), dim=1)
+            return nn.functional.kl_div(log_student, teacher, reduction="batchmean")
         margin_student = student[rows, rows][:, None] - student
         margin_teacher = target[rows, rows][:, None] - target
         return ((margin_student - margin_teacher)[~own_doc] ** 2).mean()
-
-    def _kl(self, student: torch.Tensor, target: torch.Tensor, left_out: torch.Tensor) -> torch.Tensor:
-        log_student = torch.log_softmax((student * self.scale).masked_fill(left_out, -1e4), dim=1)
-        teacher = torch.softmax((target * self.scale).masked_fill(left_out, -1e4), dim=1)
-        return nn.functional.kl_div(log_student, teacher, reduction="batchmean")
 
     @property
     def citation(self) -> str:
