@@ -174,7 +174,7 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     rows = None if topic_mode else _train_rows(train_rows, label_col, config, texts, base_model, device, say)
     task = _label_task(eval_rows, label_col, config.seed, say)
     gate_task = (self_retrieval_task(eval_rows, train_rows, texts, config.context_chars, config.seed)
-                 if texts is not None else None)
+                 if texts is not None and gate_queries is None else None)
     seconds["pairs"] = time.perf_counter() - t
     stats = {"dataset_rows": dataset.height, "dataset_hash": dataset_hash(dataset),
              "train_documents": train_rows["doc_id"].n_unique(), "eval_documents": eval_rows["doc_id"].n_unique(),
@@ -205,12 +205,10 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     t = time.perf_counter()
     base = load_sentence_transformer(base_model, device, config.max_seq_length)
     tuned = load_sentence_transformer(result.model_dir, device, config.max_seq_length)
-    if gate_queries is not None:
-        criterion = judged_queries_criterion(gate_queries, config.eval_max_seq_length)
+    criterion = (judged_queries_criterion(gate_queries, config.eval_max_seq_length) if gate_queries is not None
+                 else gate_task)
+    if criterion is not None:
         chosen, decision = choose_and_gate(base, tuned, criterion, tuple(config.interpolation_weights),
-                                           config.promotion_min_gain, progress=say, gate=config.gate)
-    elif gate_task is not None:
-        chosen, decision = choose_and_gate(base, tuned, gate_task, tuple(config.interpolation_weights),
                                            config.promotion_min_gain, progress=say, gate=config.gate)
     else:  # no document texts: nothing label-free to gate on, so the trained weights are published
         chosen, decision = tuned, None
