@@ -124,6 +124,9 @@ def main(argv=None) -> int:
                    help="dev diagnostic: also score these interpolation weights of the trained model on the "
                         "queries (> 1 extrapolates past it); reported per seed as weight_curve, never used to "
                         "choose anything")
+    p.add_argument("--soup", action="store_true",
+                   help="also average the seeds' trained weights (a model soup) and score the average on the "
+                        "queries, at full weight and halfway to the base; reported as `soup`")
     p.add_argument("--teacher-only", action="store_true",
                    help="score base, BM25 and the distillation teacher (base + BM25) on the queries; no training")
     p.add_argument("--cache", default=None,
@@ -195,9 +198,12 @@ def main(argv=None) -> int:
         }
 
     kept = {}
+    soup_states: list[dict] = []
 
     def keep_models(base_model_, trained):
         kept.update(base=base_model_, trained=trained)
+        if args.soup:
+            soup_states.append({k: v.detach().clone() for k, v in trained.state_dict().items()})
 
     per_seed = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -239,7 +245,26 @@ def main(argv=None) -> int:
         timings[f"seed_{seed}"] = seconds
         if len(per_seed) < args.seeds:  # a partial result survives a crash in a later seed
             write_result(summary() | {"partial": True}, args.out)
-    return emit(summary(), args.out)
+    extra = {"soup": model_soup(kept, soup_states, collection, keys)} if args.soup and soup_states else {}
+    return emit(summary() | extra, args.out)
+
+
+def model_soup(kept: dict, states: list[dict], collection, keys) -> dict:
+    """Uniform soup of the seeds' trained weights (Wortsman et al. 2022): the part of each seed's
+    update the seeds agree on survives, seed-specific noise averages out. A dev diagnostic."""
+    from emerge.training.promotion import interpolate
+    from emerge.training.retrieval import evaluate_beir
+
+    soup = kept["trained"]
+    soup.load_state_dict({k: (sum(s[k] for s in states) / len(states)) if v.is_floating_point() else v
+                          for k, v in states[0].items()})
+    out = {"seeds": len(states)}
+    for w in (1.0, 0.5):
+        model = soup if w == 1.0 else interpolate(kept["base"], soup, w)
+        metrics = evaluate_beir(model, collection, progress=True)
+        out[str(w)] = {k: round(metrics[k], 5) for k in keys}
+        print(f"soup of {len(states)} at weight {w}: nDCG@10 {out[str(w)]['ndcg@10']:.4f}", file=sys.stderr, flush=True)
+    return out
 
 
 def weight_curve(models: dict, weights: list[float], chosen: float, chosen_metrics: dict, collection, keys) -> dict:
