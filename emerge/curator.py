@@ -27,6 +27,7 @@ from emerge.encoder import as_encoder
 from emerge.errors import InputError
 from emerge.ingest import documents_from_texts
 from emerge.label_scheme import CLUSTERS, LabelScheme
+from emerge.quality import selectable
 from emerge.spans import build_spans
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class SpanAnalyzer(Protocol):
     needs_token_embeddings: bool
 
     def analyze(self, spans: pl.DataFrame, vectors: np.ndarray, **kwargs) -> pl.DataFrame: ...
+    # kwargs: token_store, encoder, and label_mask (a bool per span: only these need a label; an
+    # analyzer may label more, never fewer)
 
 
 class LocalClusterAnalyzer:
@@ -63,12 +66,16 @@ class LocalClusterAnalyzer:
         self.pipeline = pipeline
         self.clustering = clustering or (pipeline.config if pipeline is not None else ClusteringConfig())
 
-    def analyze(self, spans: pl.DataFrame, vectors: np.ndarray, **_) -> pl.DataFrame:
+    def analyze(self, spans: pl.DataFrame, vectors: np.ndarray, label_mask: np.ndarray | None = None,
+                **_) -> pl.DataFrame:
+        """Fit (first batch) on every span within the length bounds, label those in `label_mask`:
+        the fit sees the same spans whichever are labelled, so the clusters do not depend on it."""
         keep = ((spans["n_tokens"] >= self.config.min_len) & (spans["n_tokens"] <= self.config.max_len)).to_numpy()
-        spans, vectors = spans.filter(pl.Series(keep)), vectors[keep]
         if self.pipeline is None or not self.pipeline.is_fitted:
-            self.pipeline, _ = fit_clustering(spans, vectors, self.clustering)
-        return label_spans(self.pipeline, spans, vectors)
+            self.pipeline, _ = fit_clustering(spans.filter(pl.Series(keep)), vectors[keep], self.clustering)
+        if label_mask is not None:
+            keep &= np.asarray(label_mask, bool)
+        return label_spans(self.pipeline, spans.filter(pl.Series(keep)), vectors[keep])
 
 
 class Curator:
@@ -88,7 +95,9 @@ class Curator:
         self._texts: dict[str, str] = {}
 
     def process_batch(self, texts: list[str], source: str = "inline") -> pl.DataFrame:
-        """Every analysed span with its label, relevance, quality components and embedding."""
+        """Every span that can be selected (quality at least `quality_threshold`; every span with
+        `label_below_quality`) with its label, relevance, quality components and embedding.
+        `last_report` counts the spans built, those left unlabelled (below quality) and those labelled."""
         ingest = documents_from_texts(texts, source=source, config=self.config.ingest)
         if ingest.documents.is_empty():
             raise InputError(f"no usable text among {len(texts)} input(s); skipped: {ingest.skip_counts}")
@@ -98,14 +107,18 @@ class Curator:
         store = TokenStore() if self.analyzer.needs_token_embeddings else None
         vectors = embed_spans(ingest.documents, spans, self.encoder, progress=self.progress,
                               on_document=store.add if store is not None else None)
-        labelled = self.analyzer.analyze(spans, vectors, token_store=store, encoder=self.encoder)
-        kept_idx = labelled["span_idx"].to_numpy()
         texts_by_doc = dict(zip(ingest.documents["doc_id"], ingest.documents["text"]))
+        candidates = selectable(spans, texts_by_doc,
+                                None if self.config.label_below_quality else self.config.quality_threshold)
+        labelled = self.analyzer.analyze(spans, vectors, token_store=store, encoder=self.encoder,
+                                         label_mask=candidates)
+        kept_idx = labelled["span_idx"].to_numpy()
         self._texts.update(texts_by_doc)
         self.last_report = {"inputs": len(texts), "documents": ingest.documents.height,
                             "skipped": ingest.skip_counts | ({"shorter_than_min_len": too_short.height}
                                                              if too_short.height else {}),
-                            "spans": labelled.height}
+                            "spans": labelled.height, "spans_built": spans.height,
+                            "spans_left_unlabelled": int((~candidates).sum())}
         labelled = add_quality(labelled, texts_by_doc)
         return labelled.with_columns(embeddings_frame(labelled, vectors[kept_idx])["embedding"])
 

@@ -326,3 +326,13 @@ def test_topic_candidates_script(tiny_model_dir):
     assert r["topics"] == 4 and 0 < r["candidates"] < r["spans"]
     assert r["same_scores"] and r["max_relevance_difference"] == 0.0
     assert r["score_all_s"] > 0 and r["saved_fraction_of_scoring"] <= 1
+
+
+def test_curator_labelling_script(tiny_model_dir):
+    """The Python API labels only selectable spans by default; the dataset equals labelling all."""
+    r = run_script("curator_labelling.py", "--docs", str(PLANTED), "--limit", "30", "--model", str(tiny_model_dir))
+    every, selectable = r["label_every_span"], r["label_selectable_spans"]
+    assert every["report"]["spans_left_unlabelled"] == 0 < selectable["report"]["spans_left_unlabelled"]
+    assert selectable["report"]["spans"] < every["report"]["spans"] == every["report"]["spans_built"]
+    assert r["datasets_identical"] and every["dataset_rows"] == selectable["dataset_rows"] > 0
+    assert r["analyze_speedup"] > 0 and r["wall_s"] > 0

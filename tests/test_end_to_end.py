@@ -72,6 +72,28 @@ def test_dataset_export_and_card(curated):
     assert "all-MiniLM-L6-v2" in card and "label balance" in card
 
 
+def test_unselectable_spans_get_no_label_and_the_dataset_does_not_change(curated, minilm_encoder):
+    """By default only spans that can reach the dataset (quality >= quality_threshold) are labelled;
+    labelling every span (label_below_quality) must give the same clusters and the same dataset."""
+    from polars.testing import assert_frame_equal
+
+    docs, curator, spans, final, _ = curated
+    every = Curator(minilm_encoder, None, CuratorConfig(min_length=16, max_length=64, stride=8,
+                                                        label_below_quality=True), progress=False)
+    all_spans = every.process_batch(docs["text"].to_list())
+    threshold = curator.config.quality_threshold
+    assert (spans["quality"] >= threshold).all()
+    assert (all_spans["quality"] < threshold).any(), "the planted corpus has spans below the threshold"
+    assert spans.height == all_spans.filter(pl.col("quality") >= threshold).height
+    report = curator.last_report
+    assert report["spans"] == spans.height <= report["spans_built"] - report["spans_left_unlabelled"]
+    assert report["spans_left_unlabelled"] > 0 == every.last_report["spans_left_unlabelled"]
+    assert every.last_report["spans"] == all_spans.height
+    assert every.analyzer.pipeline.cluster_ids == curator.analyzer.pipeline.cluster_ids
+    key = ["doc_id", "start_char", "end_char"]
+    assert_frame_equal(every.prepare_final_dataset(all_spans).sort(key), final.sort(key))
+
+
 def test_seed_api_with_saved_pipeline_labels_new_texts(curated, tmp_path, minilm_encoder):
     docs, curator, spans, _, _ = curated
     curator.analyzer.pipeline.save(tmp_path / "clustering")

@@ -171,6 +171,18 @@ def test_unfitting_spans_are_left_unlabelled(tiny_scored, tiny_encoder):
     assert labelled["best_topic_id"].null_count() == 0
 
 
+def test_a_label_mask_scores_only_its_spans_and_changes_none_of_their_labels(tiny_scored, tiny_encoder):
+    _, spans, vectors, store, analyzer = tiny_scored
+    every = analyzer.analyze(spans, vectors, token_store=store, encoder=tiny_encoder)
+    mask = np.arange(spans.height) % 3 == 0
+    masked = analyzer.analyze(spans, vectors, token_store=store, encoder=tiny_encoder, label_mask=mask)
+    assert 0 < masked.height < every.height
+    assert set(masked["span_idx"]) <= set(spans.filter(pl.Series(mask))["span_idx"])
+    same = every.join(masked.select("span_idx"), on="span_idx").sort("span_idx")
+    assert same.select("span_idx", "topic_id", "best_topic_id", "relevance").equals(
+        masked.sort("span_idx").select("span_idx", "topic_id", "best_topic_id", "relevance"))
+
+
 def test_very_long_examples_are_truncated_and_reported(tiny_encoder):
     long_example = "refund please " * 400
     analyzer = LateInteractionCrossEncoder(topics=[Topic(1, "Refunds", examples=[long_example, "money back"]),

@@ -438,10 +438,14 @@ class LateInteractionCrossEncoder:
         )
 
     def analyze(self, spans, vectors: np.ndarray, token_store=None, encoder: TokenEncoder | None = None,
-                progress: bool = False):
+                progress: bool = False, label_mask: np.ndarray | None = None):
+        """Scores the spans within the length bounds (and in `label_mask`, when given) against the
+        topics; each span's label depends on its own scores only, so the mask changes no label."""
         import polars as pl
 
         keep = ((spans["n_tokens"] >= self.config.min_len) & (spans["n_tokens"] <= self.config.max_len)).to_numpy()
+        if label_mask is not None:
+            keep &= np.asarray(label_mask, bool)
         spans, vectors = spans.filter(pl.Series(keep)), vectors[keep]
         raw = self.score_spans(spans, vectors, token_store=token_store, encoder=encoder, progress=progress)
         return self.label(spans, raw)
