@@ -17,6 +17,7 @@ from emerge.discovery.cluster_ids import DEFAULT_MIN_SIMILARITY, IdAssignment, m
 from emerge.config import ClusteringConfig
 from emerge.embedding import require_aligned
 from emerge.errors import InputError
+from emerge.frames import owning_strings
 from emerge.vectors import l2_normalise
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,8 @@ def load_fit_sample(sources: dict[str, tuple[pl.DataFrame | pl.LazyFrame, pl.Dat
             continue
         spans, embeddings = (f.lazy() for f in sources[name])
         wanted = pl.col("_row").is_in(pl.Series(rows, dtype=pl.UInt32).implode())
-        frame = (spans.with_row_index("_row").filter(wanted).select("source", "span_idx", "doc_id", "text_span")
-                 .collect())
+        frame = owning_strings(spans.with_row_index("_row").filter(wanted)
+                               .select("source", "span_idx", "doc_id", "text_span").collect())
         vecs = embeddings.with_row_index("_row").filter(wanted).select("embedding").collect()
         frames.append(frame)
         vectors.append(np.asarray(vecs["embedding"].to_numpy(), np.float32))
