@@ -41,12 +41,14 @@ def curate(labelled: pl.DataFrame, vectors: np.ndarray, texts: dict[str, str], s
     return selected.select([c for c in columns if c in selected.columns])
 
 
-def document_accounting(inventories: list[pl.DataFrame], spans: pl.DataFrame, dataset: pl.DataFrame) -> pl.DataFrame:
+def document_accounting(inventories: list[pl.DataFrame | pl.LazyFrame], spans: pl.DataFrame,
+                        dataset: pl.DataFrame) -> pl.DataFrame:
     """Each input's fate (`outcome`): in_dataset, no_span_selected, shorter_than_min_len or its ingest
     skip reason. `inventories`: every source's inputs (source, doc_id, path, record, status, reason)."""
     with_spans = spans["doc_id"].unique().implode()
     in_dataset = dataset["doc_id"].unique().implode()
-    inventory = pl.concat([f.select("source", "doc_id", "path", "record", "status", "reason") for f in inventories])
+    inventory = pl.concat([f.lazy().select("source", "doc_id", "path", "record", "status", "reason")
+                           for f in inventories]).collect()
     return inventory.with_columns(
         pl.when(pl.col("status") == "skipped").then(pl.col("reason"))
         .when(pl.col("doc_id").is_in(in_dataset)).then(pl.lit("in_dataset"))
@@ -133,8 +135,8 @@ class SourceSpans:
     name: str
     spans: pl.DataFrame | pl.LazyFrame  # the `spans` asset of this source
     embeddings: pl.DataFrame | pl.LazyFrame  # span_idx + embedding, row-aligned with `spans`
-    labels: pl.DataFrame  # span_idx + the scheme's label columns
-    documents: pl.DataFrame  # the source's `raw_texts` table (the texts quality is scored against)
+    labels: pl.DataFrame | pl.LazyFrame  # span_idx + the scheme's label columns
+    documents: pl.DataFrame | pl.LazyFrame  # the source's `raw_texts` table (the texts quality is scored against)
 
 
 @dataclass
@@ -189,9 +191,10 @@ def _source_picks(source: SourceSpans, scheme: LabelScheme, selection: Selection
     spans, embeddings = source.spans.lazy(), source.embeddings.lazy()
     require_aligned(source.name, spans, embeddings)
     frame = spans.collect()
-    labelled = frame.join(source.labels.select("span_idx", *scheme.label_columns), on="span_idx", how="inner",
-                          maintain_order="left")
-    scored = labelled if "quality" in labelled.columns else add_quality(labelled, document_texts(source.documents))
+    labels = source.labels.lazy().select("span_idx", *scheme.label_columns).collect()
+    labelled = frame.join(labels, on="span_idx", how="inner", maintain_order="left")
+    scored = labelled if "quality" in labelled.columns else add_quality(
+        labelled, document_texts(source.documents.lazy().collect()))
     picked = per_document_choice(scored, selection, span_config, scheme.label_col, first_pos)
     wanted = picked.select("span_idx")
     vectors = vectors_of(wanted.join(embeddings.filter(pl.col("span_idx").is_in(wanted["span_idx"].implode()))
@@ -202,7 +205,8 @@ def _source_picks(source: SourceSpans, scheme: LabelScheme, selection: Selection
 
 
 def build_curated_dataset(*, name: str, out_dir: str | Path, scheme: LabelScheme, sources: list[SourceSpans],
-                          inventories: list[pl.DataFrame], selection: SelectionConfig, span_config: SpanConfig,
+                          inventories: list[pl.DataFrame | pl.LazyFrame], selection: SelectionConfig,
+                          span_config: SpanConfig,
                           model_name: str) -> CuratedDataset:
     """Join each source's labels onto its spans (on span_idx), select, export Parquet + CSV + card,
     and account for every input document (`inventories`: every source's `raw_texts`, those without

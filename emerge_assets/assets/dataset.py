@@ -11,7 +11,7 @@ import dagster as dg
 import polars as pl
 
 from emerge.label_scheme import CLUSTERS, TOPICS
-from emerge_assets.assets.clustering import ALL_SOURCES, LABEL_MIN_QUALITY, LAZY_SOURCES, lazy_sources
+from emerge_assets.assets.clustering import LABEL_MIN_QUALITY, LAZY_SOURCES, lazy_sources
 from emerge_assets.assets.documents import recorded_span_config
 from emerge_assets.automation import FOLLOW_INPUTS
 from emerge_assets.metadata import dataset_metadata
@@ -20,7 +20,8 @@ from emerge_assets.run_config import CuratedDatasetConfig, CuratedTopicDatasetCo
 from emerge_resources import EmbeddingModelResource, EmergeStorage
 
 # spans and vectors arrive as scans: the engine reads one source at a time and only the vectors it keeps
-LABEL_INPUTS = {"raw_texts": ALL_SOURCES, "spans": LAZY_SOURCES, "span_embeddings": LAZY_SOURCES}
+# every input a scan: the dataset step reads one source at a time (its memory stays flat in the sources)
+LABEL_INPUTS = {"raw_texts": LAZY_SOURCES, "spans": LAZY_SOURCES, "span_embeddings": LAZY_SOURCES}
 
 
 def build_dataset(context, config: CuratedDatasetConfig, raw_texts: dict, spans: dict, span_embeddings: dict,
@@ -80,7 +81,7 @@ def span_config_of(context, sources: list[str], source_spans: list[pl.LazyFrame]
     return span_cfg
 
 
-@dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={**LABEL_INPUTS, "span_clusters": ALL_SOURCES},
+@dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={**LABEL_INPUTS, "span_clusters": LAZY_SOURCES},
           automation_condition=FOLLOW_INPUTS,
           description="Pareto-selected, non-overlapping, de-duplicated spans with cluster labels, relevance "
                       "and quality; written as Parquet, CSV and a Markdown dataset card.")
@@ -92,7 +93,7 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CuratedDatasetCon
                          embedding_model.display_name)
 
 
-@dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={**LABEL_INPUTS, "topic_scores": ALL_SOURCES},
+@dg.asset(group_name="dataset", kinds={"parquet", "csv"}, ins={**LABEL_INPUTS, "topic_scores": LAZY_SOURCES},
           automation_condition=FOLLOW_INPUTS,
           description="The curated dataset in topic mode: spans labelled with the user's topics (topic_id, "
                       "topic_name, topic_description), same Pareto selection; spans that fit no topic are out.")
