@@ -156,12 +156,13 @@ def test_scale_script():
     assert set(r["runs"][0]["wall_s"]) == {"ingest", "spans", "embed", "fit_clustering", "label_all_spans", "select"}
 
 
-def test_asset_scale_script(tiny_model_dir):
+def test_asset_scale_script(tiny_model_dir, tmp_path):
     """The real asset graph on a one-source corpus (the case where Dagster hands a lone partition
-    over bare), one step per process, each reporting its own peak RSS."""
+    over bare), one step per process, each reporting its own peak RSS; then the global steps over
+    that home's source cycled into more partitions (fit_step_memory.py)."""
     r = run_script("asset_scale.py", "--docs", str(PLANTED), "--sizes", "20", "--docs-per-source", "60",
                    "--model", str(tiny_model_dir), "--compare-full-labelling", "--topics",
-                   str(REPO / "sample_data" / "topics.yaml"))
+                   str(REPO / "sample_data" / "topics.yaml"), "--workdir", str(tmp_path))
     assert {"runs", "time_exponent", "rss_exponent", "model_baseline_rss_gib", "machine"} <= set(r)
     (run,) = r["runs"]
     assert (run["docs"], run["sources"], run["repeated_copies"], run["own_instance"]) == (20, 1, 0, True)
@@ -181,6 +182,15 @@ def test_asset_scale_script(tiny_model_dir):
     scored = topic["per_stage"]["topic_scores"]["metadata"]
     assert scored["spans"] == labelled["spans"] and scored["spans_below_quality"] == labelled["spans_below_quality"]
     assert topic["full_labelling"]["same_dataset"] and topic["full_labelling"]["dataset_rows"] == topic["dataset_rows"]
+    home = tmp_path / "20" / "home"
+    fit = run_script("fit_step_memory.py", "--home", str(home), "--partitions", "1", "3")
+    one, three = fit["runs"]
+    assert (one["partitions"], three["partitions"], one["home_sources"]) == (1, 3, 1)
+    assert three["total_spans"] == 3 * one["total_spans"] and three["fit_spans"] >= one["fit_spans"] > 0
+    data = run_script("fit_step_memory.py", "--home", str(home), "--partitions", "1", "2", "--asset", "curated_dataset")
+    # the second partition repeats the first's documents: the near-duplicate step removes every copy
+    assert data["runs"][0]["rows"] == data["runs"][1]["rows"] == run["dataset_rows"]
+    assert data["runs"][1]["spans_considered"] == 2 * data["runs"][0]["spans_considered"]
 
 
 def test_asset_scale_repeats_documents_as_new_sources_and_fits_exponents(tmp_path):
