@@ -13,7 +13,7 @@ import polars as pl
 
 from emerge import validation
 from emerge.label_scheme import CLUSTERS, TOPICS
-from emerge_assets.assets.clustering import ALL_SOURCES
+from emerge_assets.assets.clustering import LAZY_SOURCES
 from emerge_assets.metadata import markdown_table
 from emerge_assets.partitions import document_source
 from emerge_assets.run_config import ClusterBounds, LabelBalanceBounds
@@ -167,7 +167,9 @@ def dataset_balance(asset: str, config: LabelBalanceBounds, df: pl.DataFrame) ->
 
 def dataset_accounts(asset: str, context: dg.AssetCheckExecutionContext, df: pl.DataFrame, raw_texts: dict,
                      storage: EmergeStorage) -> dg.AssetCheckResult:
-    inventory = pl.concat(list(raw_texts.values())) if raw_texts else pl.DataFrame({"doc_id": [], "status": []})
+    # two small columns of each source's scan: the check never holds every source's texts
+    inventory = (pl.concat([f.lazy().select("doc_id", "status") for f in raw_texts.values()]).collect() if raw_texts
+                 else pl.DataFrame({"doc_id": [], "status": []}))
     event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
     meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
     reported = meta["inputs"].value if "inputs" in meta else None
@@ -193,7 +195,7 @@ def curated_dataset_label_balance(config: LabelBalanceBounds, curated_dataset: p
     return dataset_balance("curated_dataset", config, curated_dataset)
 
 
-@dg.asset_check(asset="curated_dataset", blocking=True, additional_ins={"raw_texts": ALL_SOURCES}, description=ACCOUNTS)
+@dg.asset_check(asset="curated_dataset", blocking=True, additional_ins={"raw_texts": LAZY_SOURCES}, description=ACCOUNTS)
 def curated_dataset_accounts_for_every_input(context: dg.AssetCheckExecutionContext, curated_dataset: pl.DataFrame,
                                              raw_texts: dict, storage: EmergeStorage) -> dg.AssetCheckResult:
     return dataset_accounts("curated_dataset", context, curated_dataset, raw_texts, storage)
@@ -210,7 +212,7 @@ def curated_topic_dataset_label_balance(config: LabelBalanceBounds,
     return dataset_balance("curated_topic_dataset", config, curated_topic_dataset)
 
 
-@dg.asset_check(asset="curated_topic_dataset", blocking=True, additional_ins={"raw_texts": ALL_SOURCES},
+@dg.asset_check(asset="curated_topic_dataset", blocking=True, additional_ins={"raw_texts": LAZY_SOURCES},
                 description=ACCOUNTS)
 def curated_topic_dataset_accounts_for_every_input(context: dg.AssetCheckExecutionContext,
                                                    curated_topic_dataset: pl.DataFrame, raw_texts: dict,
