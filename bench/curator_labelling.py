@@ -38,8 +38,8 @@ def run(texts: list[str], model: str | None, label_below_quality: bool, seed: in
         return out
 
     analyzer.analyze = timed_analyze
-    curator = Curator(load_encoder(EncoderConfig(model_name_or_path=model) if model else None), None, CuratorConfig(label_below_quality=label_below_quality), analyzer,
-                      progress=False)
+    encoder = load_encoder(EncoderConfig(model_name_or_path=model) if model else None)
+    curator = Curator(encoder, None, CuratorConfig(label_below_quality=label_below_quality), analyzer, progress=False)
     t = time.perf_counter()
     labelled = curator.process_batch(texts)
     batch_s = time.perf_counter() - t

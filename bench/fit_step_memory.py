@@ -4,10 +4,11 @@
 
 HOME is an Emerge home whose per-source assets are materialized (e.g. `asset_scale.py --workdir`
 keeps one: `<workdir>/<size>/home`). For each count N a fresh temporary instance gets N
-`document_source` partitions whose `spans` and `span_embeddings` files are that home's files,
-cycled (symlinks: N may exceed the home's sources), and `umap_projection` is materialized in its
-own child process; its peak RSS (`VmHWM`) is read there. The fit sample is capped (10,000 spans),
-so a step that holds only the sample stays flat in N. The last stdout line is the JSON.
+`document_source` partitions whose per-source input files are that home's files, cycled
+(symlinks: N may exceed the home's sources; the copies share document ids, which the dataset's
+near-duplicate step then removes), and the asset (`umap_projection`, or `curated_dataset` with its
+checks) is materialized in its own child process; its peak RSS (`VmHWM`) is read there. Both
+steps read one source at a time, so they should stay flat in N. The last stdout line is the JSON.
 """
 
 from __future__ import annotations
