@@ -20,14 +20,14 @@ import polars as pl
 
 from emerge.discovery.pipeline import ClusteringPipeline
 from emerge.config import AnalyzerConfig, ClusteringConfig, CuratorConfig
-from emerge.dataset import add_quality, curate, dataset_card, write_dataset
+from emerge.dataset import curate, dataset_card, write_dataset
 from emerge.discovery.fit import fit_clustering, label_spans
 from emerge.embedding import TokenStore, embed_spans, embeddings_frame, vectors_of
 from emerge.encoder import as_encoder
 from emerge.errors import InputError
 from emerge.ingest import documents_from_texts
 from emerge.label_scheme import CLUSTERS, LabelScheme
-from emerge.quality import selectable
+from emerge.quality import quality_components, selectable
 from emerge.spans import build_spans
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,9 @@ class Curator:
         vectors = embed_spans(ingest.documents, spans, self.encoder, progress=self.progress,
                               on_document=store.add if store is not None else None)
         texts_by_doc = dict(zip(ingest.documents["doc_id"], ingest.documents["text"]))
+        quality = quality_components(spans, texts_by_doc)  # once: it picks the candidates and goes out with them
         candidates = selectable(spans, texts_by_doc,
-                                None if self.config.label_below_quality else self.config.quality_threshold)
+                                None if self.config.label_below_quality else self.config.quality_threshold, quality)
         labelled = self.analyzer.analyze(spans, vectors, token_store=store, encoder=self.encoder,
                                          label_mask=candidates)
         kept_idx = labelled["span_idx"].to_numpy()
@@ -119,7 +120,7 @@ class Curator:
                                                              if too_short.height else {}),
                             "spans": labelled.height, "spans_built": spans.height,
                             "spans_left_unlabelled": int((~candidates).sum())}
-        labelled = add_quality(labelled, texts_by_doc)
+        labelled = pl.concat([labelled, quality[kept_idx]], how="horizontal")
         return labelled.with_columns(embeddings_frame(labelled, vectors[kept_idx])["embedding"])
 
     @property

@@ -98,13 +98,17 @@ def quality_components(spans: pl.DataFrame, texts: dict[str, str]) -> pl.DataFra
                          "quality": np.clip(quality, 0.0, 1.0).astype(np.float32)})
 
 
-def selectable(spans: pl.DataFrame, texts: dict[str, str], min_quality: float | None) -> np.ndarray:
+def selectable(spans: pl.DataFrame, texts: dict[str, str], min_quality: float | None,
+               components: pl.DataFrame | None = None) -> np.ndarray:
     """Which spans reach `min_quality` (all when None): selection's quality threshold drops the
     rest before any label or vector is read, so a labelling stage that skips them changes
     nothing a dataset at that threshold (or a stricter one) can contain. At the default 0.5 that
     is 23-43 % of the dense spans of news, abstracts and forum posts, so labelling only these
-    saves most of the labelling work."""
+    saves most of the labelling work. `components`: the spans' `quality_components`, when the
+    caller has them already."""
     if min_quality is None or spans.height == 0:
         return np.ones(spans.height, bool)
+    if components is None:
+        components = quality_components(spans, texts)
     # the comparison selection makes (emerge.selection.per_document_choice), so the two never disagree
-    return quality_components(spans, texts).select(pl.col("quality") >= min_quality).to_series().to_numpy()
+    return components.select(pl.col("quality") >= min_quality).to_series().to_numpy()

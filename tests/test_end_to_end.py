@@ -92,6 +92,11 @@ def test_unselectable_spans_get_no_label_and_the_dataset_does_not_change(curated
     assert every.analyzer.pipeline.cluster_ids == curator.analyzer.pipeline.cluster_ids
     key = ["doc_id", "start_char", "end_char"]
     assert_frame_equal(every.prepare_final_dataset(all_spans).sort(key), final.sort(key))
+    # quality is scored once for every span and carried to the labelled rows: each row keeps its own
+    from emerge.quality import quality_components
+    for frame in (spans, all_spans):
+        recomputed = quality_components(frame, curator.texts)
+        assert_frame_equal(frame.select(recomputed.columns), recomputed)
 
 
 def test_seed_api_with_saved_pipeline_labels_new_texts(curated, tmp_path, minilm_encoder):
