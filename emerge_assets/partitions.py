@@ -6,9 +6,18 @@ The per-source assets carry `BackfillPolicy.single_run()`: a backfill over many 
 the embedding model loads once instead of once per source. In such a run Dagster hands each
 input over as {source: frame} and expects {source: frame} back; `for_each_source` runs the
 one-source body per key, so each asset body keeps its simple one-source shape.
+
+Such a step holds one source's frames at a time, however many sources it covers: its inputs
+arrive as {source: LazyFrame} scans (`SOURCE_IN`'s `lazy_when_many`), each read when its source's
+turn comes, and each source's output is spilled to a local Parquet file as soon as it is computed
+(`SpilledFrames`), from which the IO manager writes that partition's file.
 """
 
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -21,8 +30,30 @@ SourceFrames = dg.DagsterType(
     type_check_fn=lambda _, value: isinstance(value, (pl.DataFrame, dict)),
     description="One source's frame, or {source: frame} when a single run covers many sources.")
 
-# An upstream per-source input that may arrive as {source: frame} (see module docstring).
-SOURCE_IN = dg.AssetIn(dagster_type=SourceFrames)
+# An upstream per-source input that may arrive as {source: LazyFrame} (see module docstring).
+SOURCE_IN = dg.AssetIn(dagster_type=SourceFrames, metadata={"lazy_when_many": True})
+
+
+class SpilledFrames(dict):
+    """{source: LazyFrame} over Parquet files in a private temp folder: the output of a step over
+    many sources, each frame written out when computed so the step never holds them all. The IO
+    manager writes every partition from its scan and then calls `cleanup` (which a garbage
+    collection of the dict does as well, so a failed step leaves no folder behind)."""
+
+    def __init__(self):
+        super().__init__()
+        self.folder = Path(tempfile.mkdtemp(prefix="emerge-spill-"))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
+
+    def spill(self, key: str, frame: pl.DataFrame) -> None:
+        from emerge.embedding import write_parquet
+
+        path = self.folder / f"{len(self)}.parquet"  # partition keys may hold any character
+        write_parquet(frame, path)
+        self[key] = pl.scan_parquet(path)
+
+    def cleanup(self) -> None:
+        self._finalizer()
 
 
 def latest_partition_metadata(instance: dg.DagsterInstance, asset: str, source: str) -> dict:
@@ -44,9 +75,13 @@ def for_each_source(context: dg.AssetExecutionContext, compute: Callable[..., dg
     keys = context.partition_keys
     if len(keys) == 1:
         return compute(keys[0], **inputs)
-    values = {}
+    values = SpilledFrames()
     for key in keys:
-        out = compute(key, **{name: frames[key] for name, frames in inputs.items()})
-        values[key] = out.value
+        out = compute(key, **{name: _collected(frames[key]) for name, frames in inputs.items()})
+        values.spill(key, out.value)
         context.add_asset_metadata(out.metadata, partition_key=key)
     return dg.Output(values)
+
+
+def _collected(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    return frame.collect() if isinstance(frame, pl.LazyFrame) else frame

@@ -6,6 +6,9 @@ a temp file and are renamed, so a killed run never leaves a truncated Parquet fi
 An input whose definition metadata says `lazy: True` arrives as a `pl.LazyFrame` per partition (a
 scan of the file, nothing read yet): the global assets over every source read only the columns
 and rows they need, one source at a time, instead of holding every source's frames at once.
+`lazy_when_many: True` does the same only when a step loads several partitions (a single-run
+backfill), and an output may be a LazyFrame (a spilled partition, see
+`emerge_assets.partitions.SpilledFrames`): each file is then written from one partition's frame.
 """
 
 from typing import Any
@@ -34,8 +37,12 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
         for key, path in paths.items():
             self.make_directory(path.parent)
             self.dump_to_path(context=context, obj=obj[key], path=path)
+        if hasattr(obj, "cleanup"):
+            obj.cleanup()
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        if isinstance(obj, pl.LazyFrame):  # one spilled partition: only it is read back
+            obj = obj.collect()
         if not isinstance(obj, pl.DataFrame):
             raise TypeError(f"ParquetIOManager stores polars DataFrames; asset {context.asset_key.to_user_string()} "
                             f"returned {type(obj).__name__}")
@@ -59,7 +66,7 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
         return {} if loaded is None else {keys[0]: loaded}
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame | pl.LazyFrame:
-        if (context.definition_metadata or {}).get("lazy"):
+        if _lazy(context):
             if not path.exists():  # a scan would fail only when collected; missing partitions are skipped here
                 raise FileNotFoundError(str(path))
             if path.protocol in ("", "file", "local"):
@@ -68,7 +75,15 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
             # read here and handed over as a LazyFrame (same interface, no memory saving)
         with path.open("rb") as fh:
             frame = pl.read_parquet(fh)
-        return frame.lazy() if (context.definition_metadata or {}).get("lazy") else frame
+        return frame.lazy() if _lazy(context) else frame
+
+
+def _lazy(context: dg.InputContext) -> bool:
+    """Whether this input is handed over as scans: always (`lazy`), or when the step loads several
+    partitions of it (`lazy_when_many`)."""
+    metadata = context.definition_metadata or {}
+    return bool(metadata.get("lazy") or (metadata.get("lazy_when_many") and context.has_asset_partitions
+                                         and len(context.asset_partition_keys) > 1))
 
 
 class ParquetIOManager(dg.ConfigurableIOManagerFactory):

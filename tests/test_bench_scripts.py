@@ -193,6 +193,17 @@ def test_asset_scale_script(tiny_model_dir, tmp_path):
     assert data["runs"][1]["spans_considered"] == 2 * data["runs"][0]["spans_considered"]
 
 
+def test_backfill_memory_script_runs_one_single_run_backfill_per_count():
+    r = run_script("backfill_memory.py", "--docs", str(PLANTED), "--sources", "1", "3", "--docs-per-source", "10")
+    one, three = r["runs"]
+    assert (one["sources"], three["sources"], three["documents"]) == (1, 3, 30)
+    assert three["steps"] == ["raw_texts", "spans"]  # one step per asset for all three sources
+    assert three["rows"]["raw_texts"] == 30 and three["rows"]["spans"] > one["rows"]["spans"] > 0
+    assert 0 < one["peak_rss_gib"] and 0 < three["peak_rss_gib"]
+    with pytest.raises(AssertionError, match="need 1000 documents"):
+        run_script("backfill_memory.py", "--docs", str(PLANTED), "--sources", "10", "--docs-per-source", "100")
+
+
 def test_asset_scale_repeats_documents_as_new_sources_and_fits_exponents(tmp_path):
     sys.path.insert(0, str(REPO / "bench"))
     from asset_scale import fitted_exponent, write_corpus

@@ -352,3 +352,64 @@ def test_lazy_inputs_arrive_as_scans_one_per_materialized_partition(tmp_path, ba
     assert result.success
     assert seen == {"a": pl.LazyFrame, "c": pl.LazyFrame}
     assert sorted(result.output_for_node("combined")["source"].to_list()) == ["a", "a", "c", "c"]
+
+
+@pytest.mark.parametrize("base", ["local", "memory://emerge-spill/assets"])
+def test_a_step_over_many_sources_reads_and_keeps_one_source_at_a_time(tmp_path, base, monkeypatch):
+    """Single-run backfill: the per-source inputs arrive as scans, each source's body gets its own
+    collected frame, each output is spilled when computed and written to its partition's file;
+    the spill folder is gone afterwards."""
+    import tempfile
+
+    from emerge_assets.partitions import SINGLE_RUN, SOURCE_IN, for_each_source
+    from emerge_resources import ParquetIOManager
+
+    spill_root = tmp_path / "tmp"
+    spill_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill_root))
+    parts = dg.DynamicPartitionsDefinition(name="spill_test_source")
+
+    @dg.asset(partitions_def=parts, backfill_policy=SINGLE_RUN)
+    def upstream(context) -> dg.Output:
+        return for_each_source(context, lambda s: dg.Output(pl.DataFrame({"source": [s] * 3, "x": [1, 2, 3]})))
+
+    handed, bodies = {}, {}
+
+    @dg.asset(partitions_def=parts, backfill_policy=SINGLE_RUN, ins={"upstream": SOURCE_IN})
+    def downstream(context, upstream) -> dg.Output:
+        if isinstance(upstream, dict):  # several partitions; one arrives bare, as a DataFrame
+            handed.update({k: type(v) for k, v in upstream.items()})
+        else:
+            handed["one partition"] = type(upstream)
+
+        this_step = []
+
+        def one(source, upstream):
+            bodies[source] = type(upstream)
+            this_step.append(source)
+            # every source before this one is already out of memory, in its spill file
+            assert len(list(spill_root.rglob("*.parquet"))) == len(this_step) - 1
+            return dg.Output(upstream.with_columns(y=pl.col("x") * 10), metadata={"rows": upstream.height})
+        return for_each_source(context, one, upstream=upstream)
+
+    io = ParquetIOManager(base_path=str(tmp_path / "assets") if base == "local" else base)
+    keys = ["a", "b c", "d"]
+    tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("spill_test_source", keys)
+        result = dg.materialize([upstream, downstream], instance=instance, resources={"io_manager": io}, tags=tags)
+        assert result.success
+        single = dg.materialize([upstream.to_source_asset(), downstream], selection=[downstream], partition_key="d",
+                                instance=instance, resources={"io_manager": io})
+        assert single.success
+    assert handed == {k: pl.LazyFrame for k in keys} | {"one partition": pl.DataFrame}
+    assert bodies == {k: pl.DataFrame for k in keys}
+    mats = result.asset_materializations_for_node("downstream")
+    assert {m.partition: m.metadata["rows"].value for m in mats} == {k: 3 for k in keys}
+    loader = io.create_io_manager(None)
+    for key in keys:
+        path = loader._base_path / "downstream" / f"{key}.parquet"
+        with path.open("rb") as fh:
+            frame = pl.read_parquet(fh)
+        assert frame["source"].to_list() == [key] * 3 and frame["y"].to_list() == [10, 20, 30]
+    assert list(spill_root.iterdir()) == [], "the spill folder is removed once the partitions are written"
