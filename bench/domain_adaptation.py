@@ -104,6 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--context-chars", type=int, default=defaults.context_chars)
     p.add_argument("--queries-per-document", type=int, default=defaults.queries_per_document)
     p.add_argument("--query-source", default=defaults.query_source, choices=list(QUERY_SOURCES))
+    p.add_argument("--keyword-terms", type=int, nargs=2, default=list(defaults.keyword_terms),
+                   metavar=("MIN", "MAX"), help="query source keywords: each query keeps MIN..MAX words")
     p.add_argument("--max-train-queries", type=int, default=defaults.max_train_queries)
     p.add_argument("--negatives-per-query", type=int, default=defaults.negatives_per_query)
     p.add_argument("--negative-depth", type=int, default=defaults.negative_depth,
@@ -214,6 +216,7 @@ def main(argv=None) -> int:
                                 hard_negatives=args.hard_negatives, seed=seed, context_chars=args.context_chars,
                                 queries_per_document=args.queries_per_document,
                                 max_train_queries=args.max_train_queries, query_source=args.query_source,
+                                keyword_terms=tuple(args.keyword_terms),
                                 negatives_per_query=args.negatives_per_query, negative_depth=args.negative_depth,
                                 lexical_weight=args.lexical_weight,
                                 distill_loss=args.distill_loss, teacher_model=args.teacher_model,

@@ -287,8 +287,8 @@ class TrainingConfig:
     by a base-model + BM25 teacher (`lexical_weight`; `teacher_model`, a local sentence-transformers
     directory, replaces the base model as the dense half) and distils the teacher; its queries are
     the selected spans (`query_source="spans"`, up to `queries_per_document`) or each document's
-    opening line or sentence (`"leading_sentence"`), that opening shortened to its 2-5 rarest
-    words, a search-box query (`"keywords"`), the opening and `queries_per_document - 1`
+    opening line or sentence (`"leading_sentence"`), that opening shortened to its rarest
+    words, a search-box query (`"keywords"`, `keyword_terms` = (fewest, most) words), the opening and `queries_per_document - 1`
     other sentences, each cut out of its positive (`"sentences"`), or a query a local language
     model writes about the document (`"generated"`: `query_generator` is its folder,
     `query_generator_gguf` its GGUF file, at most `query_generation_budget_s` seconds of
@@ -315,6 +315,7 @@ class TrainingConfig:
     context_chars: int = 1200
     query_source: Literal[QUERY_SOURCES] = "keywords"
     queries_per_document: int = 2
+    keyword_terms: tuple[int, int] = (2, 5)
     max_train_queries: int | None = 2000
     negatives_per_query: int = 3
     negative_depth: int = 30
@@ -375,6 +376,10 @@ class TrainingConfig:
         _require(isinstance(weights, (tuple, list)) and len(weights) > 0
                  and all(isinstance(w, (int, float)) and 0.0 < w <= 1.0 for w in weights),
                  "interpolation_weights", f"must be a non-empty list of weights in (0, 1], got {weights!r}")
+        terms = self.keyword_terms
+        _require(isinstance(terms, (tuple, list)) and len(terms) == 2 and all(isinstance(t, int) for t in terms)
+                 and 1 <= terms[0] <= terms[1], "keyword_terms",
+                 f"must be (min, max) word counts with 1 <= min <= max, got {terms!r}")
         _require(self.negative_depth >= self.negatives_per_query, "negative_depth",
                  f"must be >= negatives_per_query ({self.negatives_per_query}), got {self.negative_depth}")
         _require(isinstance(self.batch_size, int) and self.batch_size >= 2, "batch_size",

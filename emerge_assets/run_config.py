@@ -202,11 +202,13 @@ class FineTuneConfig(_EngineConfig):
                                            "the span.")
     query_source: Literal[QUERY_SOURCES] = _training_default(
         "query_source", "distill: pseudo-queries are the selected spans (spans), each document's opening "
-        "line/sentence (leading_sentence), that opening shortened to its 2-5 rarest words (keywords), the "
+        "line/sentence (leading_sentence), that opening shortened to its rarest words (keywords; keyword_terms), the "
         "opening and other sentences cut out of the document (sentences), or a query a local language model "
         "writes about each document (generated; needs query_generator).")
     queries_per_document: int = _training_default("queries_per_document", "distill: pseudo-queries (selected "
                                                   "spans, or sentences) per training document.")
+    keyword_terms: list[int] = _training_default("keyword_terms", "distill, query_source keywords: [fewest, most] "
+                                                 "words a search-box pseudo-query keeps.")
     max_train_queries: Optional[int] = _training_default("max_train_queries", "distill: most pseudo-queries "
                                                          "trained on (bounds training time on large corpora).")
     negatives_per_query: int = _training_default("negatives_per_query", "distill: teacher-mined negatives per "

@@ -223,6 +223,9 @@ def test_training_config_rejects_bad_distillation_values():
         TrainingConfig(negatives_per_query=5, negative_depth=2)
     with pytest.raises(ConfigError, match="lexical_weight"):
         TrainingConfig(lexical_weight=-1)
+    for terms in ((0, 3), (4, 2), (1,)):
+        with pytest.raises(ConfigError, match="keyword_terms"):
+            TrainingConfig(keyword_terms=terms)
 
 
 def test_distill_fine_tune_publishes_at_the_models_window_or_keeps_the_base(tiny_model_dir, tmp_path):
@@ -370,3 +373,7 @@ def test_keyword_queries_shorten_the_opening_to_its_rarest_shared_words():
     # two words: the rarest shared ones (stall, slipstream, propeller: 2 documents each; rotor, blade: 3)
     two = keyword_queries(rows, texts, 400, seed=0, min_terms=2, max_terms=2).filter(pl.col("doc_id") == "a")
     assert set(two["query"][0].lower().split()) < {"stall", "slipstream", "propeller"}
+    # one-word queries (keyword_terms (1, 1)): d's opening has its one shared word, "rotor", now
+    one = {r["doc_id"]: r["query"]
+           for r in keyword_queries(rows, texts, 400, seed=0, min_terms=1, max_terms=1).iter_rows(named=True)}
+    assert set(one) == {"a", "b", "c", "d"} and one["d"] == "rotor" and all(len(q.split()) == 1 for q in one.values())

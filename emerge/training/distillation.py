@@ -280,7 +280,7 @@ class DistillationSet:
 def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_per_document: int,
                           negatives_per_query: int, negative_depth: int, window_chars: int,
                           lexical_weight: float, seed: int, max_queries: int | None = None,
-                          query_source: str = "spans", teacher_model=None, generator=None,
+                          query_source: str = "spans", keyword_terms: tuple[int, int] = (2, 5), teacher_model=None, generator=None,
                           consistency_top_k: int | None = None, progress=None) -> DistillationSet:
     """Teacher-scored (query, positive, negatives) rows for distillation. Negatives are drawn from
     the teacher's top `negative_depth` training documents, never the query's own document.
@@ -306,7 +306,7 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
     elif query_source == "sentences":
         queries = document_sentences(rows, texts, window_chars, queries_per_document, seed, max_queries)
     elif query_source == "keywords":
-        queries = keyword_queries(rows, texts, window_chars, seed)
+        queries = keyword_queries(rows, texts, window_chars, seed, *keyword_terms)
         if max_queries is not None and queries.height > max_queries:
             queries = queries.sample(n=max_queries, seed=seed)
     elif query_source == "generated":
