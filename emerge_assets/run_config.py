@@ -202,8 +202,8 @@ class FineTuneConfig(_EngineConfig):
                                            "the span.")
     query_source: Literal[QUERY_SOURCES] = _training_default(
         "query_source", "distill: pseudo-queries are the selected spans (spans), each document's opening "
-        "line/sentence (leading_sentence), that opening shortened to its rarest words (keywords; keyword_terms), the "
-        "opening and other sentences cut out of the document (sentences), or a query a local language model "
+        "line/sentence (leading_sentence), that opening shortened to its rarest words (keywords; keyword_terms), "
+        "the opening and other sentences cut out of the document (sentences), or a query a local language model "
         "writes about each document (generated; needs query_generator).")
     queries_per_document: int = _training_default("queries_per_document", "distill: pseudo-queries (selected "
                                                   "spans, or sentences) per training document.")

@@ -280,7 +280,8 @@ class DistillationSet:
 def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_per_document: int,
                           negatives_per_query: int, negative_depth: int, window_chars: int,
                           lexical_weight: float, seed: int, max_queries: int | None = None,
-                          query_source: str = "spans", keyword_terms: tuple[int, int] = (2, 5), teacher_model=None, generator=None,
+                          query_source: str = "spans", keyword_terms: tuple[int, int] = (2, 5),
+                          teacher_model=None, generator=None,
                           consistency_top_k: int | None = None, progress=None) -> DistillationSet:
     """Teacher-scored (query, positive, negatives) rows for distillation. Negatives are drawn from
     the teacher's top `negative_depth` training documents, never the query's own document.

@@ -127,7 +127,8 @@ def _train_rows(train_rows: pl.DataFrame, label_col: str, config: TrainingConfig
                                      negative_depth=config.negative_depth, window_chars=config.context_chars,
                                      lexical_weight=config.lexical_weight, seed=config.seed,
                                      max_queries=config.max_train_queries, query_source=config.query_source,
-                                     keyword_terms=tuple(config.keyword_terms), teacher_model=teacher, generator=generator,
+                                     keyword_terms=tuple(config.keyword_terms), teacher_model=teacher,
+                                     generator=generator,
                                      consistency_top_k=config.query_consistency_top_k, progress=say)
     if triplets.height < config.min_pairs:
         raise InputError(f"only {triplets.height} distillation queries; min_pairs={config.min_pairs}. "
