@@ -291,9 +291,10 @@ class TrainingConfig:
     words, a search-box query (`"keywords"`, `keyword_terms` = (fewest, most) words), the
     opening and `queries_per_document - 1` other sentences, each cut out of its positive
     (`"sentences"`), or a query a local language model writes about the document
-    (`"generated"`: `query_generator` is its folder, `query_generator_gguf` its GGUF file, at most `query_generation_budget_s` seconds of
-    generation, each query kept only where the teacher ranks its document in its top
-    `query_consistency_top_k`; `emerge.training.query_generation`), at most `max_train_queries`, with
+    (`"generated"`: `query_generator` is its folder, `query_generator_gguf` its GGUF file, at
+    most `query_generation_budget_s` seconds of generation, each query kept only where the
+    teacher ranks its document in its top `query_consistency_top_k`;
+    `emerge.training.query_generation`), at most `max_train_queries`, with
     `negatives_per_query` negatives drawn from the teacher's top `negative_depth` documents;
     `distill_loss="in_batch_kl"` matches the student's ranking of every text of the batch to the
     teacher's (`emerge.training.distill_loss`), `"in_batch_mse"` the raw margins to every text, `"pairwise"`

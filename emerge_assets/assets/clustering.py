@@ -10,9 +10,8 @@ from emerge_assets.partitions import SINGLE_RUN, SOURCE_IN, document_source, for
 from emerge_assets.run_config import HdbscanClustersConfig, SpanClustersConfig, UmapConfig
 from emerge_resources import EmergeStorage, TitleNamerResource
 
-# {source: frame} of every materialized source, one source included (emerge_resources.io_manager)
-ALL_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True, "partitions_as_dict": True})
-# the same as pl.LazyFrame scans of each source's file: nothing is read until asked
+# {source: pl.LazyFrame} of every materialized source, one source included (emerge_resources.io_manager):
+# scans of each source's file, nothing is read until asked
 LAZY_SOURCES = dg.AssetIn(metadata={"allow_missing_partitions": True, "partitions_as_dict": True, "lazy": True})
 # span_clusters' metadata key: the quality below which a source's spans were left unlabelled
 LABEL_MIN_QUALITY = "label_min_quality"

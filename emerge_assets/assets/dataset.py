@@ -19,8 +19,8 @@ from emerge_assets.partitions import latest_partition_metadata
 from emerge_assets.run_config import CuratedDatasetConfig, CuratedTopicDatasetConfig
 from emerge_resources import EmbeddingModelResource, EmergeStorage
 
-# spans and vectors arrive as scans: the engine reads one source at a time and only the vectors it keeps
-# every input a scan: the dataset step reads one source at a time (its memory stays flat in the sources)
+# every input a scan: the engine reads one source at a time and only the vectors it keeps, so the
+# dataset step's memory stays flat in the number of sources
 LABEL_INPUTS = {"raw_texts": LAZY_SOURCES, "spans": LAZY_SOURCES, "span_embeddings": LAZY_SOURCES}
 
 
