@@ -176,6 +176,11 @@ def cluster(tmp_path_factory, tiny_model_dir):
                "EMERGE_CELERY_BACKEND": f"{redis_server.url}/1", "HF_HUB_OFFLINE": "1",
                "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
         env.pop("EMERGE_ASSETS_URL", None)
+        # As the README says: create the schema once, before the two workers each open the instance
+        # at the same moment and race on CREATE TABLE (one of them then dies with DuplicateObject).
+        migrate = subprocess.run(dagster_cli("instance", "migrate"), env=env, capture_output=True, text=True,
+                                 timeout=180)
+        assert migrate.returncode == 0, migrate.stderr[-3000:]
         started = time.monotonic()
         workers = [svc.CeleryWorker(name, PROFILE / "celery-worker.yaml", env, work).start() for name in ("w1", "w2")]
         for w in workers:
