@@ -126,6 +126,9 @@ def main(argv=None) -> int:
                    help="dev diagnostic: also score these interpolation weights of the trained model on the "
                         "queries (> 1 extrapolates past it); reported per seed as weight_curve, never used to "
                         "choose anything")
+    p.add_argument("--gate-diagnostics", action="store_true",
+                   help="also score base and each interpolation weight by the label-free gate criteria the run "
+                        "did not gate on (held-out search-query retrieval); reported per seed as gate_criteria")
     p.add_argument("--soup", action="store_true",
                    help="also average the seeds' trained weights (a model soup) and score the average on the "
                         "queries, at full weight and halfway to the base; reported as `soup`")
@@ -204,6 +207,8 @@ def main(argv=None) -> int:
 
     def keep_models(base_model_, trained):
         kept.update(base=base_model_, trained=trained)
+        if args.gate_diagnostics:
+            kept["gate_criteria"] = gate_criteria(base_model_, trained, dataset, texts, config)
         if args.soup:
             soup_states.append({k: v.detach().clone() for k, v in trained.state_dict().items()})
 
@@ -240,6 +245,7 @@ def main(argv=None) -> int:
                          "gate_scores_by_weight": {str(w): round(s, 5) for w, s in gate.scores_by_weight.items()}
                          if gate else None,
                          **({"weight_curve": curve} if curve else {}),
+                         **({"gate_criteria": kept.pop("gate_criteria")} if "gate_criteria" in kept else {}),
                          "train_rows": result.dataset_stats["train_pairs"], "train_loss": result.training.train_loss,
                          "stage_seconds": {k: round(v, 1) for k, v in result.stage_seconds.items()},
                          "wall_s": round(seconds, 1)})
@@ -250,6 +256,29 @@ def main(argv=None) -> int:
             write_result(summary() | {"partial": True}, args.out)
     extra = {"soup": model_soup(kept, soup_states, collection, keys)} if args.soup and soup_states else {}
     return emit(summary() | extra, args.out)
+
+
+def gate_criteria(base, trained, dataset, texts, config) -> dict:
+    """Each label-free gate criterion at the base (weight 0) and at every interpolation weight, at
+    the training window as the gate scores: shows which criterion agrees with the queries' verdict."""
+    from emerge.training.pairs import split_by_document
+    from emerge.training.promotion import interpolate, search_query_task, self_retrieval_score, self_retrieval_task
+
+    train_rows, eval_rows = split_by_document(dataset, config.eval_fraction, config.seed)
+    tasks = {"self_retrieval": self_retrieval_task(eval_rows, train_rows, texts, config.context_chars, config.seed),
+             "search_queries": search_query_task(eval_rows, train_rows, texts, config.context_chars, config.seed,
+                                                 config.keyword_terms)}
+    out = {name: {} for name in tasks}
+    for w in (0.0, *config.interpolation_weights):
+        model = base if w == 0.0 else trained if w == 1.0 else interpolate(base, trained, w)
+        kept_length = model.max_seq_length
+        model.max_seq_length = config.max_seq_length
+        for name, task in tasks.items():
+            out[name][str(w)] = {k: round(v, 5) for k, v in self_retrieval_score(model, task).items()}
+        model.max_seq_length = kept_length
+        print(f"gate criteria at weight {w}: " + ", ".join(f"{n} {out[n][str(w)]['mrr@10']:.4f}" for n in tasks),
+              file=sys.stderr, flush=True)
+    return out | {"queries": {name: len(task.queries) for name, task in tasks.items()}}
 
 
 def model_soup(kept: dict, states: list[dict], collection, keys) -> dict:

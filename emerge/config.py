@@ -273,6 +273,7 @@ class CuratorConfig:
 PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
 QUERY_SOURCES = ("spans", "leading_sentence", "sentences", "keywords", "generated")
 DISTILL_LOSSES = ("in_batch_kl", "in_batch_mse", "pairwise")
+GATE_CRITERIA = ("self_retrieval", "search_queries", "self_and_search")
 # distill moves normalised-cosine scores, so it needs a larger step than MNRL's pairs;
 # WiSE-FT interpolation then takes back what the larger step costs (BENCHMARKS.md, domain adaptation)
 DEFAULT_LEARNING_RATES = {"distill": 1e-4, "span_context": 2e-5, "same_document": 2e-5, "same_cluster": 2e-5}
@@ -306,8 +307,10 @@ class TrainingConfig:
     the base model's centroids, are no in-batch negatives either: `emerge.training.near_label_loss`). Topic
     datasets always pair the topic's text with its spans. `pairs_per_label` caps pairs per label; `eval_fraction` of documents is held out
     entirely. After training, each of `interpolation_weights` (WiSE-FT, 1.0 = trained weights) is
-    scored on held-out self-retrieval and the best is published only if it beats the base by
-    more than `promotion_min_gain` (`gate=False` publishes regardless). Training runs at
+    scored on held-out documents by `gate_criterion` (`emerge.training.promotion`: `self_retrieval`, a
+    span finding its own document; `search_queries`, a search-box query finding its document;
+    `self_and_search`, their mean) and the best is published only if it beats the base by more than
+    `promotion_min_gain` (`gate=False` publishes regardless). Training runs at
     `max_seq_length`; evaluation at `eval_max_seq_length` (None: the model's own window).
     `learning_rate` None takes the recipe's measured default (`DEFAULT_LEARNING_RATES`).
     """
@@ -330,6 +333,7 @@ class TrainingConfig:
     interpolation_weights: tuple[float, ...] = (0.5, 1.0)
     promotion_min_gain: float = 0.0
     gate: bool = True
+    gate_criterion: Literal[GATE_CRITERIA] = "self_and_search"
     eval_max_seq_length: int | None = None
     pairs_per_label: int = 2000
     min_pairs: int = 16
@@ -367,6 +371,8 @@ class TrainingConfig:
                  "names a file inside query_generator, which is not set")
         _require(isinstance(self.query_generation_budget_s, (int, float)) and self.query_generation_budget_s > 0,
                  "query_generation_budget_s", f"must be > 0, got {self.query_generation_budget_s!r}")
+        _require(self.gate_criterion in GATE_CRITERIA, "gate_criterion",
+                 f"must be one of {GATE_CRITERIA}, got {self.gate_criterion!r}")
         _require(self.distill_loss in DISTILL_LOSSES, "distill_loss",
                  f"must be one of {DISTILL_LOSSES}, got {self.distill_loss!r}")
         _require(isinstance(self.lexical_weight, (int, float)) and self.lexical_weight >= 0, "lexical_weight",

@@ -10,7 +10,7 @@ one-source body per key, so each asset body keeps its simple one-source shape.
 Such a step holds one source's frames at a time, however many sources it covers: its inputs
 arrive as {source: LazyFrame} scans (`SOURCE_IN`'s `lazy_when_many`), each read when its source's
 turn comes, and each source's output is spilled to a local Parquet file as soon as it is computed
-(`SpilledFrames`), from which the IO manager writes that partition's file.
+(`SpilledFrames`), which the IO manager moves into place as that partition's file.
 """
 
 import shutil
@@ -37,12 +37,15 @@ SOURCE_IN = dg.AssetIn(dagster_type=SourceFrames, metadata={"lazy_when_many": Tr
 class SpilledFrames(dict):
     """{source: LazyFrame} over Parquet files in a private temp folder: the output of a step over
     many sources, each frame written out when computed so the step never holds them all. The IO
-    manager writes every partition from its scan and then calls `cleanup` (which a garbage
-    collection of the dict does as well, so a failed step leaves no folder behind)."""
+    manager moves each spilled file into place on local storage (`files`; it is written the way the
+    IO manager writes, so it already is the partition's file) or writes it from its scan elsewhere,
+    and then calls `cleanup` (which a garbage collection of the dict does as well, so a failed step
+    leaves no folder behind)."""
 
     def __init__(self):
         super().__init__()
         self.folder = Path(tempfile.mkdtemp(prefix="emerge-spill-"))
+        self.files: dict[str, Path] = {}
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
 
     def spill(self, key: str, frame: pl.DataFrame) -> None:
@@ -50,6 +53,7 @@ class SpilledFrames(dict):
 
         path = self.folder / f"{len(self)}.parquet"  # partition keys may hold any character
         write_parquet(frame, path)
+        self.files[key] = path
         self[key] = pl.scan_parquet(path)
 
     def cleanup(self) -> None:

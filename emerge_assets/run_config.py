@@ -17,8 +17,8 @@ import dagster as dg
 from pydantic import Field
 
 from emerge.discovery.cluster_ids import DEFAULT_MIN_SIMILARITY
-from emerge.config import (DISTILL_LOSSES, PAIRINGS, QUERY_SOURCES, TRANSFORMS, UNICODE_FORMS, AnalyzerConfig,
-                           ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig, TrainingConfig)
+from emerge.config import (DISTILL_LOSSES, GATE_CRITERIA, PAIRINGS, QUERY_SOURCES, TRANSFORMS, UNICODE_FORMS,
+                           AnalyzerConfig, ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig, TrainingConfig)
 from emerge.topics.late_interaction import (DEFAULT_RELEVANCE_THRESHOLD, DIRECTIONS, PREDICTION_MODES,
                                      LateInteractionCrossEncoder, check_scorer_options)
 
@@ -235,10 +235,15 @@ class FineTuneConfig(_EngineConfig):
         "teacher's, KL; the measured default), in_batch_mse (raw margins to every text) or pairwise (MarginMSE on "
         "each pseudo-query's own negatives).")
     interpolation_weights: list[float] = _training_default("interpolation_weights", "WiSE-FT weights tried "
-                                                           "between base (0) and trained (1); the best on held-out "
-                                                           "self-retrieval is published.")
+                                                           "between base (0) and trained (1); the best by the "
+                                                           "gate's criterion is published.")
+    gate_criterion: Literal[GATE_CRITERIA] = _training_default(
+        "gate_criterion", "What the gate scores on held-out documents, no labels needed: self_retrieval (a selected "
+        "span finds its own document), search_queries (a search-box query cut from a document's opening finds the "
+        "document) or self_and_search (their mean).")
     promotion_min_gain: float = _training_default("promotion_min_gain", "The candidate must beat the base's "
-                                                  "held-out self-retrieval MRR@10 by more than this to become current.")
+                                                  "held-out MRR@10 (gate_criterion) by more than this to become "
+                                                  "current.")
     gate: bool = _training_default("gate", "Publish only a candidate that beats its base (false: always publish).")
     eval_max_seq_length: Optional[int] = _training_default("eval_max_seq_length", "Evaluation window (default: "
                                                            "the model's own).")

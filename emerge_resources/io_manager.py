@@ -11,6 +11,7 @@ backfill), and an output may be a LazyFrame (a spilled partition, see
 `emerge_assets.partitions.SpilledFrames`): each file is then written from one partition's frame.
 """
 
+import shutil
 from typing import Any
 
 import dagster as dg
@@ -20,6 +21,14 @@ from upath import UPath
 
 from emerge.atomic import atomic_write
 from emerge.embedding import write_parquet
+
+
+def _is_local(path: UPath) -> bool:
+    return path.protocol in ("", "file", "local")
+
+
+def _local(path: UPath) -> str:
+    return str(path.path if hasattr(path, "path") else path)
 
 
 class _ParquetUPathIOManager(dg.UPathIOManager):
@@ -34,9 +43,13 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
         if not isinstance(obj, dict) or set(obj) != set(paths):
             raise TypeError(f"asset {context.asset_key.to_user_string()} ran for {len(paths)} partitions and must "
                             "return a dict {partition key: DataFrame} with exactly those keys")
+        spilled = getattr(obj, "files", {})
         for key, path in paths.items():
             self.make_directory(path.parent)
-            self.dump_to_path(context=context, obj=obj[key], path=path)
+            if key in spilled and _is_local(path):  # the spill already is the file: move it, do not rewrite it
+                atomic_write(_local(path), lambda tmp, src=spilled[key]: shutil.move(src, tmp))
+            else:
+                self.dump_to_path(context=context, obj=obj[key], path=path)
         if hasattr(obj, "cleanup"):
             obj.cleanup()
 
@@ -46,9 +59,8 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
         if not isinstance(obj, pl.DataFrame):
             raise TypeError(f"ParquetIOManager stores polars DataFrames; asset {context.asset_key.to_user_string()} "
                             f"returned {type(obj).__name__}")
-        if path.protocol in ("", "file", "local"):
-            atomic_write(str(path.path if hasattr(path, "path") else path),
-                         lambda tmp: write_parquet(obj, tmp))
+        if _is_local(path):
+            atomic_write(_local(path), lambda tmp: write_parquet(obj, tmp))
         else:  # object stores: a PUT is atomic already
             with path.open("wb") as fh:
                 write_parquet(obj, fh)
@@ -69,8 +81,8 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
         if _lazy(context):
             if not path.exists():  # a scan would fail only when collected; missing partitions are skipped here
                 raise FileNotFoundError(str(path))
-            if path.protocol in ("", "file", "local"):
-                return pl.scan_parquet(str(path.path if hasattr(path, "path") else path))
+            if _is_local(path):
+                return pl.scan_parquet(_local(path))
             # object stores: fsspec credentials do not carry over to polars' reader, so the file is
             # read here and handed over as a LazyFrame (same interface, no memory saving)
         with path.open("rb") as fh:

@@ -158,17 +158,19 @@ def test_interpolation_is_the_weighted_mean_of_the_weights(tiny_model_dir):
     assert not torch.allclose(next(tuned.parameters()), next(base.parameters()))  # inputs untouched
 
 
-def test_gate_rejects_a_model_made_worse_and_an_unchanged_one(tiny_model_dir):
+@pytest.mark.parametrize("criterion", ["self_retrieval", "search_queries", "self_and_search"])
+def test_gate_rejects_a_model_made_worse_and_an_unchanged_one(tiny_model_dir, criterion):
     import copy
 
     import torch
 
-    from emerge.training.promotion import choose_and_gate, self_retrieval_task
+    from emerge.training.promotion import choose_and_gate, label_free_criterion
     from emerge.training.trainer import load_sentence_transformer
 
     rows, texts = _docs(16)
     train_rows, eval_rows = rows.filter(pl.col("doc_id") < "d08"), rows.filter(pl.col("doc_id") >= "d08")
-    task = self_retrieval_task(eval_rows, train_rows, texts, 400, seed=0)
+    task = label_free_criterion(criterion, eval_rows, train_rows, texts, 400, seed=0)
+    assert task.name == criterion and task.queries > 0
     base = load_sentence_transformer(tiny_model_dir, "cpu", 64)
     broken = copy.deepcopy(base)
     with torch.no_grad():  # every token the same vector: the model has forgotten everything
@@ -176,10 +178,31 @@ def test_gate_rejects_a_model_made_worse_and_an_unchanged_one(tiny_model_dir):
     _, decision = choose_and_gate(base, broken, task, (1.0,), 0.0)
     assert not decision.promoted and decision.candidate_score <= decision.base_score
     assert decision.scores_by_weight[1.0] < decision.base_score
+    assert decision.criterion == criterion and decision.description in decision.reason
     _, same = choose_and_gate(base, copy.deepcopy(base), task, (1.0,), 0.0)
     assert not same.promoted  # equal is not better
     _, forced = choose_and_gate(base, broken, task, (1.0,), 0.0, gate=False)
     assert forced.promoted and "without the gate" in forced.reason
+
+
+def test_search_query_task_asks_for_held_out_documents_with_a_few_words_of_their_opening():
+    from emerge.training.promotion import label_free_criterion, search_query_task
+
+    rows, texts = _docs(16)
+    train_rows, eval_rows = rows.filter(pl.col("doc_id") < "d08"), rows.filter(pl.col("doc_id") >= "d08")
+    task = search_query_task(eval_rows, train_rows, texts, 400, seed=0, keyword_terms=(2, 3))
+    assert len(task.queries) == 8 and set(task.query_docs) == {f"d{d:02d}" for d in range(8, 16)}
+    for query, answer, doc in zip(task.queries, task.answers, task.query_docs):
+        opening = texts[doc].split(".")[0]
+        assert 2 <= len(query.split()) <= 3 and set(query.split()) <= set(opening.split())
+        assert answer == texts[doc][:400].strip()  # its own document, shown as every distractor is
+    assert set(task.distractor_docs) == set(texts)  # every held-out document, and training ones
+    # two held-out documents of different topics share no word, so no search query: the run gates on
+    # self-retrieval alone, and says so
+    said = []
+    fallback = label_free_criterion("search_queries", rows.filter(pl.col("doc_id").is_in(["d08", "d09"])),
+                                    train_rows, texts, 400, 0, progress=said.append)
+    assert fallback.name == "self_retrieval" and "gating on self-retrieval alone" in said[0]
 
 
 def test_gate_on_judged_queries_rejects_a_model_made_worse(tiny_model_dir, tmp_path):
@@ -223,6 +246,8 @@ def test_training_config_rejects_bad_distillation_values():
         TrainingConfig(negatives_per_query=5, negative_depth=2)
     with pytest.raises(ConfigError, match="lexical_weight"):
         TrainingConfig(lexical_weight=-1)
+    with pytest.raises(ConfigError, match="gate_criterion"):
+        TrainingConfig(gate_criterion="judged")
     for terms in ((0, 3), (4, 2), (1,)):
         with pytest.raises(ConfigError, match="keyword_terms"):
             TrainingConfig(keyword_terms=terms)
@@ -243,15 +268,17 @@ def test_distill_fine_tune_publishes_at_the_models_window_or_keeps_the_base(tiny
     window = load_sentence_transformer(tiny_model_dir, "cpu").max_seq_length
     assert SentenceTransformer(str(tmp_path / "model"), device="cpu").max_seq_length == window != 32
     assert report.promotion.promoted and report.training.steps > 0
-    assert {"self_retrieval.base.mrr@10", "self_retrieval.fine_tuned.mrr@10"} <= set(report.metrics)
+    assert {"self_and_search.base.mrr@10", "self_and_search.fine_tuned.mrr@10"} <= set(report.metrics)
     assert not (tmp_path / "model.candidate").exists()
 
     strict = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, eval_fraction=0.25, negatives_per_query=1,
-                            negative_depth=4, promotion_min_gain=1.0)
+                            negative_depth=4, promotion_min_gain=1.0, gate_criterion="self_and_search")
     seen = {}
     report = fine_tune_and_evaluate(rows, "cluster_id", tiny_model_dir, tmp_path / "strict", strict, texts=texts,
                                     inspect_candidate=lambda base, trained: seen.update(base=base, trained=trained))
     assert not report.promotion.promoted and not (tmp_path / "strict").exists()
+    assert report.promotion.criterion == "self_and_search" and "self_and_search.base.mrr@10" in report.metrics
+    assert report.dataset_stats["gate_queries"] > 0
     # a rejected candidate is still handed to the diagnostic hook, at the evaluation window, with its trained weights
     assert seen["trained"].max_seq_length == seen["base"].max_seq_length == window
     base_state, trained_state = seen["base"].state_dict(), seen["trained"].state_dict()

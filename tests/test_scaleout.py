@@ -362,8 +362,8 @@ def test_lazy_inputs_arrive_as_scans_one_per_materialized_partition(tmp_path, ba
 @pytest.mark.parametrize("base", ["local", "memory://emerge-spill/assets"])
 def test_a_step_over_many_sources_reads_and_keeps_one_source_at_a_time(tmp_path, base, monkeypatch):
     """Single-run backfill: the per-source inputs arrive as scans, each source's body gets its own
-    collected frame, each output is spilled when computed and written to its partition's file;
-    the spill folder is gone afterwards."""
+    collected frame, each output is spilled when computed and becomes its partition's file (moved
+    on local disk, written from its scan elsewhere); the spill folder is gone afterwards."""
     import tempfile
 
     from emerge_assets.partitions import SINGLE_RUN, SOURCE_IN, for_each_source
@@ -397,6 +397,12 @@ def test_a_step_over_many_sources_reads_and_keeps_one_source_at_a_time(tmp_path,
             return dg.Output(upstream.with_columns(y=pl.col("x") * 10), metadata={"rows": upstream.height})
         return for_each_source(context, one, upstream=upstream)
 
+    from emerge_resources import io_manager
+
+    encoded = []  # frames the IO manager encodes to Parquet itself (a spill moved into place is not one)
+    write = io_manager.write_parquet
+    monkeypatch.setattr(io_manager, "write_parquet", lambda frame, dest: (encoded.append(frame.height),
+                                                                          write(frame, dest)))
     io = ParquetIOManager(base_path=str(tmp_path / "assets") if base == "local" else base)
     keys = ["a", "b c", "d"]
     tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
@@ -418,3 +424,5 @@ def test_a_step_over_many_sources_reads_and_keeps_one_source_at_a_time(tmp_path,
             frame = pl.read_parquet(fh)
         assert frame["source"].to_list() == [key] * 3 and frame["y"].to_list() == [10, 20, 30]
     assert list(spill_root.iterdir()) == [], "the spill folder is removed once the partitions are written"
+    # on local disk each spilled file is moved into place; only the one-partition run encodes its output
+    assert len(encoded) == (1 if base == "local" else 2 * len(keys) + 1)

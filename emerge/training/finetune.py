@@ -26,7 +26,7 @@ from emerge.errors import InputError
 from emerge.label_scheme import SCHEMES, scheme_of
 from emerge.training.pairs import build_pairs, split_by_document
 from emerge.training.promotion import (PromotionDecision, choose_and_gate, judged_queries_criterion,
-                                      self_retrieval_task)
+                                      label_free_criterion)
 from emerge.topics.self_training import SelfTrainingConfig, default_scorer, self_train, write_matched_threshold
 from emerge.training.retrieval import (BeirCollection, evaluate_beir, evaluate_label_retrieval, label_retrieval_task,
                               sanity_table)
@@ -174,15 +174,16 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     topic_mode = scheme_of(label_col).self_trains
     rows = None if topic_mode else _train_rows(train_rows, label_col, config, texts, base_model, device, say)
     task = _label_task(eval_rows, label_col, config.seed, say)
-    gate_task = (self_retrieval_task(eval_rows, train_rows, texts, config.context_chars, config.seed)
-                 if texts is not None and gate_queries is None else None)
+    label_free_gate = (label_free_criterion(config.gate_criterion, eval_rows, train_rows, texts,
+                                            config.context_chars, config.seed, config.keyword_terms, say)
+                       if texts is not None and gate_queries is None else None)
     seconds["pairs"] = time.perf_counter() - t
     stats = {"dataset_rows": dataset.height, "dataset_hash": dataset_hash(dataset),
              "train_documents": train_rows["doc_id"].n_unique(), "eval_documents": eval_rows["doc_id"].n_unique(),
              "train_spans": train_rows.height, "eval_spans": eval_rows.height,
              "labels": int(dataset[label_col].n_unique()),
              "heldout_queries": len(task.query_texts) if task else 0,
-             "self_retrieval_queries": len(gate_task.queries) if gate_task else 0}
+             "gate_queries": label_free_gate.queries if label_free_gate else 0}
     say(f"fine-tuning ({'self-training on topics' if topic_mode else config.pairing}) from "
         f"{stats['train_documents']} documents; {stats['eval_documents']} held-out documents")
 
@@ -207,7 +208,7 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     base = load_sentence_transformer(base_model, device, config.max_seq_length)
     tuned = load_sentence_transformer(result.model_dir, device, config.max_seq_length)
     criterion = (judged_queries_criterion(gate_queries, config.eval_max_seq_length) if gate_queries is not None
-                 else gate_task)
+                 else label_free_gate)
     if criterion is not None:
         chosen, decision = choose_and_gate(base, tuned, criterion, tuple(config.interpolation_weights),
                                            config.promotion_min_gain, progress=say, gate=config.gate)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from emerge.training.distillation import document_window, pseudo_queries
+from emerge.training.distillation import document_window, keyword_queries, pseudo_queries
 from emerge.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,31 @@ def self_retrieval_task(eval_rows: pl.DataFrame, train_rows: pl.DataFrame, texts
                         max_distractors: int = 600) -> SelfRetrievalTask:
     """Queries from held-out documents; distractors = every held-out document plus training ones."""
     queries = pseudo_queries(eval_rows, texts, 1, window_chars, seed)
+    return _retrieval_task(queries, "self-retrieval", eval_rows, train_rows, texts, window_chars, seed,
+                           max_queries, max_distractors)
+
+
+def search_query_task(eval_rows: pl.DataFrame, train_rows: pl.DataFrame, texts: dict[str, str],
+                      window_chars: int, seed: int, keyword_terms: tuple[int, int] = (2, 5),
+                      max_queries: int = 400, max_distractors: int = 600) -> SelfRetrievalTask:
+    """Search-box queries of held-out documents (`keyword_queries`: an opening's most distinctive
+    words, idf over the held-out documents), each to find its document among the same distractors
+    as self-retrieval. A short query leans on word meaning the way users' queries do, where a whole
+    span shares most of its words with its own document. The answer is the document as every
+    distractor is shown (its opening window, title included, as a search engine indexes it), so
+    that nothing but relevance tells it apart."""
+    queries = keyword_queries(eval_rows, texts, window_chars, seed, *keyword_terms)
+    queries = queries.with_columns(pl.Series("positive", [document_window(texts[d], window_chars)
+                                                          for d in queries["doc_id"]], dtype=pl.String))
+    return _retrieval_task(queries, "search-query", eval_rows, train_rows, texts, window_chars, seed,
+                           max_queries, max_distractors)
+
+
+def _retrieval_task(queries: pl.DataFrame, what: str, eval_rows: pl.DataFrame, train_rows: pl.DataFrame,
+                    texts: dict[str, str], window_chars: int, seed: int, max_queries: int,
+                    max_distractors: int) -> SelfRetrievalTask:
     if queries.height < 2:
-        raise InputError(f"only {queries.height} held-out document(s) give a self-retrieval query; "
+        raise InputError(f"only {queries.height} held-out document(s) give a {what} query; "
                          "hold out more documents (eval_fraction)")
     queries = queries.sample(n=min(max_queries, queries.height), shuffle=True, seed=seed)
     rng = np.random.default_rng(seed)
@@ -80,11 +103,42 @@ class GateCriterion:
     metric: str
     description: str
     score: Callable[[object], float]
+    queries: int = 0  # how many queries it scores a model on
 
 
 def self_retrieval_criterion(task: SelfRetrievalTask) -> GateCriterion:
     return GateCriterion("self_retrieval", "mrr@10", "held-out self-retrieval MRR@10",
-                         lambda model: self_retrieval_score(model, task)["mrr@10"])
+                         lambda model: self_retrieval_score(model, task)["mrr@10"], len(task.queries))
+
+
+def search_query_criterion(task: SelfRetrievalTask) -> GateCriterion:
+    return GateCriterion("search_queries", "mrr@10", "held-out search-query MRR@10",
+                         lambda model: self_retrieval_score(model, task)["mrr@10"], len(task.queries))
+
+
+def self_and_search_criterion(spans: SelfRetrievalTask, searches: SelfRetrievalTask) -> GateCriterion:
+    """The mean of the two held-out MRR@10s: a candidate must gain on one more than it loses on the other."""
+    return GateCriterion("self_and_search", "mrr@10", "mean of held-out self-retrieval and search-query MRR@10",
+                         lambda model: 0.5 * (self_retrieval_score(model, spans)["mrr@10"]
+                                              + self_retrieval_score(model, searches)["mrr@10"]),
+                         len(spans.queries) + len(searches.queries))
+
+
+def label_free_criterion(name: str, eval_rows: pl.DataFrame, train_rows: pl.DataFrame, texts: dict[str, str],
+                         window_chars: int, seed: int, keyword_terms: tuple[int, int] = (2, 5),
+                         progress=None) -> GateCriterion:
+    """`self_retrieval`, `search_queries` or `self_and_search` on the held-out documents. Where the held-out
+    documents give too few search-box queries (a tiny corpus), it says so and gates on
+    self-retrieval alone rather than stopping a run that trained fine."""
+    spans = self_retrieval_task(eval_rows, train_rows, texts, window_chars, seed)
+    if name == "self_retrieval":
+        return self_retrieval_criterion(spans)
+    try:
+        searches = search_query_task(eval_rows, train_rows, texts, window_chars, seed, keyword_terms)
+    except InputError as exc:
+        (progress or log.info)(f"gate: {exc}; gating on self-retrieval alone")
+        return self_retrieval_criterion(spans)
+    return search_query_criterion(searches) if name == "search_queries" else self_and_search_criterion(spans, searches)
 
 
 def judged_queries_criterion(collection, window: int | None = None) -> GateCriterion:
@@ -101,7 +155,7 @@ def judged_queries_criterion(collection, window: int | None = None) -> GateCrite
             model.max_seq_length = kept
 
     return GateCriterion("judged_queries", "ndcg@10", f"judged queries nDCG@10 ({len(collection.query_ids)} queries)",
-                         score)
+                         score, len(collection.query_ids))
 
 
 def interpolate(base, tuned, weight: float):

@@ -73,7 +73,7 @@ def _evaluation_set(config: FineTuneConfig, split: str | None = None, role: str 
 
 def _gate_queries(context, config: FineTuneConfig):
     """The judged queries the gate compares models on (`gate_beir_split` of `beir_dir`), or None
-    (held-out self-retrieval)."""
+    (the label-free `gate_criterion` on held-out documents)."""
     if config.gate_beir_split is None:
         return None
     if not config.beir_dir:
@@ -153,9 +153,9 @@ def _gate_result(report) -> dg.AssetCheckResult:
 
 def _gate_check(asset: str) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec("fine_tuned_beats_base", asset=asset, description="The candidate beat its base on "
-                              "held-out self-retrieval (no labels; or the judged queries of gate_beir_split) and "
-                              "was published; a failure means the base or "
-                              "the previous model stays current.")]
+                              "held-out documents (gate_criterion, no labels; or the judged queries of "
+                              "gate_beir_split) and was published; a failure means the base or the previous model "
+                              "stays current.")]
 
 
 @dg.asset(group_name="model", kinds={"pytorch", "mlflow"}, pool=GPU_POOL, check_specs=_gate_check("fine_tuned_model"),
