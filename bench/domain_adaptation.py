@@ -240,8 +240,9 @@ def main(argv=None) -> int:
                              {k: result.metrics[f"beir.fine_tuned.{k}"] for k in keys}, collection, keys)
         per_seed.append({"seed": seed, **{k: result.metrics[f"beir.fine_tuned.{k}"] for k in keys},
                          "promoted": gate.promoted if gate else None, "weight": gate.weight if gate else 1.0,
-                         "self_retrieval_base": gate.base_score if gate else None,
-                         "self_retrieval_fine_tuned": gate.candidate_score if gate else None,
+                         "gate_criterion": gate.criterion if gate else None,
+                         "gate_base": gate.base_score if gate else None,
+                         "gate_fine_tuned": gate.candidate_score if gate else None,
                          "gate_scores_by_weight": {str(w): round(s, 5) for w, s in gate.scores_by_weight.items()}
                          if gate else None,
                          **({"weight_curve": curve} if curve else {}),

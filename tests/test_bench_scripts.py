@@ -248,7 +248,7 @@ def test_domain_adaptation_script(tmp_path, tiny_model_dir):
     out = tmp_path / "r.json"
     r = run_script("domain_adaptation.py", "--beir", str(beir), "--batch-size", "8", "--max-seq-length", "64",
                    "--eval-fraction", "0.3", "--seeds", "2", "--query-source", "spans", "--out", str(out),
-                   "--cache", str(tmp_path / "cache"), "--model", str(tiny_model_dir))
+                   "--cache", str(tmp_path / "cache"), "--model", str(tiny_model_dir), "--gate-diagnostics")
     for model in ("base", "fine_tuned", "bm25"):
         assert set(r[model]) == {"ndcg@10", "mrr@10", "recall@100"}
         assert all(0.0 <= v <= 1.0 for v in r[model].values())
@@ -257,6 +257,12 @@ def test_domain_adaptation_script(tmp_path, tiny_model_dir):
     mean = sum(s["ndcg@10"] for s in r["per_seed"]) / 2
     assert r["fine_tuned"]["ndcg@10"] == pytest.approx(mean, abs=1e-4)
     assert all(isinstance(s["promoted"], bool) and s["train_rows"] > 0 for s in r["per_seed"])
+    for s in r["per_seed"]:  # the diagnostic scores each criterion the way the gate (the default, their mean) does
+        crit = s["gate_criteria"]
+        assert s["gate_criterion"] == "self_and_search" and set(crit["self_retrieval"]) == {"0.0", "0.5", "1.0"}
+        both = {w: (crit["self_retrieval"][w]["mrr@10"] + crit["search_queries"][w]["mrr@10"]) / 2 for w in ("0.0", "1.0")}
+        assert both["0.0"] == pytest.approx(s["gate_base"], abs=1e-4)
+        assert both["1.0"] == pytest.approx(s["gate_scores_by_weight"]["1.0"], abs=1e-4)
     assert r["collection_stats"]["skipped_queries_without_judgments"] == 1  # "orphan" is not scored
     assert {"curate", "bm25", "evaluate_base", "seed_0", "seed_1"} <= set(r["stage_wall_s"])
     assert r["wall_s"] > 0 and r["machine"]["cpu_flags"] is not None
