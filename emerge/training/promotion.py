@@ -1,11 +1,15 @@
 """Promotion gate: is the fine-tuned model better than its base on this corpus, by a measure
 that needs no label? And which point between base and fine-tuned weights is best (WiSE-FT)?
 
-The measure is held-out self-retrieval: each selected span of a held-out document (never
-trained on) is a query; the right answer is its own document with the span cut out, among the
-other held-out documents and a sample of training documents as distractors. A model that
-forgot how to retrieve, or collapsed, loses here; one that learnt the corpus' vocabulary wins.
-It reads the corpus only, so it may choose the interpolation weight and gate promotion.
+The measures are retrieval on held-out documents (never trained on), each query's document to
+be found among the other held-out documents and a sample of training documents. Self-retrieval:
+each selected span of a held-out document is a query, its own document with the span cut out
+the answer. Search queries: each held-out document's opening cut to its rarest words, the form of
+a query typed into a search box. The default gates on their mean: self-retrieval alone rejected
+candidates that gained on real queries (a span shares most of its words with its document, so
+it measures little of what short-query training teaches), and a model that forgot how to
+retrieve, or collapsed, loses on both. They read the corpus only, so they may choose the
+interpolation weight and gate promotion.
 
 It guards against forgetting and collapse, not against every loss on a user's own queries: a
 recipe that learns the corpus' words the wrong way can raise self-retrieval and still lose on real
