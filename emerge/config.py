@@ -311,7 +311,10 @@ class TrainingConfig:
     span finding its own document; `search_queries`, a search-box query finding its document;
     `self_and_search`, their mean) and the best is published only if it beats the base by more than
     `promotion_min_gain` (`gate=False` publishes regardless). Training runs at
-    `max_seq_length`; evaluation at `eval_max_seq_length` (None: the model's own window).
+    `max_seq_length`; evaluation at `eval_max_seq_length` (None: the model's own window). A
+    distillation step holding more than `max_tokens_per_forward` padded tokens (batch_size x
+    (2 + negatives_per_query) x max_seq_length at most) is embedded in mini-batches with gradient
+    caching, so a longer window or more negatives cost time, not memory.
     `learning_rate` None takes the recipe's measured default (`DEFAULT_LEARNING_RATES`).
     """
 
@@ -343,6 +346,11 @@ class TrainingConfig:
     learning_rate: float | None = None
     warmup_ratio: float = 0.1
     max_seq_length: int = 128
+    # a distillation step with more (padded) tokens than this is embedded in mini-batches with
+    # gradient caching: same gradients, one more forward pass, bounded memory (distill_loss.py).
+    # 4,096 = one column of the default step (32 x 128): 2.7 GiB peak instead of 6.5 GiB for
+    # +25 % training time on long abstracts (BENCHMARKS.md, "Memory of a training step")
+    max_tokens_per_forward: int | None = 4096
     scale: float = 20.0
     hard_negatives: bool = False
     hard_negative_margin: float = 0.1
@@ -371,6 +379,9 @@ class TrainingConfig:
                  "names a file inside query_generator, which is not set")
         _require(isinstance(self.query_generation_budget_s, (int, float)) and self.query_generation_budget_s > 0,
                  "query_generation_budget_s", f"must be > 0, got {self.query_generation_budget_s!r}")
+        _require(self.max_tokens_per_forward is None or (isinstance(self.max_tokens_per_forward, int)
+                                                         and self.max_tokens_per_forward > 0),
+                 "max_tokens_per_forward", f"must be None or a positive int, got {self.max_tokens_per_forward!r}")
         _require(self.gate_criterion in GATE_CRITERIA, "gate_criterion",
                  f"must be one of {GATE_CRITERIA}, got {self.gate_criterion!r}")
         _require(self.distill_loss in DISTILL_LOSSES, "distill_loss",

@@ -258,6 +258,10 @@ class FineTuneConfig(_EngineConfig):
     warmup_ratio: float = _training_default("warmup_ratio")
     max_seq_length: int = _training_default("max_seq_length", "Tokens per text in training (evaluation uses the "
                                             "model's window).")
+    max_tokens_per_forward: Optional[int] = _training_default(
+        "max_tokens_per_forward", "distill: a step with more (padded) tokens than this (batch_size x texts per row x "
+        "max_seq_length) is embedded in mini-batches with gradient caching: same gradients, one more forward pass, "
+        "bounded memory; null = always one forward pass.")
     scale: float = _training_default("scale", "Similarity scale (temperature) of the contrastive and KL losses.")
     hard_negatives: bool = _training_default("hard_negatives", "Add one mined negative from another group per pair.")
     hard_negative_margin: float = _training_default("hard_negative_margin", "Skip negatives within this cosine "

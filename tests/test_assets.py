@@ -345,6 +345,7 @@ def test_fine_tuned_model_logs_base_and_tuned_metrics_to_mlflow(pipeline_run):
     # the default gate: the mean of held-out self-retrieval and search-query MRR@10
     assert metrics["self_and_search.delta.mrr_at_10"] == pytest.approx(
         metrics["self_and_search.fine_tuned.mrr_at_10"] - metrics["self_and_search.base.mrr_at_10"], abs=1e-4)
+    assert {"self_retrieval.fine_tuned.mrr_at_10", "search_queries.fine_tuned.mrr_at_10"} <= set(metrics)
     assert meta["promoted"] is True and meta["current_model"] == "fine_tuned"
     assert params["train.batch_size"] == "8"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
@@ -396,6 +397,9 @@ def test_a_model_made_worse_is_not_promoted_and_the_previous_one_stays(pipeline_
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == before
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "fine_tuned_beats_base" and not check.passed
+    # the check shows the default gate's mean and both of its parts, at the base and the weight it tried
+    views = ("self_and_search", "self_retrieval", "search_queries")
+    assert {f"{v}_{at}" for v in views for at in ("base", "weight_1")} <= set(check.metadata)
 
 
 def test_the_gate_can_compare_models_on_the_users_judged_queries(pipeline_run, tmp_path):

@@ -260,7 +260,8 @@ def test_domain_adaptation_script(tmp_path, tiny_model_dir):
     for s in r["per_seed"]:  # the diagnostic scores each criterion the way the gate (the default, their mean) does
         crit = s["gate_criteria"]
         assert s["gate_criterion"] == "self_and_search" and set(crit["self_retrieval"]) == {"0.0", "0.5", "1.0"}
-        both = {w: (crit["self_retrieval"][w]["mrr@10"] + crit["search_queries"][w]["mrr@10"]) / 2 for w in ("0.0", "1.0")}
+        assert crit["scored_again"] == []  # the default gate measured both tasks: taken from its decision
+        both = {w: (crit["self_retrieval"][w] + crit["search_queries"][w]) / 2 for w in ("0.0", "1.0")}
         assert both["0.0"] == pytest.approx(s["gate_base"], abs=1e-4)
         assert both["1.0"] == pytest.approx(s["gate_scores_by_weight"]["1.0"], abs=1e-4)
     assert r["collection_stats"]["skipped_queries_without_judgments"] == 1  # "orphan" is not scored
@@ -270,6 +271,54 @@ def test_domain_adaptation_script(tmp_path, tiny_model_dir):
     assert r["reused_stages"] == []  # a first run computes both stages and keeps them
     kept = sorted(done.parent.name.split("-")[0] for done in (tmp_path / "cache").glob("*/complete"))
     assert kept == ["base_evaluation", "curation"]
+
+
+def test_gate_diagnostics_take_what_the_gate_measured_and_score_only_the_rest(tiny_model_dir):
+    """The gate's own measures and the diagnostic's scoring of the same task agree, so a seed's
+    `gate_criteria` mixes them without a seam."""
+    import copy
+
+    import torch
+
+    from emerge.config import TrainingConfig
+    from emerge.training.pairs import split_by_document
+    from emerge.training.promotion import choose_and_gate, label_free_criterion
+    from emerge.training.trainer import load_sentence_transformer
+    from tests.test_distillation import _docs
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from domain_adaptation import gate_criteria
+
+    rows, texts = _docs(16)
+    config = TrainingConfig(max_seq_length=64, eval_fraction=0.5, interpolation_weights=(0.5, 1.0), seed=0)
+    train_rows, eval_rows = split_by_document(rows, config.eval_fraction, config.seed)
+    base = load_sentence_transformer(tiny_model_dir, "cpu", 64)
+    trained = copy.deepcopy(base)
+    with torch.no_grad():
+        trained[0].auto_model.embeddings.word_embeddings.weight.mul_(0.5)
+    criterion = label_free_criterion("self_retrieval", eval_rows, train_rows, texts, config.context_chars, config.seed,
+                                     config.keyword_terms)
+    _, decision = choose_and_gate(base, trained, criterion, config.interpolation_weights, 0.0)
+    partly = gate_criteria(base, trained, rows, texts, config, decision)
+    assert partly["scored_again"] == ["search_queries"]  # the self-retrieval gate measured only its own task
+    assert partly["self_retrieval"] == {"0.0": round(decision.base_score, 5),
+                                        **{str(w): round(v, 5) for w, v in decision.scores_by_weight.items()}}
+    everything = gate_criteria(base, trained, rows, texts, config, None)
+    assert everything["scored_again"] == ["search_queries", "self_retrieval"]
+    assert everything["self_retrieval"] == pytest.approx(partly["self_retrieval"], abs=1e-4)
+    assert everything["search_queries"] == partly["search_queries"]
+    assert everything["search_queries"]["0.5"] != everything["search_queries"]["1.0"]  # the weights differ
+
+
+def test_training_memory_script_runs_each_budget_in_its_own_process(tiny_model_dir):
+    r = run_script("training_memory.py", "--docs", str(PLANTED), "--limit", "40", "--configs", "32:2",
+                   "--budgets", "none", "64", "--steps", "2", "--batch-size", "4", "--model", str(tiny_model_dir))
+    plain, cached = r["runs"]
+    assert (plain["max_tokens_per_forward"], cached["max_tokens_per_forward"]) == (None, 64)
+    assert plain["steps"] == cached["steps"] == 2
+    assert plain["gradient_cached_steps"] == 0 and cached["gradient_cached_steps"] == 2  # 4 rows x 4 texts > 64 tokens
+    assert all(run["peak_rss_gib"] > 0 and run["train_s"] > 0 for run in r["runs"])
+    assert r["machine"]["cpu_flags"] is not None
 
 
 def test_a_cached_stage_is_reused_only_for_the_same_inputs(tmp_path):

@@ -141,6 +141,49 @@ def test_in_batch_loss_is_zero_when_the_student_is_the_teacher_and_positive_othe
     assert losses[1.0] > 1e-4
 
 
+def test_a_step_above_the_token_budget_is_cached_with_the_same_loss_and_gradients(tiny_model_dir):
+    """Gradient caching (max_tokens_per_forward) must change memory, not the step: the same loss
+    and the same parameter gradients as one forward pass. Dropout is off here, since one merged
+    pass and per-mini-batch passes draw different masks; that the cached second pass replays the
+    first's masks is sentence-transformers' RandContext."""
+    import torch
+
+    from emerge.training.distill_loss import InBatchDistillationLoss
+    from emerge.training.distillation import distillation_triplets
+    from emerge.training.trainer import load_sentence_transformer
+
+    rows, texts = _docs(12)
+    model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
+    made = distillation_triplets(rows, texts, model, queries_per_document=1, negatives_per_query=2,
+                                 negative_depth=4, window_chars=400, lexical_weight=1.0, seed=0)
+    batch = made.rows.head(8)
+    columns = ("anchor", "positive", "negative_1", "negative_2")
+    labels = torch.tensor(batch["teacher_ids"].to_list(), dtype=torch.float32)
+    model.eval()
+    runs = {}
+    for budget in (None, 100):
+        features = [model.tokenize(batch[c].to_list()) for c in columns]
+        tokens = sum(f["attention_mask"].numel() for f in features)
+        loss_fn = InBatchDistillationLoss(model, made.teacher, max_tokens_per_forward=budget)
+        model.zero_grad()
+        torch.manual_seed(7)
+        loss = loss_fn(features, labels)
+        loss.backward()
+        runs[budget] = (float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+                        loss_fn.cached_steps, loss_fn.mini_batch_size)
+    (plain, plain_grads, plain_cached, _), (cached, cached_grads, n_cached, mini) = runs[None], runs[100]
+    assert plain_cached == 0 and n_cached == 1 and tokens > 100
+    assert 1 <= mini < 8  # mini-batches of a few texts, not the whole column
+    assert cached == pytest.approx(plain, rel=1e-5) and plain > 0
+    assert set(cached_grads) == set(plain_grads) and len(plain_grads) > 10
+    for name, grad in plain_grads.items():
+        assert torch.allclose(cached_grads[name], grad, atol=1e-5, rtol=1e-3), name
+    # a step within the budget takes the single forward pass
+    small = InBatchDistillationLoss(model, made.teacher, max_tokens_per_forward=10 * tokens)
+    small([model.tokenize(batch[c].to_list()) for c in columns], labels).backward()
+    assert small.cached_steps == 0
+
+
 def test_interpolation_is_the_weighted_mean_of_the_weights(tiny_model_dir):
     import torch
 
@@ -179,6 +222,12 @@ def test_gate_rejects_a_model_made_worse_and_an_unchanged_one(tiny_model_dir, cr
     assert not decision.promoted and decision.candidate_score <= decision.base_score
     assert decision.scores_by_weight[1.0] < decision.base_score
     assert decision.criterion == criterion and decision.description in decision.reason
+    # every view the criterion took is kept, under its own name: the mean's parts too
+    parts = {"self_and_search": {"self_retrieval", "search_queries"}}.get(criterion, set())
+    assert set(decision.base_measures) == set(decision.measures_by_weight[1.0]) == {criterion} | parts
+    assert decision.base_measures[criterion] == decision.base_score
+    if parts:
+        assert decision.base_score == pytest.approx(sum(decision.base_measures[p] for p in parts) / 2)
     _, same = choose_and_gate(base, copy.deepcopy(base), task, (1.0,), 0.0)
     assert not same.promoted  # equal is not better
     _, forced = choose_and_gate(base, broken, task, (1.0,), 0.0, gate=False)
@@ -248,6 +297,11 @@ def test_training_config_rejects_bad_distillation_values():
         TrainingConfig(lexical_weight=-1)
     with pytest.raises(ConfigError, match="gate_criterion"):
         TrainingConfig(gate_criterion="judged")
+    for budget in (0, 2.5):
+        with pytest.raises(ConfigError, match="max_tokens_per_forward"):
+            TrainingConfig(max_tokens_per_forward=budget)
+    assert TrainingConfig(max_seq_length=512, max_tokens_per_forward=128).max_tokens_per_forward == 128  # 1 text a pass
+    assert TrainingConfig(max_tokens_per_forward=None).max_tokens_per_forward is None
     for terms in ((0, 3), (4, 2), (1,)):
         with pytest.raises(ConfigError, match="keyword_terms"):
             TrainingConfig(keyword_terms=terms)
@@ -268,7 +322,11 @@ def test_distill_fine_tune_publishes_at_the_models_window_or_keeps_the_base(tiny
     window = load_sentence_transformer(tiny_model_dir, "cpu").max_seq_length
     assert SentenceTransformer(str(tmp_path / "model"), device="cpu").max_seq_length == window != 32
     assert report.promotion.promoted and report.training.steps > 0
-    assert {"self_and_search.base.mrr@10", "self_and_search.fine_tuned.mrr@10"} <= set(report.metrics)
+    views = ("self_retrieval", "search_queries", "self_and_search")  # the default gate logs its mean and both parts
+    assert {f"{v}.{m}.mrr@10" for v in views for m in ("base", "fine_tuned", "delta")} <= set(report.metrics)
+    assert report.metrics["self_and_search.fine_tuned.mrr@10"] == pytest.approx(
+        (report.metrics["self_retrieval.fine_tuned.mrr@10"] + report.metrics["search_queries.fine_tuned.mrr@10"]) / 2,
+        abs=1e-4)
     assert not (tmp_path / "model.candidate").exists()
 
     strict = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, eval_fraction=0.25, negatives_per_query=1,

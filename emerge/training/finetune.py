@@ -233,6 +233,7 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
         tuned.max_seq_length = _eval_length(tuned, config)
         inspect_candidate(base, tuned)
     stats["hard_negative_pairs"] = result.train_pairs if config.hard_negatives else 0
+    stats["gradient_cached_steps"] = result.gradient_cached_steps  # steps above max_tokens_per_forward
     sanity = sanity_table(task, scores) if task is not None else pl.DataFrame()
     return FineTuneReport(Path(output_dir), metrics, stats, result, sanity, seconds, decision)
 
@@ -250,9 +251,9 @@ def _evaluate_base_and_published(base, chosen, config: TrainingConfig, task, dec
         if task is not None:
             heldout, scores[name] = evaluate_label_retrieval(model, task)
             metrics |= _prefixed(f"heldout.{name}", heldout)
-        if decision is not None:
-            metrics[f"{decision.criterion}.{name}.{decision.metric}"] = round(
-                decision.base_score if name == "base" else decision.candidate_score, 5)
+        if decision is not None:  # every measure the gate took, under the same names whichever criterion it was
+            measured = decision.base_measures if name == "base" else decision.measures_by_weight[decision.weight]
+            metrics |= {f"{measure}.{name}.{decision.metric}": round(v, 5) for measure, v in measured.items()}
         if beir is not None:
             if name == "base" and base_beir_metrics is not None:
                 metrics |= _prefixed("beir.base", base_beir_metrics)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -101,31 +101,44 @@ def self_retrieval_score(model, task: SelfRetrievalTask, batch_size: int = 64) -
 
 @dataclass(frozen=True)
 class GateCriterion:
-    """What the gate compares: `score(model)`, higher is better; `name.metric` names it in metrics."""
+    """What the gate compares: `score(model)`, higher is better, named `name.metric` in metrics.
 
-    name: str  # "self_retrieval" or "judged_queries"
+    `measure(model)` returns every label-free score the criterion computes on the way (the mean of
+    two tasks returns both tasks too), so a run records each view under the same name whichever
+    criterion gated it, and nothing has to score them a second time."""
+
+    name: str  # "self_retrieval", "search_queries", "self_and_search" or "judged_queries"
     metric: str
     description: str
-    score: Callable[[object], float]
+    measure: Callable[[object], dict[str, float]]  # its own score under `name`, and any parts of it
     queries: int = 0  # how many queries it scores a model on
+
+    def score(self, model) -> float:
+        return self.measure(model)[self.name]
 
 
 def self_retrieval_criterion(task: SelfRetrievalTask) -> GateCriterion:
     return GateCriterion("self_retrieval", "mrr@10", "held-out self-retrieval MRR@10",
-                         lambda model: self_retrieval_score(model, task)["mrr@10"], len(task.queries))
+                         lambda model: {"self_retrieval": self_retrieval_score(model, task)["mrr@10"]},
+                         len(task.queries))
 
 
 def search_query_criterion(task: SelfRetrievalTask) -> GateCriterion:
     return GateCriterion("search_queries", "mrr@10", "held-out search-query MRR@10",
-                         lambda model: self_retrieval_score(model, task)["mrr@10"], len(task.queries))
+                         lambda model: {"search_queries": self_retrieval_score(model, task)["mrr@10"]},
+                         len(task.queries))
 
 
 def self_and_search_criterion(spans: SelfRetrievalTask, searches: SelfRetrievalTask) -> GateCriterion:
     """The mean of the two held-out MRR@10s: a candidate must gain on one more than it loses on the other."""
+
+    def measure(model) -> dict[str, float]:
+        parts = {"self_retrieval": self_retrieval_score(model, spans)["mrr@10"],
+                 "search_queries": self_retrieval_score(model, searches)["mrr@10"]}
+        return parts | {"self_and_search": 0.5 * (parts["self_retrieval"] + parts["search_queries"])}
+
     return GateCriterion("self_and_search", "mrr@10", "mean of held-out self-retrieval and search-query MRR@10",
-                         lambda model: 0.5 * (self_retrieval_score(model, spans)["mrr@10"]
-                                              + self_retrieval_score(model, searches)["mrr@10"]),
-                         len(spans.queries) + len(searches.queries))
+                         measure, len(spans.queries) + len(searches.queries))
 
 
 def label_free_criterion(name: str, eval_rows: pl.DataFrame, train_rows: pl.DataFrame, texts: dict[str, str],
@@ -159,7 +172,7 @@ def judged_queries_criterion(collection, window: int | None = None) -> GateCrite
             model.max_seq_length = kept
 
     return GateCriterion("judged_queries", "ndcg@10", f"judged queries nDCG@10 ({len(collection.query_ids)} queries)",
-                         score, len(collection.query_ids))
+                         lambda model: {"judged_queries": score(model)}, len(collection.query_ids))
 
 
 def interpolate(base, tuned, weight: float):
@@ -184,6 +197,9 @@ class PromotionDecision:
     criterion: str = "self_retrieval"
     metric: str = "mrr@10"
     description: str = "held-out self-retrieval MRR@10"
+    # every measure of the criterion (its own and its parts): at the base, and at each weight
+    base_measures: dict[str, float] = field(default_factory=dict)
+    measures_by_weight: dict[float, dict[str, float]] = field(default_factory=dict)
 
     @property
     def reason(self) -> str:
@@ -201,15 +217,23 @@ def choose_and_gate(base, tuned, task: SelfRetrievalTask | GateCriterion, weight
     promoted only if it beats the base by more than `min_gain`."""
     say = progress or log.info
     criterion = task if isinstance(task, GateCriterion) else self_retrieval_criterion(task)
-    base_score = criterion.score(base)
-    say(f"gate: base {criterion.description} {base_score:.4f}")
-    scores, models = {}, {}
+    base_measures = criterion.measure(base)
+    base_score = base_measures[criterion.name]
+    say(f"gate: base {criterion.description} {base_score:.4f}{_parts(base_measures, criterion.name)}")
+    measures, models = {}, {}
     for w in weights:
         models[w] = tuned if w == 1.0 else interpolate(base, tuned, w)
-        scores[w] = criterion.score(models[w])
-        say(f"gate: weight {w:g} -> {criterion.metric} {scores[w]:.4f}")
+        measures[w] = criterion.measure(models[w])
+        say(f"gate: weight {w:g} -> {criterion.metric} {measures[w][criterion.name]:.4f}"
+            f"{_parts(measures[w], criterion.name)}")
+    scores = {w: m[criterion.name] for w, m in measures.items()}
     best = max(weights, key=lambda w: (scores[w], -abs(1.0 - w)))
     better = scores[best] > base_score + min_gain
     decision = PromotionDecision(best, base_score, scores[best], scores, better or not gate, min_gain, gate,
-                                 criterion.name, criterion.metric, criterion.description)
+                                 criterion.name, criterion.metric, criterion.description, base_measures, measures)
     return models[best], decision
+
+
+def _parts(measures: dict[str, float], name: str) -> str:
+    parts = [f"{k} {v:.4f}" for k, v in measures.items() if k != name]
+    return f" ({', '.join(parts)})" if parts else ""

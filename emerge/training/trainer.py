@@ -81,6 +81,7 @@ class TrainingResult:
     train_pairs: int
     steps: int
     train_loss: float | None
+    gradient_cached_steps: int = 0  # steps above max_tokens_per_forward, embedded in mini-batches
 
 
 def load_sentence_transformer(model_path: str | Path, device: str, max_seq_length: int | None = None,
@@ -196,7 +197,7 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
         from emerge.training.distill_loss import InBatchDistillationLoss
 
         loss = InBatchDistillationLoss(model, teacher, kind=config.distill_loss.removeprefix("in_batch_"),
-                                    scale=config.scale)
+                                       scale=config.scale, max_tokens_per_forward=config.max_tokens_per_forward)
     elif near is not None:
         from emerge.training.near_label_loss import NearGroupMaskedRankingLoss
 
@@ -210,4 +211,5 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
     model.max_seq_length = model.emerge_window  # saved with its own window; training length is a config value
     atomic_write_dir(output_dir, lambda tmp: model.save(str(tmp)))
     return TrainingResult(model_dir=output_dir, train_pairs=len(dataset), steps=out.global_step,
-                          train_loss=float(out.training_loss) if out.training_loss is not None else None)
+                          train_loss=float(out.training_loss) if out.training_loss is not None else None,
+                          gradient_cached_steps=getattr(loss, "cached_steps", 0))

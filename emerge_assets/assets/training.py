@@ -143,8 +143,9 @@ def _model_metadata(report, beir, run, mlflow: MlflowTracking, embedding_model: 
 
 def _gate_result(report) -> dg.AssetCheckResult:
     gate = report.promotion
-    scores = ({f"{gate.criterion}_weight_{w:g}": s for w, s in gate.scores_by_weight.items()}
-              | {f"{gate.criterion}_base": gate.base_score, "criterion": gate.description}) if gate else {}
+    scores = ({f"{m}_weight_{w:g}": s for w, measured in gate.measures_by_weight.items() for m, s in measured.items()}
+              | {f"{m}_base": s for m, s in gate.base_measures.items()} | {"criterion": gate.description}
+              ) if gate else {}
     return dg.AssetCheckResult(check_name="fine_tuned_beats_base", passed=report.promoted,
                                severity=dg.AssetCheckSeverity.WARN,
                                metadata={"reason": gate.reason if gate else "ungated",
