@@ -49,8 +49,8 @@ class InBatchDistillationLoss(CachedLossMixin, nn.Module):
 
     def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
         sentence_features = list(sentence_features)
-        shapes = [f["attention_mask"].shape for f in sentence_features]
-        if (self.max_tokens_per_forward is not None and torch.is_grad_enabled()
+        shapes = [_padded_shape(f) for f in sentence_features]
+        if (self.max_tokens_per_forward is not None and torch.is_grad_enabled() and None not in shapes
                 and sum(rows * length for rows, length in shapes) > self.max_tokens_per_forward):
             self.mini_batch_size = max(1, self.max_tokens_per_forward // max(length for _, length in shapes))
             self.cached_steps += 1
@@ -92,3 +92,13 @@ class InBatchDistillationLoss(CachedLossMixin, nn.Module):
     @property
     def citation(self) -> str:
         return "Hofstätter et al. 2021, Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge Distillation"
+
+
+def _padded_shape(feature: dict) -> tuple[int, int] | None:
+    """(texts, padded length) of a tokenized column; None for inputs without a 2-D mask or ids
+    (e.g. flattened ones), which then take the single pass."""
+    for key in ("attention_mask", "input_ids"):
+        value = feature.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() == 2:
+            return int(value.shape[0]), int(value.shape[1])
+    return None
