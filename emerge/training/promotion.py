@@ -188,18 +188,27 @@ def interpolate(base, tuned, weight: float):
 @dataclass
 class PromotionDecision:
     weight: float  # the chosen interpolation weight (1.0 = the trained weights as they are)
-    base_score: float
-    candidate_score: float
-    scores_by_weight: dict[float, float]
     promoted: bool
     min_gain: float
     gated: bool = True
     criterion: str = "self_retrieval"
     metric: str = "mrr@10"
     description: str = "held-out self-retrieval MRR@10"
-    # every measure of the criterion (its own and its parts): at the base, and at each weight
+    # every measure of the criterion (its own, under `criterion`, and its parts): at the base, and at each weight
     base_measures: dict[str, float] = field(default_factory=dict)
     measures_by_weight: dict[float, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def base_score(self) -> float:
+        return self.base_measures[self.criterion]
+
+    @property
+    def scores_by_weight(self) -> dict[float, float]:
+        return {w: measured[self.criterion] for w, measured in self.measures_by_weight.items()}
+
+    @property
+    def candidate_score(self) -> float:
+        return self.measures_by_weight[self.weight][self.criterion]
 
     @property
     def reason(self) -> str:
@@ -229,8 +238,8 @@ def choose_and_gate(base, tuned, task: SelfRetrievalTask | GateCriterion, weight
     scores = {w: m[criterion.name] for w, m in measures.items()}
     best = max(weights, key=lambda w: (scores[w], -abs(1.0 - w)))
     better = scores[best] > base_score + min_gain
-    decision = PromotionDecision(best, base_score, scores[best], scores, better or not gate, min_gain, gate,
-                                 criterion.name, criterion.metric, criterion.description, base_measures, measures)
+    decision = PromotionDecision(best, better or not gate, min_gain, gate, criterion.name, criterion.metric,
+                                 criterion.description, base_measures, measures)
     return models[best], decision
 
 
