@@ -35,8 +35,8 @@ def one_run(docs: str, limit: int, window: int, negatives: int, budget: int | No
     import polars as pl
 
     from emerge.config import TrainingConfig
-    from emerge.training.finetune import _train_rows
     from emerge.encoder import resolve_model_path
+    from emerge.training.finetune import _train_rows
     from emerge.training.trainer import train
 
     records = jsonl_rows(docs, limit)

@@ -101,7 +101,7 @@ def self_retrieval_score(model, task: SelfRetrievalTask, batch_size: int = 64) -
 
 @dataclass(frozen=True)
 class GateCriterion:
-    """What the gate compares: `score(model)`, higher is better, named `name.metric` in metrics.
+    """What the gate compares: `measure(model)[name]`, higher is better, named `name.metric` in metrics.
 
     `measure(model)` returns every label-free score the criterion computes on the way (the mean of
     two tasks returns both tasks too), so a run records each view under the same name whichever
@@ -112,9 +112,6 @@ class GateCriterion:
     description: str
     measure: Callable[[object], dict[str, float]]  # its own score under `name`, and any parts of it
     queries: int = 0  # how many queries it scores a model on
-
-    def score(self, model) -> float:
-        return self.measure(model)[self.name]
 
 
 def self_retrieval_criterion(task: SelfRetrievalTask) -> GateCriterion:
