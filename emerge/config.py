@@ -323,7 +323,8 @@ class TrainingConfig:
     query_source: Literal[QUERY_SOURCES] = "keywords"
     queries_per_document: int = 2
     keyword_terms: tuple[int, int] = (2, 5)
-    max_train_queries: int | None = 2000
+    # 1,000: twice as many tied on NFCorpus (seed 0, -0.0015) at 1.3x the training time (BENCHMARKS.md)
+    max_train_queries: int | None = 1000
     negatives_per_query: int = 3
     negative_depth: int = 30
     lexical_weight: float = 1.0
@@ -351,6 +352,8 @@ class TrainingConfig:
     # 4,096 = one column of the default step (32 x 128): 2.7 GiB peak instead of 6.5 GiB for
     # +25 % training time on long abstracts (BENCHMARKS.md, "Memory of a training step")
     max_tokens_per_forward: int | None = 4096
+    # every dropout rate of the model while training; None keeps the model's own (0.1 for MiniLM)
+    dropout: float | None = None
     scale: float = 20.0
     hard_negatives: bool = False
     hard_negative_margin: float = 0.1
@@ -382,6 +385,8 @@ class TrainingConfig:
         _require(self.max_tokens_per_forward is None or (isinstance(self.max_tokens_per_forward, int)
                                                          and self.max_tokens_per_forward > 0),
                  "max_tokens_per_forward", f"must be None or a positive int, got {self.max_tokens_per_forward!r}")
+        _require(self.dropout is None or (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0),
+                 "dropout", f"must be None or within [0, 1), got {self.dropout!r}")
         _require(self.gate_criterion in GATE_CRITERIA, "gate_criterion",
                  f"must be one of {GATE_CRITERIA}, got {self.gate_criterion!r}")
         _require(self.distill_loss in DISTILL_LOSSES, "distill_loss",

@@ -233,6 +233,38 @@ def test_gate_rejects_a_model_made_worse_and_an_unchanged_one(tiny_model_dir, cr
     assert forced.promoted and "without the gate" in forced.reason
 
 
+def test_the_mean_of_both_tasks_embeds_each_shared_document_once_with_the_same_scores(tiny_model_dir):
+    """The two gate tasks share their distractors, and a search query's answer is its document as a
+    distractor: embedding each distinct text once must give the scores of scoring each task alone."""
+    from emerge.training import retrieval
+    from emerge.training.promotion import (label_free_criterion, search_query_task, self_retrieval_score,
+                                           self_retrieval_task)
+    from emerge.training.trainer import load_sentence_transformer
+
+    rows, texts = _docs(16)
+    train_rows, eval_rows = rows.filter(pl.col("doc_id") < "d08"), rows.filter(pl.col("doc_id") >= "d08")
+    spans = self_retrieval_task(eval_rows, train_rows, texts, 400, 0)
+    searches = search_query_task(eval_rows, train_rows, texts, 400, 0)
+    model = load_sentence_transformer(tiny_model_dir, "cpu", 64)
+    alone = {"self_retrieval": self_retrieval_score(model, spans)["mrr@10"],
+             "search_queries": self_retrieval_score(model, searches)["mrr@10"]}
+    embedded, encode = [], retrieval.encode
+
+    def counting(model_, batch, *args, **kwargs):
+        embedded.extend(batch)
+        return encode(model_, batch, *args, **kwargs)
+
+    retrieval.encode = counting
+    try:
+        measured = label_free_criterion("self_and_search", eval_rows, train_rows, texts, 400, 0).measure(model)
+    finally:
+        retrieval.encode = encode
+    for name, score in alone.items():
+        assert measured[name] == pytest.approx(score, abs=1e-6)
+    separately = sum(len(t.queries) + len(t.answers) + len(t.distractors) for t in (spans, searches))
+    assert len(embedded) == len(set(embedded)) < separately - len(spans.distractors)  # each text once
+
+
 def test_search_query_task_asks_for_held_out_documents_with_a_few_words_of_their_opening():
     from emerge.training.promotion import label_free_criterion, search_query_task
 
@@ -301,6 +333,9 @@ def test_training_config_rejects_bad_distillation_values():
             TrainingConfig(max_tokens_per_forward=budget)
     assert TrainingConfig(max_seq_length=512, max_tokens_per_forward=128).max_tokens_per_forward == 128  # 1 text a pass
     assert TrainingConfig(max_tokens_per_forward=None).max_tokens_per_forward is None
+    for rate in (-0.1, 1.0, "0"):
+        with pytest.raises(ConfigError, match="dropout"):
+            TrainingConfig(dropout=rate)
     for terms in ((0, 3), (4, 2), (1,)):
         with pytest.raises(ConfigError, match="keyword_terms"):
             TrainingConfig(keyword_terms=terms)
@@ -395,6 +430,35 @@ def test_every_distillation_loss_trains_the_model(tiny_model_dir, tmp_path, loss
     assert any(changed)
     with pytest.raises(ConfigError, match="distill_loss"):
         TrainingConfig(distill_loss="listwise")
+
+
+def test_training_dropout_switches_every_dropout_layer_and_the_saved_model_keeps_its_own(tiny_model_dir, tmp_path):
+    """`dropout=0.0` trains without dropout (a train-mode forward pass is then deterministic), and
+    what is published keeps the base's configured rates for whoever fine-tunes it next."""
+    import json
+
+    import torch
+
+    from emerge.training.distillation import distillation_triplets
+    from emerge.training.trainer import load_sentence_transformer, set_dropout, train
+
+    model = load_sentence_transformer(tiny_model_dir, "cpu", 32)
+    model.train()
+    features = model.tokenize(["the rotor blade stalls at high angle of attack"])
+    torch.manual_seed(0)
+    assert not torch.equal(model(dict(features))["sentence_embedding"], model(dict(features))["sentence_embedding"])
+    assert set_dropout(model, 0.0) > 2  # embeddings, attention and output dropouts of every layer
+    assert torch.equal(model(dict(features))["sentence_embedding"], model(dict(features))["sentence_embedding"])
+
+    rows, texts = _docs(16)
+    made = distillation_triplets(rows, texts, model, queries_per_document=1, negatives_per_query=1,
+                                 negative_depth=4, window_chars=400, lexical_weight=1.0, seed=0)
+    config = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, dropout=0.0)
+    result = train(made, tiny_model_dir, tmp_path / "m", config)
+    assert result.steps > 0
+    saved = json.loads((result.model_dir / "config.json").read_text())
+    base = json.loads((tiny_model_dir / "config.json").read_text())
+    assert saved["hidden_dropout_prob"] == base["hidden_dropout_prob"] > 0
 
 
 def test_a_separate_teacher_model_gives_the_dense_half_of_the_teacher(tiny_model_dir, tmp_path):

@@ -99,6 +99,17 @@ def load_sentence_transformer(model_path: str | Path, device: str, max_seq_lengt
     return model
 
 
+def set_dropout(model, rate: float) -> int:
+    """Set every dropout layer's rate for training (BERT's attention reads its rate from its dropout
+    layer too); the saved config keeps the model's own rates. Returns how many layers were set."""
+    import torch
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for layer in layers:
+        layer.p = float(rate)
+    return len(layers)
+
+
 def mine_cross_group_negatives(model, pairs: pl.DataFrame, margin: float, batch_size: int = 64) -> pl.DataFrame:
     """Add a `negative` column: the most anchor-like positive of another group, below a margin.
 
@@ -161,6 +172,8 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
     if isinstance(pairs, DistillationSet):
         pairs, teacher = pairs.rows, (pairs.teacher if config.distill_loss != "pairwise" else None)
     model = load_sentence_transformer(base_model, device, config.max_seq_length)
+    if config.dropout is not None:
+        set_dropout(model, config.dropout)
     if config.hard_negatives:
         pairs = mine_cross_group_negatives(model, pairs, config.hard_negative_margin)
         pairs = pairs.filter(pl.col("negative").is_not_null())
