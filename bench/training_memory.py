@@ -8,7 +8,8 @@ product (32 x 9 x 256 was killed at ~22 GB on a 23 GiB machine). `max_tokens_per
 a larger step in mini-batches with GradCache. Each (window, negatives, budget) runs `train()` on
 the same teacher-scored rows in its own process, so its peak RSS (`VmHWM`) is its own. The last
 stdout line is the JSON: `runs`, each with `max_seq_length`, `negatives_per_query`,
-`max_tokens_per_forward`, `peak_rss_gib`, `train_s`, `steps`, `gradient_cached_steps`.
+`max_tokens_per_forward`, `dropout`, `peak_rss_gib`, `train_s`, `steps`, `gradient_cached_steps`.
+`--dropouts 0 model` also times a step without dropout against the model's own rates.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from asset_scale import peak_rss_gib  # noqa: E402
 
 
 def one_run(docs: str, limit: int, window: int, negatives: int, budget: int | None, steps: int, batch: int,
-            model: str | None) -> dict:
+            model: str | None, dropout: float | None = None) -> dict:
     """In this process: teacher-scored rows from the documents, then `steps` training steps."""
     import tempfile
 
@@ -44,7 +45,8 @@ def one_run(docs: str, limit: int, window: int, negatives: int, budget: int | No
     rows = pl.DataFrame({"doc_id": list(texts), "text_span": [t[:300] for t in texts.values()],
                          "cluster_id": [0] * len(texts)})
     config = TrainingConfig(max_seq_length=window, negatives_per_query=negatives, max_tokens_per_forward=budget,
-                            batch_size=batch, max_train_queries=steps * batch, min_pairs=1, seed=0)
+                            batch_size=batch, max_train_queries=steps * batch, min_pairs=1, seed=0,
+                            dropout=dropout)
     base = resolve_model_path(model)
     triplets = _train_rows(rows, "cluster_id", config, texts, base, "cpu", lambda m: None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,7 +54,7 @@ def one_run(docs: str, limit: int, window: int, negatives: int, budget: int | No
         result = train(triplets, base, Path(tmp) / "model", config)
         seconds = time.perf_counter() - t
     return {"max_seq_length": window, "negatives_per_query": negatives, "max_tokens_per_forward": budget,
-            "step_tokens_at_most": batch * (2 + negatives) * window, "peak_rss_gib": round(peak_rss_gib(), 3),
+            "dropout": dropout, "step_tokens_at_most": batch * (2 + negatives) * window, "peak_rss_gib": round(peak_rss_gib(), 3),
             "train_s": round(seconds, 1), "steps": result.steps, "gradient_cached_steps": result.gradient_cached_steps}
 
 
@@ -62,6 +64,8 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=400)
     p.add_argument("--configs", nargs="+", default=["128:3", "256:3", "256:7"], help="WINDOW:NEGATIVES")
     p.add_argument("--budgets", nargs="+", default=["none", "4096"], help="max_tokens_per_forward values (none: one pass)")
+    p.add_argument("--dropouts", nargs="+", default=["model"],
+                   help="training dropout rates to time (model: the model's own rates)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out")
@@ -69,23 +73,24 @@ def main() -> int:
     add_model_argument(p)
     args = p.parse_args()
     if args.child:
-        window, negatives, budget = json.loads(args.child)
+        window, negatives, budget, dropout = json.loads(args.child)
         print(json.dumps(one_run(args.docs, args.limit, window, negatives, budget, args.steps, args.batch_size,
-                                 args.model)))
+                                 args.model, dropout)))
         return 0
     runs = []
     for spec in args.configs:
         window, negatives = (int(x) for x in spec.split(":"))
-        for b in args.budgets:
+        for b, d in ((b, d) for b in args.budgets for d in args.dropouts):
             budget = None if b == "none" else int(b)
+            dropout = None if d == "model" else float(d)
             child = [sys.executable, __file__, "--docs", args.docs, "--limit", str(args.limit), "--steps",
                      str(args.steps), "--batch-size", str(args.batch_size),
-                     "--child", json.dumps([window, negatives, budget]),
+                     "--child", json.dumps([window, negatives, budget, dropout]),
                      *(["--model", args.model] if args.model else [])]
             proc = subprocess.run(child, capture_output=True, text=True)
             if proc.returncode != 0:  # e.g. killed for memory: that is the measurement
                 runs.append({"max_seq_length": window, "negatives_per_query": negatives,
-                             "max_tokens_per_forward": budget, "failed": proc.returncode,
+                             "max_tokens_per_forward": budget, "dropout": dropout, "failed": proc.returncode,
                              "stderr_tail": proc.stderr[-300:]})
             else:
                 runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))

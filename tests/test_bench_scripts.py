@@ -312,9 +312,11 @@ def test_gate_diagnostics_take_what_the_gate_measured_and_score_only_the_rest(ti
 
 def test_training_memory_script_runs_each_budget_in_its_own_process(tiny_model_dir):
     r = run_script("training_memory.py", "--docs", str(PLANTED), "--limit", "40", "--configs", "32:2",
-                   "--budgets", "none", "64", "--steps", "2", "--batch-size", "4", "--model", str(tiny_model_dir))
-    plain, cached = r["runs"]
+                   "--budgets", "none", "64", "--dropouts", "model", "0", "--steps", "2", "--batch-size", "4",
+                   "--model", str(tiny_model_dir))
+    plain, _, cached, _ = r["runs"]
     assert (plain["max_tokens_per_forward"], cached["max_tokens_per_forward"]) == (None, 64)
+    assert [run["dropout"] for run in r["runs"]] == [None, 0.0, None, 0.0]
     assert plain["steps"] == cached["steps"] == 2
     assert plain["gradient_cached_steps"] == 0 and cached["gradient_cached_steps"] == 2  # 4 rows x 4 texts > 64 tokens
     assert all(run["peak_rss_gib"] > 0 and run["train_s"] > 0 for run in r["runs"])
