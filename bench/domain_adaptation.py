@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--query-generator-gguf", default=None, help="the GGUF file inside --query-generator")
     p.add_argument("--query-generation-budget-s", type=float, default=defaults.query_generation_budget_s)
     p.add_argument("--dropout", type=float, default=defaults.dropout,
-                   help="every dropout rate while training (default: the recipe's)")
+                   help="every dropout rate while training (default: the model's own rates)")
     p.add_argument("--interpolation-weights", type=float, nargs="+", default=list(defaults.interpolation_weights))
     p.add_argument("--weight-curve", type=float, nargs="+", default=[],
                    help="dev diagnostic: also score these interpolation weights of the trained model on the "

@@ -315,7 +315,9 @@ class TrainingConfig:
     distillation step holding more than `max_tokens_per_forward` padded tokens (batch_size x
     (2 + negatives_per_query) x max_seq_length at most) is embedded in mini-batches with gradient
     caching, so a longer window or more negatives cost time, not memory.
-    `learning_rate` None takes the recipe's measured default (`DEFAULT_LEARNING_RATES`).
+    `learning_rate` None takes the recipe's measured default (`DEFAULT_LEARNING_RATES`). `dropout` sets
+    every dropout rate while training (None: the model's own); 0 is ~1.25x faster and lighter, measured
+    slightly worse on NFCorpus, so not the default.
     """
 
     pairing: Literal[PAIRINGS] = "distill"

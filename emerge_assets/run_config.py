@@ -263,8 +263,9 @@ class FineTuneConfig(_EngineConfig):
         "max_seq_length) is embedded in mini-batches with gradient caching: same gradients, one more forward pass, "
         "bounded memory; null = always one forward pass.")
     dropout: Optional[float] = _training_default(
-        "dropout", "Every dropout rate of the model while training (0 = none: deterministic and faster steps); "
-        "null = the model's own rates. The published model keeps its own.")
+        "dropout", "Every dropout rate of the model while training (0 = none: ~1.25x faster steps and less memory, "
+        "measured slightly worse on NFCorpus, one seed); null = the model's own rates. The published model keeps "
+        "its own.")
     scale: float = _training_default("scale", "Similarity scale (temperature) of the contrastive and KL losses.")
     hard_negatives: bool = _training_default("hard_negatives", "Add one mined negative from another group per pair.")
     hard_negative_margin: float = _training_default("hard_negative_margin", "Skip negatives within this cosine "
