@@ -15,6 +15,7 @@ stdout line is the JSON: `runs`, each with `max_seq_length`, `negatives_per_quer
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -54,7 +55,8 @@ def one_run(docs: str, limit: int, window: int, negatives: int, budget: int | No
         result = train(triplets, base, Path(tmp) / "model", config)
         seconds = time.perf_counter() - t
     return {"max_seq_length": window, "negatives_per_query": negatives, "max_tokens_per_forward": budget,
-            "dropout": dropout, "step_tokens_at_most": batch * (2 + negatives) * window, "peak_rss_gib": round(peak_rss_gib(), 3),
+            "dropout": dropout, "step_tokens_at_most": batch * (2 + negatives) * window,
+            "peak_rss_gib": round(peak_rss_gib(), 3),
             "train_s": round(seconds, 1), "steps": result.steps, "gradient_cached_steps": result.gradient_cached_steps}
 
 
@@ -80,7 +82,7 @@ def main() -> int:
     runs = []
     for spec in args.configs:
         window, negatives = (int(x) for x in spec.split(":"))
-        for b, d in ((b, d) for b in args.budgets for d in args.dropouts):
+        for b, d in itertools.product(args.budgets, args.dropouts):
             budget = None if b == "none" else int(b)
             dropout = None if d == "model" else float(d)
             child = [sys.executable, __file__, "--docs", args.docs, "--limit", str(args.limit), "--steps",
