@@ -23,7 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cached_stage, emit, machine, warm_up_numba, write_result  # noqa: E402
 
-from emerge.config import DISTILL_LOSSES, GATE_CRITERIA, PAIRINGS, QUERY_SOURCES, TrainingConfig  # noqa: E402
+from emerge.config import (DISTILL_LOSSES, GATE_CRITERIA, PAIRINGS, QUERY_SOURCES, TRAINED_SIDES,  # noqa: E402
+                           TrainingConfig)
 
 
 def curate_corpus(texts: list[str], min_len: int, max_len: int, stride: int, seed: int):
@@ -106,7 +107,11 @@ def main(argv=None) -> int:
     p.add_argument("--query-source", default=defaults.query_source, choices=list(QUERY_SOURCES))
     p.add_argument("--keyword-terms", type=int, nargs=2, default=list(defaults.keyword_terms),
                    metavar=("MIN", "MAX"), help="query source keywords: each query keeps MIN..MAX words")
-    p.add_argument("--max-train-queries", type=int, default=defaults.max_train_queries)
+    p.add_argument("--max-train-queries", type=int, default=defaults.max_train_queries,
+                   help="default: the trained side's (query 10,000, both 1,000)")
+    p.add_argument("--trained-side", default=defaults.trained_side, choices=list(TRAINED_SIDES),
+                   help="'query': train the query encoder only, documents keep the base's vectors; "
+                        "default: query where the recipe allows it, else both")
     p.add_argument("--negatives-per-query", type=int, default=defaults.negatives_per_query)
     p.add_argument("--negative-depth", type=int, default=defaults.negative_depth,
                    help="negatives are drawn from the teacher's top this many training documents")
@@ -216,7 +221,8 @@ def main(argv=None) -> int:
 
     per_seed = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        config = TrainingConfig(pairing=args.pairing, epochs=args.epochs, batch_size=args.batch_size,
+        config = TrainingConfig(pairing=args.pairing, trained_side=args.trained_side, epochs=args.epochs,
+                                batch_size=args.batch_size,
                                 learning_rate=args.lr, max_seq_length=args.max_seq_length,
                                 eval_max_seq_length=args.eval_max_seq_length,
                                 pairs_per_label=args.pairs_per_label, eval_fraction=args.eval_fraction,

@@ -45,9 +45,9 @@ def one_run(docs: str, limit: int, window: int, negatives: int, budget: int | No
     texts = {str(i): r["text"] for i, r in enumerate(records)}
     rows = pl.DataFrame({"doc_id": list(texts), "text_span": [t[:300] for t in texts.values()],
                          "cluster_id": [0] * len(texts)})
-    config = TrainingConfig(max_seq_length=window, negatives_per_query=negatives, max_tokens_per_forward=budget,
-                            batch_size=batch, max_train_queries=steps * batch, min_pairs=1, seed=0,
-                            dropout=dropout)
+    config = TrainingConfig(trained_side="both", max_seq_length=window, negatives_per_query=negatives,
+                            max_tokens_per_forward=budget, batch_size=batch, max_train_queries=steps * batch,
+                            min_pairs=1, seed=0, dropout=dropout)
     base = resolve_model_path(model)
     triplets = _train_rows(rows, "cluster_id", config, texts, base, "cpu", lambda m: None)
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ loaded or any file is read, with a message that starts with the field's name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -121,9 +121,10 @@ class EncoderConfig:
                      f"no model directory at {str(path)!r} (Emerge never downloads models; "
                      "give a local sentence-transformers/transformers directory or leave it unset "
                      "for the packaged all-MiniLM-L6-v2)")
-            _require((path / "config.json").is_file(), "model_name_or_path",
-                     f"{str(path)!r} holds no model (no config.json): give the folder a sentence-transformers "
-                     "or transformers model was saved to, or leave it unset for the packaged all-MiniLM-L6-v2")
+            _require((path / "config.json").is_file() or (path / "modules.json").is_file(), "model_name_or_path",
+                     f"{str(path)!r} holds no model (no config.json or modules.json): give the folder a "
+                     "sentence-transformers or transformers model was saved to, or leave it unset for the packaged "
+                     "all-MiniLM-L6-v2")
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,12 @@ class CuratorConfig:
 PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
 QUERY_SOURCES = ("spans", "leading_sentence", "sentences", "keywords", "generated")
 DISTILL_LOSSES = ("in_batch_kl", "in_batch_mse", "pairwise")
+TRAINED_SIDES = ("auto", "query", "both")
+# what `None` leaves to the trained side (BENCHMARKS.md, domain adaptation): the two-sided recipe
+# embeds 5 texts a query, so 1,000 queries once is its CPU budget; the query side embeds only the
+# query (~10 tokens), so it affords three keyword draws a document, three times over, up to 10,000
+SIDE_DEFAULTS = {"both": {"epochs": 1, "queries_per_document": 2, "max_train_queries": 1000},
+                 "query": {"epochs": 3, "queries_per_document": 3, "max_train_queries": 10_000}}
 GATE_CRITERIA = ("self_retrieval", "search_queries", "self_and_search")
 # distill moves normalised-cosine scores, so it needs a larger step than MNRL's pairs;
 # WiSE-FT interpolation then takes back what the larger step costs (BENCHMARKS.md, domain adaptation)
@@ -318,15 +325,22 @@ class TrainingConfig:
     `learning_rate` None takes the recipe's measured default (`DEFAULT_LEARNING_RATES`). `dropout` sets
     every dropout rate while training (None: the model's own); 0 is ~1.25x faster and lighter, measured
     slightly worse on NFCorpus, so not the default.
+    `trained_side="query"` (what "auto", the default, picks where the recipe allows it: `distill`, keyword queries, no
+    `teacher_model`) trains only how queries are read: documents keep the base model's vectors and
+    each query learns the teacher's ranking of every training document (`emerge.training.query_side`);
+    `"both"` trains the two-sided recipe above. `epochs`, `queries_per_document` (keyword draws a
+    document, on the query side) and `max_train_queries` default (None) per side (`SIDE_DEFAULTS`).
     """
 
     pairing: Literal[PAIRINGS] = "distill"
+    trained_side: Literal[TRAINED_SIDES] = "auto"  # "query" where the recipe can, else "both"
     context_chars: int = 1200
     query_source: Literal[QUERY_SOURCES] = "keywords"
-    queries_per_document: int = 2
+    queries_per_document: int | None = None  # None: SIDE_DEFAULTS
     keyword_terms: tuple[int, int] = (2, 5)
-    # 1,000: twice as many tied on NFCorpus (seed 0, -0.0015) at 1.3x the training time (BENCHMARKS.md)
-    max_train_queries: int | None = 1000
+    # None: SIDE_DEFAULTS. Two-sided 1,000: twice as many tied on NFCorpus (seed 0, -0.0015) at 1.3x
+    # the training time (BENCHMARKS.md)
+    max_train_queries: int | None = None
     negatives_per_query: int = 3
     negative_depth: int = 30
     lexical_weight: float = 1.0
@@ -344,7 +358,7 @@ class TrainingConfig:
     pairs_per_label: int = 2000
     min_pairs: int = 16
     eval_fraction: float = 0.2
-    epochs: int = 1
+    epochs: int | None = None  # None: SIDE_DEFAULTS (self-training: 1)
     batch_size: int = 32
     learning_rate: float | None = None
     warmup_ratio: float = 0.1
@@ -363,17 +377,60 @@ class TrainingConfig:
     seed: int = 42
 
     @property
+    def query_side_capable(self) -> bool:
+        """The recipe can train the query side alone: keyword queries distilled from the base + BM25."""
+        return self.pairing == "distill" and self.query_source == "keywords" and self.teacher_model is None
+
+    @property
+    def side(self) -> str:
+        """The side trained: `trained_side`; "auto" is "query" where the recipe can, else "both"."""
+        if self.trained_side != "auto":
+            return self.trained_side
+        return "query" if self.query_side_capable else "both"
+
+    def _side_default(self, name: str) -> int:
+        value = getattr(self, name)
+        return value if value is not None else SIDE_DEFAULTS[self.side][name]
+
+    @property
+    def in_force(self) -> dict:
+        """Every setting with its `None` resolved to what the run uses (for tracking records)."""
+        return asdict(self) | {"trained_side": self.side, "epochs": self.train_epochs, "learning_rate": self.lr,
+                               "queries_per_document": self.train_queries_per_document,
+                               "max_train_queries": self.train_query_cap}
+
+    @property
+    def train_epochs(self) -> int:
+        """`epochs`, else the trained side's default (`SIDE_DEFAULTS`)."""
+        return self._side_default("epochs")
+
+    @property
+    def train_queries_per_document(self) -> int:
+        """`queries_per_document`, else the trained side's default."""
+        return self._side_default("queries_per_document")
+
+    @property
+    def train_query_cap(self) -> int:
+        """`max_train_queries`, else the trained side's default."""
+        return self._side_default("max_train_queries")
+
+    @property
     def lr(self) -> float:
         """The learning rate in force: `learning_rate`, else the recipe's default."""
         return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.pairing]
 
     def __post_init__(self):
         _require(self.pairing in PAIRINGS, "pairing", f"must be one of {PAIRINGS}, got {self.pairing!r}")
-        for name in ("pairs_per_label", "min_pairs", "epochs", "max_seq_length", "context_chars",
-                     "queries_per_document", "negatives_per_query", "negative_depth", "query_consistency_top_k"):
+        for name in ("pairs_per_label", "min_pairs", "max_seq_length", "context_chars", "negatives_per_query",
+                     "negative_depth", "query_consistency_top_k"):
             _positive_int(getattr(self, name), name)
-        _positive_int(self.eval_max_seq_length, "eval_max_seq_length", allow_none=True)
-        _positive_int(self.max_train_queries, "max_train_queries", allow_none=True)
+        for name in ("eval_max_seq_length", "max_train_queries", "epochs", "queries_per_document"):
+            _positive_int(getattr(self, name), name, allow_none=True)
+        _require(self.trained_side in TRAINED_SIDES, "trained_side",
+                 f"must be one of {TRAINED_SIDES}, got {self.trained_side!r}")
+        _require(self.trained_side != "query" or self.query_side_capable, "trained_side",
+                 "'query' trains keyword queries against the base's own document vectors: it needs "
+                 "pairing='distill', query_source='keywords' and no teacher_model")
         _require(self.query_source in QUERY_SOURCES, "query_source",
                  f"must be one of {QUERY_SOURCES}, got {self.query_source!r}")
         _require(self.teacher_model is None or (isinstance(self.teacher_model, str) and self.teacher_model.strip()),

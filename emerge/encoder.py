@@ -85,12 +85,21 @@ def model_display_name(model_name_or_path: str | None) -> str:
 
 
 def _transformer_dir(path: Path) -> Path:
-    """sentence-transformers directories may keep the transformer in a sub-folder (modules.json)."""
+    """sentence-transformers directories may keep the transformer in a sub-folder (modules.json).
+    Of an asymmetric model (a `Router`, `trained_side="query"`) it is the document route's: late
+    chunking embeds documents, and its spans must stay in the space of the index's documents."""
     modules = path / "modules.json"
     if modules.exists():
         for module in json.loads(modules.read_text()):
             if module.get("type", "").endswith("Transformer") and module.get("path"):
                 return path / module["path"]
+            router = path / module.get("path", "")
+            if module.get("type", "").endswith(".Router") and (router / "router_config.json").exists():
+                config = json.loads((router / "router_config.json").read_text())
+                route = config.get("parameters", {}).get("default_route") or "document"
+                for name in config.get("structure", {}).get(route, []):
+                    if config.get("types", {}).get(name, "").endswith("Transformer"):
+                        return router / name
     return path
 
 

@@ -17,8 +17,9 @@ import dagster as dg
 from pydantic import Field
 
 from emerge.discovery.cluster_ids import DEFAULT_MIN_SIMILARITY
-from emerge.config import (DISTILL_LOSSES, GATE_CRITERIA, PAIRINGS, QUERY_SOURCES, TRANSFORMS, UNICODE_FORMS,
-                           AnalyzerConfig, ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig, TrainingConfig)
+from emerge.config import (DISTILL_LOSSES, GATE_CRITERIA, PAIRINGS, QUERY_SOURCES, TRAINED_SIDES, TRANSFORMS,
+                           UNICODE_FORMS, AnalyzerConfig, ClusteringConfig, IngestConfig, SelectionConfig, SpanConfig,
+                           TrainingConfig)
 from emerge.topics.late_interaction import (DEFAULT_RELEVANCE_THRESHOLD, DIRECTIONS, PREDICTION_MODES,
                                      LateInteractionCrossEncoder, check_scorer_options)
 
@@ -198,6 +199,11 @@ class FineTuneConfig(_EngineConfig):
         "the model; the measured default), span_context (selected span -> its document's surrounding text, span "
         "cut out), same_document (two selected spans of one document and cluster) or same_cluster (spans of "
         "different documents in one cluster).")
+    trained_side: Literal[TRAINED_SIDES] = _training_default(
+        "trained_side", "query (only queries are read by the trained model: documents keep the base model's "
+        "vectors, so an existing index stays valid, and each query learns the teacher's ranking of every training "
+        "document; distill with keyword queries and no teacher_model only) or both (queries and documents). "
+        "auto = query where the recipe allows it, else both.")
     context_chars: int = _training_default("context_chars", "distill/span_context: characters of document around "
                                            "the span.")
     query_source: Literal[QUERY_SOURCES] = _training_default(
@@ -205,12 +211,14 @@ class FineTuneConfig(_EngineConfig):
         "line/sentence (leading_sentence), that opening shortened to its rarest words (keywords; keyword_terms), "
         "the opening and other sentences cut out of the document (sentences), or a query a local language model "
         "writes about each document (generated; needs query_generator).")
-    queries_per_document: int = _training_default("queries_per_document", "distill: pseudo-queries (selected "
-                                                  "spans, or sentences) per training document.")
+    queries_per_document: Optional[int] = _training_default(
+        "queries_per_document", "distill: pseudo-queries (selected spans, sentences, or keyword draws on the query "
+        "side) per training document; null = the trained side's default (query 3, both 2).")
     keyword_terms: list[int] = _training_default("keyword_terms", "distill, query_source keywords: [fewest, most] "
                                                  "words a search-box pseudo-query keeps.")
-    max_train_queries: Optional[int] = _training_default("max_train_queries", "distill: most pseudo-queries "
-                                                         "trained on (bounds training time on large corpora).")
+    max_train_queries: Optional[int] = _training_default(
+        "max_train_queries", "distill: most pseudo-queries trained on (bounds training time on large corpora); "
+        "null = the trained side's default (query 10,000, both 1,000).")
     negatives_per_query: int = _training_default("negatives_per_query", "distill: teacher-mined negatives per "
                                                  "pseudo-query.")
     negative_depth: int = _training_default("negative_depth", "distill: negatives are drawn from the teacher's "
@@ -251,7 +259,7 @@ class FineTuneConfig(_EngineConfig):
     min_pairs: int = _training_default("min_pairs", "Fewer training pairs than this fails the step.")
     eval_fraction: float = _training_default("eval_fraction", "Share of documents held out from training for "
                                              "evaluation.")
-    epochs: int = _training_default("epochs")
+    epochs: Optional[int] = _training_default("epochs", "null = the trained side's default (query 3, both 1).")
     batch_size: int = _training_default("batch_size", "Pairs per batch; the rest of the batch are the negatives.")
     learning_rate: Optional[float] = _training_default("learning_rate", "null = the recipe's default (distill "
                                                        "1e-4, pair recipes 2e-5).")

@@ -350,7 +350,8 @@ def test_distill_fine_tune_publishes_at_the_models_window_or_keeps_the_base(tiny
     from emerge.training.trainer import load_sentence_transformer
 
     rows, texts = _docs(24)
-    config = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, eval_fraction=0.25,
+    config = TrainingConfig(trained_side="both",
+                            min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, eval_fraction=0.25,
                             negatives_per_query=1, negative_depth=4, gate=False)
     report = fine_tune_and_evaluate(rows, "cluster_id", tiny_model_dir, tmp_path / "model", config, texts=texts)
     window = load_sentence_transformer(tiny_model_dir, "cpu").max_seq_length
@@ -363,7 +364,8 @@ def test_distill_fine_tune_publishes_at_the_models_window_or_keeps_the_base(tiny
         abs=1e-4)
     assert not (tmp_path / "model.candidate").exists()
 
-    strict = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, eval_fraction=0.25, negatives_per_query=1,
+    strict = TrainingConfig(trained_side="both",
+                            min_pairs=4, batch_size=8, max_seq_length=32, eval_fraction=0.25, negatives_per_query=1,
                             negative_depth=4, promotion_min_gain=1.0, gate_criterion="self_and_search")
     seen = {}
     report = fine_tune_and_evaluate(rows, "cluster_id", tiny_model_dir, tmp_path / "strict", strict, texts=texts,
@@ -422,7 +424,8 @@ def test_every_distillation_loss_trains_the_model(tiny_model_dir, tmp_path, loss
     model = load_sentence_transformer(tiny_model_dir, "cpu", 32)
     made = distillation_triplets(rows, texts, model, queries_per_document=1, negatives_per_query=1,
                                  negative_depth=4, window_chars=400, lexical_weight=1.0, seed=0)
-    config = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, distill_loss=loss)
+    config = TrainingConfig(trained_side="both",
+                            min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, distill_loss=loss)
     result = train(made, tiny_model_dir, tmp_path / "m", config)
     tuned = load_sentence_transformer(result.model_dir, "cpu")
     assert result.steps > 0 and np.isfinite(result.train_loss)
@@ -453,7 +456,8 @@ def test_training_dropout_switches_every_dropout_layer_and_the_saved_model_keeps
     rows, texts = _docs(16)
     made = distillation_triplets(rows, texts, model, queries_per_document=1, negatives_per_query=1,
                                  negative_depth=4, window_chars=400, lexical_weight=1.0, seed=0)
-    config = TrainingConfig(min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, dropout=0.0)
+    config = TrainingConfig(trained_side="both",
+                            min_pairs=4, batch_size=8, max_seq_length=32, learning_rate=1e-3, dropout=0.0)
     result = train(made, tiny_model_dir, tmp_path / "m", config)
     assert result.steps > 0
     saved = json.loads((result.model_dir / "config.json").read_text())

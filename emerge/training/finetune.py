@@ -14,7 +14,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -25,6 +25,7 @@ from emerge.training.distillation import DistillationSet, distillation_triplets
 from emerge.errors import InputError
 from emerge.label_scheme import SCHEMES, scheme_of
 from emerge.training.pairs import build_pairs, split_by_document
+from emerge.training.query_side import QuerySideSet, query_side_set, train_query_side
 from emerge.training.promotion import (PromotionDecision, choose_and_gate, judged_queries_criterion,
                                       label_free_criterion)
 from emerge.topics.self_training import SelfTrainingConfig, default_scorer, self_train, write_matched_threshold
@@ -46,7 +47,7 @@ class FineTuneReport:
     promotion: PromotionDecision | None = None
 
     def params(self, config: TrainingConfig) -> dict:
-        return {f"train.{k}": v for k, v in asdict(config).items()}
+        return {f"train.{k}": v for k, v in config.in_force.items()}
 
     @property
     def promoted(self) -> bool:
@@ -105,12 +106,23 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 
 def _train_rows(train_rows: pl.DataFrame, label_col: str, config: TrainingConfig, texts, base_model, device,
                 say) -> pl.DataFrame:
-    """The recipe's training rows for a cluster dataset: teacher-scored triplets (`distill`) or
-    labelled pairs (topic datasets self-train instead and never come here)."""
+    """The recipe's training rows for a cluster dataset: teacher-scored triplets (`distill`), keyword
+    queries to rank every training document (`distill`, `trained_side="query"`) or labelled pairs
+    (topic datasets self-train instead and never come here)."""
     if config.pairing != "distill":
         return build_pairs(train_rows, label_col, config, texts)
     if texts is None:
         raise InputError("pairing='distill' needs the documents' texts")
+    if config.side == "query":  # documents at the base's own window, as its index holds them
+        qset = query_side_set(train_rows, texts, load_sentence_transformer(base_model, device),
+                              queries_per_document=config.train_queries_per_document, window_chars=config.context_chars,
+                              lexical_weight=config.lexical_weight, seed=config.seed,
+                              keyword_terms=tuple(config.keyword_terms), max_queries=config.train_query_cap,
+                              progress=say)
+        if qset.height < config.min_pairs:
+            raise InputError(f"only {qset.height} keyword queries; min_pairs={config.min_pairs}. "
+                             "Curate more documents or lower min_pairs")
+        return qset
     base = load_sentence_transformer(base_model, device, config.max_seq_length)
     teacher = None
     if config.teacher_model is not None:  # reads the student-length texts at its own window
@@ -122,11 +134,11 @@ def _train_rows(train_rows: pl.DataFrame, label_col: str, config: TrainingConfig
 
         generator = QueryGenerator(GeneratorConfig(config.query_generator, config.query_generator_gguf,
                                                    time_budget_s=config.query_generation_budget_s))
-    triplets = distillation_triplets(train_rows, texts, base, queries_per_document=config.queries_per_document,
+    triplets = distillation_triplets(train_rows, texts, base, queries_per_document=config.train_queries_per_document,
                                      negatives_per_query=config.negatives_per_query,
                                      negative_depth=config.negative_depth, window_chars=config.context_chars,
                                      lexical_weight=config.lexical_weight, seed=config.seed,
-                                     max_queries=config.max_train_queries, query_source=config.query_source,
+                                     max_queries=config.train_query_cap, query_source=config.query_source,
                                      keyword_terms=tuple(config.keyword_terms), teacher_model=teacher,
                                      generator=generator,
                                      consistency_top_k=config.query_consistency_top_k, progress=say)
@@ -198,6 +210,9 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
         stats |= {"train_pairs": trained.rounds[-1].train_pairs, "train_groups": trained.rounds[-1].topics_covered,
                   "self_training_rounds": len(trained.rounds),
                   "pseudo_labelled_spans": trained.rounds[-1].pseudo_labelled}
+    elif isinstance(rows, QuerySideSet):
+        stats |= {"train_pairs": rows.height, "train_groups": len(set(rows.query_docs.tolist()))}
+        result = train_query_side(rows, base_model, candidate_dir(output_dir), config, device=device, on_log=on_log)
     else:
         frame = rows.rows if isinstance(rows, DistillationSet) else rows  # a DistillationSet carries its teacher
         stats |= {"train_pairs": frame.height, "train_groups": frame["group"].n_unique()}
@@ -281,7 +296,8 @@ def _self_training_config(config: TrainingConfig, self_training: SelfTrainingCon
     """The topic recipe's selection settings, trained with the run's epochs, batch, length and seed
     (and its learning rate when one is set; else self-training's own)."""
     base = self_training or SelfTrainingConfig()
-    return base.with_training(epochs=config.epochs, batch_size=config.batch_size, max_seq_length=config.max_seq_length,
+    return base.with_training(epochs=config.epochs or base.training.epochs, batch_size=config.batch_size,
+                              max_seq_length=config.max_seq_length,
                               seed=config.seed, learning_rate=config.learning_rate or base.training.learning_rate)
 
 

@@ -86,24 +86,31 @@ def _retrieval_task(queries: pl.DataFrame, what: str, eval_rows: pl.DataFrame, t
                              np.array(docs, dtype=object))
 
 
-def encode_tasks(model, tasks: list[SelfRetrievalTask], batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Each distinct text of `tasks` embedded once: the tasks share their distractors, and a
-    search query's answer is its document shown as a distractor, so the mean of both tasks
-    embeds ~1,000 documents a model instead of ~2,000 (the gate's main cost)."""
+def encode_tasks(model, tasks: list[SelfRetrievalTask], batch_size: int = 64) -> dict[tuple[str, str], np.ndarray]:
+    """Each distinct text of `tasks` embedded once per role, keyed by (role, text): the tasks share
+    their distractors, and a search query's answer is its document shown as a distractor, so the
+    mean of both tasks embeds ~1,000 documents a model instead of ~2,000 (the gate's main cost).
+    Queries are embedded as queries and answers and distractors as documents, which an asymmetric
+    model (`emerge.training.query_side`) reads with different encoders."""
     from emerge.training.retrieval import encode
 
-    unique = list(dict.fromkeys(t for task in tasks for t in (*task.queries, *task.answers, *task.distractors)))
-    return dict(zip(unique, encode(model, unique, batch_size)))
+    out = {}
+    for role, texts in (("query", [t for task in tasks for t in task.queries]),
+                        ("document", [t for task in tasks for t in (*task.answers, *task.distractors)])):
+        unique = list(dict.fromkeys(texts))
+        out |= {(role, t): v for t, v in zip(unique, encode(model, unique, batch_size, role=role))}
+    return out
 
 
 def self_retrieval_score(model, task: SelfRetrievalTask, batch_size: int = 64,
-                         vectors: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+                         vectors: dict[tuple[str, str], np.ndarray] | None = None) -> dict[str, float]:
     """MRR@10 and hits@1 of each query's own document (its other distractor copy excluded).
     `vectors`: the texts already embedded by this model (`encode_tasks`)."""
     vectors = vectors if vectors is not None else encode_tasks(model, [task], batch_size)
-    q = np.stack([vectors[t] for t in task.queries])
-    answers = np.nan_to_num(np.einsum("ij,ij->i", q, np.stack([vectors[t] for t in task.answers])), nan=-np.inf)
-    others = np.nan_to_num(q @ np.stack([vectors[t] for t in task.distractors]).T, nan=-np.inf)
+    q = np.stack([vectors["query", t] for t in task.queries])
+    answers = np.nan_to_num(np.einsum("ij,ij->i", q, np.stack([vectors["document", t] for t in task.answers])),
+                            nan=-np.inf)
+    others = np.nan_to_num(q @ np.stack([vectors["document", t] for t in task.distractors]).T, nan=-np.inf)
     others[task.query_docs[:, None] == task.distractor_docs[None, :]] = -np.inf
     # a tie counts against the answer: a collapsed model (every vector alike) must score ~0, not 1
     rank = np.where(np.isfinite(answers), 1 + (others >= answers[:, None]).sum(axis=1), others.shape[1] + 1)
@@ -185,7 +192,16 @@ def judged_queries_criterion(collection, window: int | None = None) -> GateCrite
 
 
 def interpolate(base, tuned, weight: float):
-    """WiSE-FT: a copy of `tuned` with weights (1 - weight) * base + weight * tuned."""
+    """WiSE-FT: a copy of `tuned` with weights (1 - weight) * base + weight * tuned. Of an
+    asymmetric `tuned` (`emerge.training.query_side`), only the query encoder moves: its document
+    encoder is the base's already."""
+    from emerge.training.query_side import asymmetric_model, is_asymmetric, query_encoder
+
+    if is_asymmetric(tuned):
+        mixed = asymmetric_model(interpolate(base, query_encoder(tuned), weight), base)
+        mixed.emerge_window = getattr(tuned, "emerge_window", mixed.max_seq_length)
+        mixed.max_seq_length = tuned.max_seq_length
+        return mixed
     mixed = copy.deepcopy(tuned)
     base_state = base.state_dict()
     state = {k: (v if not v.is_floating_point() else (1.0 - weight) * base_state[k] + weight * v)

@@ -7,8 +7,10 @@ documents, and hits@k (any relevant document in the top k).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,20 +56,71 @@ def retrieval_metrics(ranked: list[list[str]], qrels: list[dict[str, int]]) -> d
     return {k: float(np.mean(v)) for k, v in per_query.items()}
 
 
+# Documents' vectors by (document encoder, window, precision, device, texts): a query-side model reads
+# documents with the base's encoder, so its gate and evaluation find the base's document vectors
+# here instead of embedding the corpus again for every interpolation weight (`encode`).
+_DOCUMENT_VECTORS: OrderedDict[tuple, np.ndarray] = OrderedDict()
+DOCUMENT_CACHE_BYTES = 512 * 2**20
+_CACHE_MIN_TEXTS = 256  # below this, embedding costs less than keying
+
+
+def document_encoder_key(model, dtype: str = "float32") -> tuple:
+    """What a document's vector depends on: the document encoder's weights (hashed), window,
+    precision and device. Two models with equal keys embed documents identically."""
+    import torch
+
+    from emerge.training.query_side import is_asymmetric
+
+    modules = model[0].sub_modules["document"] if is_asymmetric(model) else list(model.children())
+    digest = hashlib.blake2b(digest_size=16)
+    for i, module in enumerate(modules):
+        for name, tensor in module.state_dict().items():
+            digest.update(f"{i}.{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest(), model.max_seq_length, dtype, str(model.device)
+
+
+def _texts_key(texts: list[str]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def encode(model, texts: list[str], batch_size: int = 64, progress: bool = False,
-           dtype: str = "float32") -> np.ndarray:
+           dtype: str = "float32", role: str | None = None) -> np.ndarray:
     """Unit vectors of `texts`; `dtype="bfloat16"` runs the forward pass under CPU autocast (the
-    weights stay float32; cosines within ~5e-5 of float32's, see BENCHMARKS.md "precision")."""
+    weights stay float32; cosines within ~5e-5 of float32's, see BENCHMARKS.md "precision").
+    `role` "query" or "document" embeds by role (`encode_query` / `encode_document`): the same
+    vectors as `encode` for a symmetric model, the right encoder of an asymmetric one
+    (`emerge.training.query_side`); None embeds with the model's default route. A corpus embedded
+    as documents is kept (up to `DOCUMENT_CACHE_BYTES`, least recently used out) under its
+    document encoder's weights: a query-side model and every interpolation of it read documents
+    with the base's weights and find the base's vectors instead of embedding the corpus again."""
     import contextlib
 
     import torch
 
     cast = (torch.autocast(device_type="cpu", dtype=torch.bfloat16) if dtype == "bfloat16"
             and str(model.device) == "cpu" else contextlib.nullcontext())
+    if role not in (None, "query", "document"):
+        raise ValueError(f"role must be 'query', 'document' or None, got {role!r}")
+    key = None
+    if role == "document" and len(texts) >= _CACHE_MIN_TEXTS:  # a corpus: maybe embedded already by this encoder
+        key = (*document_encoder_key(model, dtype), _texts_key(texts))
+        if key in _DOCUMENT_VECTORS:
+            _DOCUMENT_VECTORS.move_to_end(key)
+            return _DOCUMENT_VECTORS[key].copy()
+    run = {None: model.encode, "query": model.encode_query, "document": model.encode_document}[role]
     with cast:
-        vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                               show_progress_bar=progress)
-    return vectors.astype(np.float32)
+        vectors = run(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                      show_progress_bar=progress).astype(np.float32)
+    if key is not None and vectors.nbytes <= DOCUMENT_CACHE_BYTES:
+        _DOCUMENT_VECTORS[key] = vectors.copy()
+        while sum(v.nbytes for v in _DOCUMENT_VECTORS.values()) > DOCUMENT_CACHE_BYTES:
+            _DOCUMENT_VECTORS.popitem(last=False)
+    return vectors
 
 
 # --------------------------------------------------------------------------- BEIR collections
@@ -162,8 +215,8 @@ def load_beir(path: str | Path, split: str = "test") -> BeirCollection:
 
 
 def evaluate_beir(model, collection: BeirCollection, batch_size: int = 64, progress: bool = False) -> dict[str, float]:
-    docs = encode(model, collection.corpus_texts, batch_size, progress)
-    queries = encode(model, collection.query_texts, batch_size)
+    docs = encode(model, collection.corpus_texts, batch_size, progress, role="document")
+    queries = encode(model, collection.query_texts, batch_size, role="query")
     best = top_k(queries @ docs.T, 100)
     ranked = [[collection.corpus_ids[i] for i in row] for row in best]
     metrics = retrieval_metrics(ranked, [collection.qrels[q] for q in collection.query_ids])
@@ -219,8 +272,8 @@ def label_retrieval_task(eval_rows: pl.DataFrame, label_col: str, max_queries: i
 
 def evaluate_label_retrieval(model, task: LabelRetrievalTask, batch_size: int = 64) -> tuple[dict, np.ndarray]:
     """Metrics plus the score matrix (queries x held-out spans), query's own document excluded."""
-    corpus = encode(model, task.corpus_texts, batch_size)
-    queries = encode(model, task.query_texts, batch_size)
+    corpus = encode(model, task.corpus_texts, batch_size, role="document")
+    queries = encode(model, task.query_texts, batch_size, role="query")
     scores = queries @ corpus.T
     for i, doc in enumerate(task.query_docs):
         if doc is not None:

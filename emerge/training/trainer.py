@@ -149,6 +149,31 @@ def _near_clusters(model, pairs: pl.DataFrame, fraction: float) -> tuple[np.ndar
     return near, index
 
 
+def training_arguments(config: TrainingConfig, work: Path, rows: int, device: str, batch_sampler=None):
+    """The trainer's arguments for `rows` training rows: no checkpoints, ~10 log lines a run."""
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    extra = {"batch_sampler": batch_sampler} if batch_sampler is not None else {}
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(work / "checkpoints"), num_train_epochs=config.train_epochs,
+        per_device_train_batch_size=config.batch_size, learning_rate=config.lr,
+        warmup_ratio=config.warmup_ratio, seed=config.seed, data_seed=config.seed,
+        save_strategy="no", report_to="none", logging_steps=max(1, rows // config.batch_size // 10),
+        use_cpu=device == "cpu", disable_tqdm=False, dataloader_num_workers=0, **extra)
+
+
+def log_relay(on_log: Callable[[dict], None] | None):
+    """A trainer callback that hands each log line (step, max_steps, loss ...) to `on_log`."""
+    from transformers import TrainerCallback
+
+    class _Relay(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if on_log and logs:
+                on_log({"step": state.global_step, "max_steps": state.max_steps, **logs})
+
+    return _Relay()
+
+
 def train(pairs, base_model: str | Path, output_dir: str | Path, config: TrainingConfig,
           device: str = "cpu", on_log: Callable[[dict], None] | None = None) -> TrainingResult:
     """Fine-tune `base_model` on (anchor, positive[, negative]) pairs, or on a `DistillationSet`
@@ -161,9 +186,9 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
     import functools
 
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import MarginMSELoss, MultipleNegativesRankingLoss
-    from transformers import TrainerCallback, set_seed
+    from transformers import set_seed
 
     from emerge.training.distillation import DistillationSet
 
@@ -194,18 +219,8 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
     work = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
 
-    class _Relay(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if on_log and logs:
-                on_log({"step": state.global_step, "max_steps": state.max_steps, **logs})
-
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(work / "checkpoints"), num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size, learning_rate=config.lr,
-        warmup_ratio=config.warmup_ratio, seed=config.seed, data_seed=config.seed,
-        batch_sampler=functools.partial(GroupExclusiveBatchSampler, groups=groups),
-        save_strategy="no", report_to="none", logging_steps=max(1, len(dataset) // config.batch_size // 10),
-        use_cpu=device == "cpu", disable_tqdm=False, dataloader_num_workers=0)
+    args = training_arguments(config, work, len(dataset), device,
+                              batch_sampler=functools.partial(GroupExclusiveBatchSampler, groups=groups))
     if teacher is not None:
         from emerge.training.distill_loss import InBatchDistillationLoss
 
@@ -218,7 +233,7 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
     else:
         loss = MarginMSELoss(model) if distilled else MultipleNegativesRankingLoss(model, scale=config.scale)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
-                                         callbacks=[_Relay()])
+                                         callbacks=[log_relay(on_log)])
     out = trainer.train()
     shutil.rmtree(work, ignore_errors=True)  # no checkpoints are kept (save_strategy="no")
     model.max_seq_length = model.emerge_window  # saved with its own window; training length is a config value
