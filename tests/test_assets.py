@@ -351,7 +351,8 @@ def test_fine_tuned_model_logs_base_and_tuned_metrics_to_mlflow(pipeline_run):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert "model/modules.json" in artifacts and "model/emerge_training.json" in artifacts
     # the default recipe trains the query side: the run records the side and the epochs it resolved to
-    assert params["train.trained_side"] == "query" and params["train.epochs"] == "1"
+    assert params["train.trained_side"] == "query" == meta["trained_side"] and params["train.epochs"] == "1"
+    assert "encode_query" in meta["usage"]
     assert {"model/query_0_Transformer", "model/document_0_Transformer"} <= artifacts
     assert "retrieval_sanity" in meta and "heldout_retrieval" in meta
 

@@ -45,6 +45,7 @@ class FineTuneReport:
     sanity: pl.DataFrame
     stage_seconds: dict[str, float] = field(default_factory=dict)
     promotion: PromotionDecision | None = None
+    trained_side: str = "both"  # "query": an asymmetric model, documents read by the base's encoder
 
     def params(self, config: TrainingConfig) -> dict:
         return {f"train.{k}": v for k, v in config.in_force.items()}
@@ -250,7 +251,8 @@ def fine_tune_and_evaluate(dataset: pl.DataFrame, label_col: str, base_model: st
     stats["hard_negative_pairs"] = result.train_pairs if config.hard_negatives else 0
     stats["gradient_cached_steps"] = result.gradient_cached_steps  # steps above max_tokens_per_forward
     sanity = sanity_table(task, scores) if task is not None else pl.DataFrame()
-    return FineTuneReport(Path(output_dir), metrics, stats, result, sanity, seconds, decision)
+    return FineTuneReport(Path(output_dir), metrics, stats, result, sanity, seconds, decision,
+                          "both" if topic_mode else config.side)
 
 
 def _evaluate_base_and_published(base, chosen, config: TrainingConfig, task, decision: PromotionDecision | None,

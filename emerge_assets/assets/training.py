@@ -125,6 +125,9 @@ def _model_metadata(report, beir, run, mlflow: MlflowTracking, embedding_model: 
         "mlflow_run_id": run.run_id,
         "mlflow_tracking_uri": mlflow.tracking_uri,
         "device": embedding_model.resolved_device(),
+        "trained_side": report.trained_side,
+        "usage": ("queries: model.encode_query(...); documents: model.encode_document(...), the base model's vectors"
+                  if report.trained_side == "query" else "model.encode(...) for queries and documents"),
         "retrieval_sanity": markdown_table(report.sanity, max_rows=40),
         "train_loss": report.training.train_loss or 0.0,
         "train_steps": report.training.steps,
