@@ -272,7 +272,7 @@ class CuratorConfig:
 
 
 PAIRINGS = ("distill", "span_context", "same_document", "same_cluster")
-QUERY_SOURCES = ("spans", "leading_sentence", "sentences", "keywords", "generated")
+QUERY_SOURCES = ("spans", "leading_sentence", "sentences", "keywords", "sentence_keywords", "generated")
 DISTILL_LOSSES = ("in_batch_kl", "in_batch_mse", "pairwise")
 TRAINED_SIDES = ("auto", "query", "both")
 # what `None` leaves to the trained side (BENCHMARKS.md, domain adaptation): the two-sided recipe
@@ -296,7 +296,8 @@ class TrainingConfig:
     directory, replaces the base model as the dense half) and distils the teacher; its queries are
     the selected spans (`query_source="spans"`, up to `queries_per_document`) or each document's
     opening line or sentence (`"leading_sentence"`), that opening shortened to its rarest
-    words, a search-box query (`"keywords"`, `keyword_terms` = (fewest, most) words), the
+    words, a search-box query (`"keywords"`, `keyword_terms` = (fewest, most) words; `"sentence_keywords"`:
+    the opening and `queries_per_document - 1` other sentences, each shortened so), the
     opening and `queries_per_document - 1` other sentences, each cut out of its positive
     (`"sentences"`), or a query a local language model writes about the document
     (`"generated"`: `query_generator` is its folder, `query_generator_gguf` its GGUF file, at
@@ -379,7 +380,8 @@ class TrainingConfig:
     @property
     def query_side_capable(self) -> bool:
         """The recipe can train the query side alone: keyword queries distilled from the base + BM25."""
-        return self.pairing == "distill" and self.query_source == "keywords" and self.teacher_model is None
+        return (self.pairing == "distill" and self.query_source in ("keywords", "sentence_keywords")
+                and self.teacher_model is None)
 
     @property
     def side(self) -> str:
@@ -430,7 +432,7 @@ class TrainingConfig:
                  f"must be one of {TRAINED_SIDES}, got {self.trained_side!r}")
         _require(self.trained_side != "query" or self.query_side_capable, "trained_side",
                  "'query' trains keyword queries against the base's own document vectors: it needs "
-                 "pairing='distill', query_source='keywords' and no teacher_model")
+                 "pairing='distill', query_source 'keywords' or 'sentence_keywords' and no teacher_model")
         _require(self.query_source in QUERY_SOURCES, "query_source",
                  f"must be one of {QUERY_SOURCES}, got {self.query_source!r}")
         _require(self.teacher_model is None or (isinstance(self.teacher_model, str) and self.teacher_model.strip()),

@@ -208,7 +208,8 @@ class FineTuneConfig(_EngineConfig):
                                            "the span.")
     query_source: Literal[QUERY_SOURCES] = _training_default(
         "query_source", "distill: pseudo-queries are the selected spans (spans), each document's opening "
-        "line/sentence (leading_sentence), that opening shortened to its rarest words (keywords; keyword_terms), "
+        "line/sentence (leading_sentence), that opening shortened to its rarest words (keywords; keyword_terms), the "
+        "opening and other sentences each shortened so (sentence_keywords), "
         "the opening and other sentences cut out of the document (sentences), or a query a local language model "
         "writes about each document (generated; needs query_generator).")
     queries_per_document: Optional[int] = _training_default(

@@ -1,6 +1,7 @@
 """Query-side adaptation (`trained_side="query"`): only the query encoder trains, documents keep the base's vectors."""
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -180,3 +181,26 @@ def test_a_corpus_is_embedded_once_per_document_encoder(tiny_model_dir, monkeypa
     base.max_seq_length = 8  # another window is another key
     retrieval.encode(base, corpus, role="document")
     assert embedded == [6, 6, 6]
+
+
+def test_sentence_keywords_shorten_the_opening_and_other_sentences_of_each_document(tiny_model_dir):
+    from emerge.training.distillation import document_sentences, keyword_queries
+    from emerge.training.query_side import query_side_set
+    from emerge.training.trainer import load_sentence_transformer
+
+    rows, texts = _docs(16)
+    sentences = document_sentences(rows, texts, 400, 3, seed=0)
+    queries = keyword_queries(rows, texts, 400, 0, sentences=sentences)
+    assert queries.height > len(texts)  # more than the openings alone
+    for query, doc in zip(queries["query"], queries["doc_id"]):
+        words = query.lower().split()
+        assert 2 <= len(words) <= 5
+        assert any(set(words) <= set(s.lower().rstrip(".").split())
+                   for s in sentences.filter(pl.col("doc_id") == doc)["query"])  # shortened from one of its sentences
+    body = {q for q, d in zip(queries["query"], queries["doc_id"]) if not set(q.lower().split())
+            <= set(texts[d].split(".")[0].lower().split())}
+    assert body  # some queries come from below the opening
+    qset = query_side_set(rows, texts, load_sentence_transformer(tiny_model_dir, "cpu"), queries_per_document=3,
+                          window_chars=400, lexical_weight=1.0, seed=0, from_sentences=True)
+    assert set(qset.queries) == set(queries["query"])
+    assert TrainingConfig(query_source="sentence_keywords").side == "query"

@@ -132,7 +132,7 @@ _WORD = re.compile(r"[^\W\d_][\w\-']*")
 
 
 def keyword_queries(rows: pl.DataFrame, texts: dict[str, str], window_chars: int, seed: int,
-                    min_terms: int = 2, max_terms: int = 5) -> pl.DataFrame:
+                    min_terms: int = 2, max_terms: int = 5, sentences: pl.DataFrame | None = None) -> pl.DataFrame:
     """Each document's opening line or sentence (its title, subject line or lead) shortened to
     its most distinctive words, the way people type a query into a search box ("statin breast
     cancer survival"); the rest of the document is the positive. Distinctive = highest idf over
@@ -141,10 +141,11 @@ def keyword_queries(rows: pl.DataFrame, texts: dict[str, str], window_chars: int
     or of under three letters, is never kept (an identifier, a typo or an abbreviation). Whole
     openings are long, well-formed queries that a pre-trained model already matches; the short
     form is where it leans most on word meaning and least on the corpus' rare terms, which is
-    what BM25 in the teacher knows. Columns: query, positive, doc_id."""
+    what BM25 in the teacher knows. `sentences` (query, positive, doc_id; e.g. `document_sentences`)
+    are shortened instead of the openings. Columns: query, positive, doc_id."""
     from emerge.training.lexical import tokenize
 
-    openings = leading_sentences(rows, texts, window_chars)
+    openings = sentences if sentences is not None else leading_sentences(rows, texts, window_chars)
     index = BM25Index.build([_cut_at_space(texts[d].strip(), window_chars) for d in sorted(set(rows["doc_id"].cast(pl.String)))])
     df = np.bincount(index.weights.indices, minlength=len(index.vocab))
     rng = np.random.default_rng(seed)
@@ -306,8 +307,10 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
             queries = queries.sample(n=max_queries, seed=seed)
     elif query_source == "sentences":
         queries = document_sentences(rows, texts, window_chars, queries_per_document, seed, max_queries)
-    elif query_source == "keywords":
-        queries = keyword_queries(rows, texts, window_chars, seed, *keyword_terms)
+    elif query_source in ("keywords", "sentence_keywords"):
+        queries = keyword_queries(rows, texts, window_chars, seed, *keyword_terms,
+                                  sentences=document_sentences(rows, texts, window_chars, queries_per_document, seed)
+                                  if query_source == "sentence_keywords" else None)
         if max_queries is not None and queries.height > max_queries:
             queries = queries.sample(n=max_queries, seed=seed)
     elif query_source == "generated":

@@ -119,7 +119,7 @@ def _train_rows(train_rows: pl.DataFrame, label_col: str, config: TrainingConfig
                               queries_per_document=config.train_queries_per_document, window_chars=config.context_chars,
                               lexical_weight=config.lexical_weight, seed=config.seed,
                               keyword_terms=tuple(config.keyword_terms), max_queries=config.train_query_cap,
-                              progress=say)
+                              progress=say, from_sentences=config.query_source == "sentence_keywords")
         if qset.height < config.min_pairs:
             raise InputError(f"only {qset.height} keyword queries; min_pairs={config.min_pairs}. "
                              "Curate more documents or lower min_pairs")

@@ -72,10 +72,14 @@ class QuerySideSet:
 def query_side_set(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_per_document: int,
                    window_chars: int, lexical_weight: float, seed: int, keyword_terms: tuple[int, int] = (2, 5),
                    max_queries: int | None = None, progress: Callable[[str], None] | None = None,
-                   batch_size: int = 64) -> QuerySideSet:
+                   batch_size: int = 64, from_sentences: bool = False) -> QuerySideSet:
     """Keyword queries of the training documents (`queries_per_document` draws of 2-5 of an
-    opening's most distinctive words, duplicates dropped) and the base model's vectors of the
-    queries and of the whole training documents (at `model`'s window, as the index holds them)."""
+    opening's most distinctive words, duplicates dropped; `from_sentences`: the opening and
+    `queries_per_document - 1` other sentences of the document, each shortened so) and the base
+    model's vectors of the queries and of the whole training documents (at `model`'s window, as
+    the index holds them)."""
+    from emerge.training.distillation import document_sentences
+
     from emerge.training.retrieval import encode
 
     say = progress or log.info
@@ -85,8 +89,12 @@ def query_side_set(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_
         raise InputError(f"{len(missing)} training documents have no text (first: {missing[0]!r})")
     if len(doc_ids) < 2:
         raise InputError(f"query-side training needs at least 2 training documents, got {len(doc_ids)}")
-    draws = [keyword_queries(rows, texts, window_chars, seed * 1000 + k, *keyword_terms)
-             for k in range(max(1, queries_per_document))]
+    if from_sentences:  # one query per sentence: the words of a document's body, not only of its opening
+        draws = [keyword_queries(rows, texts, window_chars, seed, *keyword_terms, sentences=document_sentences(
+            rows, texts, window_chars, queries_per_document, seed))]
+    else:
+        draws = [keyword_queries(rows, texts, window_chars, seed * 1000 + k, *keyword_terms)
+                 for k in range(max(1, queries_per_document))]
     queries = pl.concat(draws).unique(["query", "doc_id"], keep="first", maintain_order=True)
     if max_queries is not None and queries.height > max_queries:
         queries = queries.sample(n=max_queries, seed=seed)
