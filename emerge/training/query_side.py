@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,7 @@ from torch import nn
 from emerge.atomic import atomic_write_dir
 from emerge.config import TrainingConfig
 from emerge.errors import InputError
-from emerge.training.distillation import _top_stats, keyword_queries
+from emerge.training.distillation import _top_stats, document_sentences, keyword_queries
 from emerge.training.lexical import BM25Index
 
 log = logging.getLogger(__name__)
@@ -78,8 +76,6 @@ def query_side_set(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_
     `queries_per_document - 1` other sentences of the document, each shortened so) and the base
     model's vectors of the queries and of the whole training documents (at `model`'s window, as
     the index holds them)."""
-    from emerge.training.distillation import document_sentences
-
     from emerge.training.retrieval import encode
 
     say = progress or log.info
@@ -180,11 +176,9 @@ def train_query_side(qset: QuerySideSet, base_model: str | Path, output_dir: str
     """Train the query encoder (a copy of the base) on `qset`; save the asymmetric model (trained
     queries, base documents) to `output_dir`, atomically."""
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer
     from transformers import set_seed
 
-    from emerge.training.trainer import (TrainingResult, load_sentence_transformer, log_relay, set_dropout,
-                                         training_arguments)
+    from emerge.training.trainer import TrainingResult, load_sentence_transformer, run_trainer, set_dropout
 
     set_seed(config.seed)
     base = load_sentence_transformer(base_model, device)
@@ -193,14 +187,8 @@ def train_query_side(qset: QuerySideSet, base_model: str | Path, output_dir: str
         set_dropout(student, config.dropout)
     dataset = Dataset.from_dict({"anchor": qset.queries, "label": list(range(qset.height))})
     output_dir = Path(output_dir)
-    work = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    args = training_arguments(config, work, len(dataset), device)
-    trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=dataset,
-                                         loss=CorpusDistillationLoss(student, qset, config.scale),
-                                         callbacks=[log_relay(on_log)])
-    out = trainer.train()
-    shutil.rmtree(work, ignore_errors=True)
+    out = run_trainer(student, dataset, CorpusDistillationLoss(student, qset, config.scale), config, output_dir, device,
+                      on_log)
     student.max_seq_length = student.emerge_window
     published = asymmetric_model(student, base)
     atomic_write_dir(output_dir, lambda tmp: published.save(str(tmp)))

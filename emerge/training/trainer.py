@@ -174,6 +174,24 @@ def log_relay(on_log: Callable[[dict], None] | None):
     return _Relay()
 
 
+def run_trainer(model, dataset, loss, config: TrainingConfig, output_dir: str | Path, device: str,
+                on_log: Callable[[dict], None] | None = None, batch_sampler=None):
+    """Train `model` in place with sentence-transformers' trainer; its scratch folder (no
+    checkpoints are kept) sits beside `output_dir` and is removed afterwards. Returns the trainer's
+    output (global_step, training_loss)."""
+    from sentence_transformers import SentenceTransformerTrainer
+
+    output_dir = Path(output_dir)
+    work = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    args = training_arguments(config, work, len(dataset), device, batch_sampler=batch_sampler)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                         callbacks=[log_relay(on_log)])
+    out = trainer.train()
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def train(pairs, base_model: str | Path, output_dir: str | Path, config: TrainingConfig,
           device: str = "cpu", on_log: Callable[[dict], None] | None = None) -> TrainingResult:
     """Fine-tune `base_model` on (anchor, positive[, negative]) pairs, or on a `DistillationSet`
@@ -186,7 +204,6 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
     import functools
 
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import MarginMSELoss, MultipleNegativesRankingLoss
     from transformers import set_seed
 
@@ -215,12 +232,6 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
     dataset = Dataset.from_dict({c: pairs[c].to_list() for c in columns} | {k: v.to_list() for k, v in labels.items()})
     groups = pairs["group"].to_numpy()
 
-    output_dir = Path(output_dir)
-    work = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-
-    args = training_arguments(config, work, len(dataset), device,
-                              batch_sampler=functools.partial(GroupExclusiveBatchSampler, groups=groups))
     if teacher is not None:
         from emerge.training.distill_loss import InBatchDistillationLoss
 
@@ -232,10 +243,9 @@ def train(pairs, base_model: str | Path, output_dir: str | Path, config: Trainin
         loss = NearGroupMaskedRankingLoss(model, near, scale=config.scale)
     else:
         loss = MarginMSELoss(model) if distilled else MultipleNegativesRankingLoss(model, scale=config.scale)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
-                                         callbacks=[log_relay(on_log)])
-    out = trainer.train()
-    shutil.rmtree(work, ignore_errors=True)  # no checkpoints are kept (save_strategy="no")
+    output_dir = Path(output_dir)
+    out = run_trainer(model, dataset, loss, config, output_dir, device, on_log,
+                      batch_sampler=functools.partial(GroupExclusiveBatchSampler, groups=groups))
     model.max_seq_length = model.emerge_window  # saved with its own window; training length is a config value
     atomic_write_dir(output_dir, lambda tmp: model.save(str(tmp)))
     return TrainingResult(model_dir=output_dir, train_pairs=len(dataset), steps=out.global_step,
