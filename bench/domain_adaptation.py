@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -146,6 +147,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=None,
                    help="folder that keeps the deterministic stages (base evaluation, curation) for reuse by "
                         "later runs on the same collection, model and engine code; default: no cache")
+    p.add_argument("--save-model", default=None,
+                   help="copy the last seed's published model here (nothing when its gate kept the base)")
     p.add_argument("--span-min", type=int, default=16)
     p.add_argument("--span-max", type=int, default=64)
     p.add_argument("--stride", type=int, default=8)
@@ -244,6 +247,10 @@ def main(argv=None) -> int:
                                             progress=lambda m: print(m, file=sys.stderr, flush=True),
                                             base_beir_metrics=base_metrics, inspect_candidate=keep_models)
             seconds = time.perf_counter() - t
+            if args.save_model:  # this seed's published model, or none: never an earlier seed's
+                shutil.rmtree(args.save_model, ignore_errors=True)
+                if (Path(tmp) / "model").exists():
+                    shutil.copytree(Path(tmp) / "model", args.save_model)
         gate = result.promotion
         if args.gate_diagnostics:
             kept["gate_criteria"] = gate_criteria(kept["base"], kept["trained"], dataset, texts, config, gate)

@@ -248,7 +248,10 @@ def test_domain_adaptation_script(tmp_path, tiny_model_dir):
     out = tmp_path / "r.json"
     r = run_script("domain_adaptation.py", "--beir", str(beir), "--batch-size", "8", "--max-seq-length", "64",
                    "--eval-fraction", "0.3", "--seeds", "2", "--query-source", "spans", "--out", str(out),
-                   "--cache", str(tmp_path / "cache"), "--model", str(tiny_model_dir), "--gate-diagnostics")
+                   "--cache", str(tmp_path / "cache"), "--model", str(tiny_model_dir), "--gate-diagnostics",
+                   "--save-model", str(tmp_path / "saved"))
+    # the last seed's published model is kept for a later stage (e.g. as --model), and only a published one
+    assert (tmp_path / "saved" / "modules.json").exists() == r["per_seed"][-1]["promoted"]
     for model in ("base", "fine_tuned", "bm25"):
         assert set(r[model]) == {"ndcg@10", "mrr@10", "recall@100"}
         assert all(0.0 <= v <= 1.0 for v in r[model].values())

@@ -372,3 +372,21 @@ def test_recipe_a_with_near_clusters_trains_and_saves(tiny_model_dir, tmp_path):
                             max_seq_length=32, learning_rate=1e-3)
     result = train(build_pairs(data, "cluster_id", config), tiny_model_dir, tmp_path / "model", config)
     assert result.steps > 0 and (tmp_path / "model" / "modules.json").exists()
+
+
+def test_training_arguments_warm_up_the_configured_fraction_of_steps(tmp_path):
+    """transformers 5 deprecates warmup_ratio; the fraction now travels as warmup_steps, which reads
+    1.0 as one step, so a ratio of 1 must arrive as the whole run's step count."""
+    import warnings
+
+    from emerge.config import TrainingConfig
+    from emerge.training.trainer import training_arguments
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        tenth = training_arguments(TrainingConfig(warmup_ratio=0.1, batch_size=10, epochs=1), tmp_path, 200, "cpu")
+    assert tenth.get_warmup_steps(20) == 2
+    whole = training_arguments(TrainingConfig(warmup_ratio=1.0, batch_size=10, epochs=2), tmp_path, 200, "cpu")
+    assert whole.get_warmup_steps(40) == 40
+    none = training_arguments(TrainingConfig(warmup_ratio=0.0, batch_size=10, epochs=1), tmp_path, 200, "cpu")
+    assert none.get_warmup_steps(20) == 0

@@ -154,10 +154,14 @@ def training_arguments(config: TrainingConfig, work: Path, rows: int, device: st
     from sentence_transformers import SentenceTransformerTrainingArguments
 
     extra = {"batch_sampler": batch_sampler} if batch_sampler is not None else {}
+    # transformers 5 reads a warmup_steps below 1 as a fraction of the steps (warmup_ratio is deprecated);
+    # a ratio of 1 must become the step count, which warmup_steps=1.0 would read as one step
+    steps = max(1, -(-rows // config.batch_size)) * config.train_epochs
+    warmup = config.warmup_ratio if config.warmup_ratio < 1 else steps
     return SentenceTransformerTrainingArguments(
         output_dir=str(work / "checkpoints"), num_train_epochs=config.train_epochs,
         per_device_train_batch_size=config.batch_size, learning_rate=config.lr,
-        warmup_ratio=config.warmup_ratio, seed=config.seed, data_seed=config.seed,
+        warmup_steps=warmup, seed=config.seed, data_seed=config.seed,
         save_strategy="no", report_to="none", logging_steps=max(1, rows // config.batch_size // 10),
         use_cpu=device == "cpu", disable_tqdm=False, dataloader_num_workers=0, **extra)
 
