@@ -81,10 +81,10 @@ def teacher_ceiling(model, collection, bm25: dict, lexical_weight: float, keys, 
     return {"benchmark": "distillation_teacher", "lexical_weight": lexical_weight, "query_side_bound_kl": kl, **out}
 
 
-def query_side_bound(queries: np.ndarray, documents: np.ndarray, teacher: np.ndarray, scale: float = 20.0,
+def query_side_bound(queries: np.ndarray, documents: np.ndarray, teacher: np.ndarray, scale: float | None = None,
                      steps: int = 500) -> tuple:
     """Each query's own best vector against the fixed document vectors: a free unit vector per real
-    query fitted to the teacher's softmax over the corpus (the query side's loss, KL at `scale`),
+    query fitted to the teacher's softmax over the corpus (the query side's loss, `corpus_kl`, at `scale`),
     starting from the base's. An encoder fits the teacher no closer than a free vector per query
     does, so this ranking is what a perfectly fitted query side would give with this teacher on
     these document vectors. A dev measurement: it reads the real queries' texts (for the
@@ -92,14 +92,16 @@ def query_side_bound(queries: np.ndarray, documents: np.ndarray, teacher: np.nda
     import numpy as np
     import torch
 
+    from emerge.training.query_side import corpus_kl
+
+    scale = TrainingConfig().scale if scale is None else scale  # the query side's own default
     docs = torch.from_numpy(np.ascontiguousarray(documents, dtype=np.float32))
-    target = torch.log_softmax(torch.from_numpy(np.asarray(teacher, dtype=np.float32)) * scale, dim=1)
+    target = torch.from_numpy(np.asarray(teacher, dtype=np.float32))
     vectors = torch.nn.Parameter(torch.from_numpy(np.array(queries, dtype=np.float32)))
     optimizer = torch.optim.Adam([vectors], lr=0.01)
 
     def loss():
-        student = torch.log_softmax(torch.nn.functional.normalize(vectors, dim=-1) @ docs.T * scale, dim=1)
-        return torch.nn.functional.kl_div(student, target, log_target=True, reduction="batchmean")
+        return corpus_kl(vectors, docs, target, scale)
 
     start = loss().item()
     for _ in range(steps):

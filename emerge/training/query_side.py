@@ -115,6 +115,15 @@ def query_side_set(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_
                         documents, bm25.weights, doc_ids)
 
 
+def corpus_kl(queries: torch.Tensor, documents: torch.Tensor, teacher: torch.Tensor, scale: float) -> torch.Tensor:
+    """KL from the teacher's softmax over `documents` (scores in cosine units) to the queries', both
+    at `scale`. Queries are made unit vectors whether or not the model ends in Normalize: the
+    teacher's and the documents' are."""
+    student = nn.functional.normalize(queries, dim=-1) @ documents.T * scale
+    return nn.functional.kl_div(torch.log_softmax(student, dim=1), torch.log_softmax(teacher * scale, dim=1),
+                                log_target=True, reduction="batchmean")
+
+
 class CorpusDistillationLoss(nn.Module):
     """KL from the teacher's softmax over every training document to the student's, both at `scale`.
 
@@ -128,12 +137,9 @@ class CorpusDistillationLoss(nn.Module):
         self.documents = torch.from_numpy(qset.document_vectors)
 
     def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
-        # unit vectors whether or not the model ends in Normalize: the teacher's and documents' are
-        queries = nn.functional.normalize(self.model(next(iter(sentence_features)))["sentence_embedding"], dim=-1)
-        student = queries @ self.documents.to(queries.device).T * self.scale
+        queries = self.model(next(iter(sentence_features)))["sentence_embedding"]
         teacher = torch.from_numpy(self.qset.teacher_scores(labels.detach().cpu().numpy())).to(queries.device)
-        return nn.functional.kl_div(torch.log_softmax(student, dim=1), torch.log_softmax(teacher * self.scale, dim=1),
-                                    log_target=True, reduction="batchmean")
+        return corpus_kl(queries, self.documents.to(queries.device), teacher, self.scale)
 
     @property
     def citation(self) -> str:
