@@ -86,27 +86,32 @@ def warm_up_numba(seed: int = 0) -> None:
     hdbscan.HDBSCAN(min_cluster_size=10, prediction_data=True).fit(coords)
 
 
-def code_digest() -> str:
-    """Hash of the engine's source: a cached stage result is reused only by the code that made it."""
+def code_digest(skip: tuple[str, ...] = (), root: Path | None = None) -> str:
+    """Hash of the engine's source, less the subpackages in `skip` (a stage that never imports them):
+    a cached stage result is reused only by the code that made it."""
     import hashlib
 
-    root = Path(__file__).resolve().parents[1] / "emerge"
+    root = root or Path(__file__).resolve().parents[1] / "emerge"
     h = hashlib.sha256()
     for f in sorted(root.rglob("*.py")):
+        if f.relative_to(root).parts[0] in skip:
+            continue
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
 
-def cached_stage(cache: str | Path | None, name: str, key: dict, compute, dump, load, reused: list):
+def cached_stage(cache: str | Path | None, name: str, key: dict, compute, dump, load, reused: list,
+                 code_skip: tuple[str, ...] = ()):
     """`compute()`, or its earlier result from `cache` when the stage's inputs (`key`, plus the
     engine's code) are the same: for deterministic stages only (a base evaluation, a curation), so
     that a training experiment does not redo half an hour of them. `dump(value, folder)` and
-    `load(folder)` store the value; the stage's name goes to `reused` when it was not recomputed."""
+    `load(folder)` store the value; the stage's name goes to `reused` when it was not recomputed.
+    `code_skip`: engine subpackages the stage never runs (`code_digest`), whose edits keep its cache."""
     import hashlib
 
     if cache is None:
         return compute()
-    digest = hashlib.sha256(json.dumps(key | {"code": code_digest()}, sort_keys=True, default=str)
+    digest = hashlib.sha256(json.dumps(key | {"code": code_digest(code_skip)}, sort_keys=True, default=str)
                             .encode()).hexdigest()[:16]
     folder = Path(cache) / f"{name}-{digest}"
     if (folder / "complete").exists():

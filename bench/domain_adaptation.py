@@ -229,7 +229,7 @@ def main(argv=None) -> int:
     dataset, report, texts = cached_stage(
         args.cache, "curation", source | {"span": (args.span_min, args.span_max, args.stride)},
         lambda: curate_corpus(collection.corpus_texts, args.span_min, args.span_max, args.stride, 0),
-        _dump_curation, _load_curation, reused)
+        _dump_curation, _load_curation, reused, code_skip=("training",))  # curation never runs emerge.training
     timings["curate"] = time.perf_counter() - t
 
     def summary() -> dict:

@@ -348,6 +348,23 @@ def test_a_cached_stage_is_reused_only_for_the_same_inputs(tmp_path):
     assert cached_stage(None, "stage", {}, lambda: 4, None, None, reused) == 4  # no cache: always computed
 
 
+def test_a_stage_that_skips_a_subpackage_keeps_its_cache_when_only_that_subpackage_changes(tmp_path):
+    """Curation never runs `emerge.training`: a training edit must not cost a re-curation, while an
+    edit anywhere else in the engine must."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from _common import code_digest
+
+    (tmp_path / "training").mkdir()
+    (tmp_path / "spans.py").write_text("A = 1\n")
+    (tmp_path / "training" / "loss.py").write_text("B = 1\n")
+    before = code_digest(("training",), tmp_path), code_digest((), tmp_path)
+    (tmp_path / "training" / "loss.py").write_text("B = 2\n")
+    after_training = code_digest(("training",), tmp_path), code_digest((), tmp_path)
+    assert after_training[0] == before[0] and after_training[1] != before[1]
+    (tmp_path / "spans.py").write_text("A = 2\n")
+    assert code_digest(("training",), tmp_path) != before[0]
+
+
 def test_window_overlap_script(tmp_path):
     long_doc = tmp_path / "long.jsonl"
     text = " ".join(json.loads(line)["text"] for line in PLANTED.read_text().splitlines()[:12])

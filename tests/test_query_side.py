@@ -183,6 +183,36 @@ def test_a_corpus_is_embedded_once_per_document_encoder(tiny_model_dir, monkeypa
     assert embedded == [6, 6, 6]
 
 
+def test_a_subset_of_an_embedded_corpus_is_read_back_and_only_new_texts_are_embedded(tiny_model_dir, monkeypatch):
+    """A seed's training documents are a subset of the corpus the base evaluation embedded: their
+    vectors come out of the cache (in the order asked), and a list that adds new texts embeds only
+    those; the answers equal what embedding each list afresh gives."""
+    from emerge.training import retrieval
+    from emerge.training.trainer import load_sentence_transformer
+
+    monkeypatch.setattr(retrieval, "_DOCUMENT_VECTORS", type(retrieval._DOCUMENT_VECTORS)())
+    monkeypatch.setattr(retrieval, "_CACHE_MIN_TEXTS", 1)
+    base = load_sentence_transformer(tiny_model_dir, "cpu")
+    corpus = [f"document {i} about {'rotor blades' if i % 2 else 'lentil soup'} number {i * 7}" for i in range(8)]
+    fresh = {t: v for t, v in zip(corpus + ["a new text on wings", "another new one"],
+                                  base.encode_document(corpus + ["a new text on wings", "another new one"],
+                                                       normalize_embeddings=True))}
+    embedded = []
+    plain = base.encode_document
+    base.encode_document = lambda texts, **kw: embedded.append(list(texts)) or plain(texts, **kw)
+
+    retrieval.encode(base, corpus, role="document")
+    subset = [corpus[5], corpus[1], corpus[6]]
+    assert np.allclose(retrieval.encode(base, subset, role="document"), [fresh[t] for t in subset], atol=1e-5)
+    assert len(embedded) == 1  # read back, not embedded
+    mixed = [corpus[2], "a new text on wings", corpus[2], "another new one"]
+    assert np.allclose(retrieval.encode(base, mixed, role="document"), [fresh[t] for t in mixed], atol=1e-5)
+    assert embedded[1] == ["a new text on wings", "another new one"]  # only what was missing
+    assert np.allclose(retrieval.encode(base, ["another new one"], role="document"), fresh["another new one"],
+                       atol=1e-5)
+    assert len(embedded) == 2
+
+
 def test_sentence_keywords_shorten_the_opening_and_other_sentences_of_each_document(tiny_model_dir):
     from emerge.training.distillation import document_sentences, keyword_queries
     from emerge.training.query_side import query_side_set

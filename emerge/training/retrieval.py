@@ -56,12 +56,26 @@ def retrieval_metrics(ranked: list[list[str]], qrels: list[dict[str, int]]) -> d
     return {k: float(np.mean(v)) for k, v in per_query.items()}
 
 
-# Documents' vectors by (document encoder, window, precision, device, texts): a query-side model reads
-# documents with the base's encoder, so its gate and evaluation find the base's document vectors
-# here instead of embedding the corpus again for every interpolation weight (`encode`).
-_DOCUMENT_VECTORS: OrderedDict[tuple, np.ndarray] = OrderedDict()
+# Documents' vectors by document encoder (weights, window, precision, device), then by text: a
+# query-side model reads documents with the base's encoder, so its gate and evaluation find the base's
+# document vectors here instead of embedding the corpus again for every interpolation weight, and a
+# subset of an embedded corpus (a seed's training documents) is read out of it (`encode`).
+_DOCUMENT_VECTORS: OrderedDict[tuple, "_EmbeddedTexts"] = OrderedDict()
 DOCUMENT_CACHE_BYTES = 512 * 2**20
 _CACHE_MIN_TEXTS = 256  # below this, embedding costs less than keying
+
+
+@dataclass
+class _EmbeddedTexts:
+    """One document encoder's vectors, a row per distinct text embedded so far."""
+
+    vectors: np.ndarray
+    rows: dict[str, int]
+
+    def add(self, texts: list[str], vectors: np.ndarray) -> None:
+        offset = len(self.rows)
+        self.rows.update((t, offset + i) for i, t in enumerate(texts))
+        self.vectors = np.concatenate([self.vectors, vectors]) if len(self.vectors) else vectors.copy()
 
 
 def document_encoder_key(model, dtype: str = "float32") -> tuple:
@@ -80,14 +94,6 @@ def document_encoder_key(model, dtype: str = "float32") -> tuple:
     return digest.hexdigest(), model.max_seq_length, dtype, str(model.device)
 
 
-def _texts_key(texts: list[str]) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for text in texts:
-        digest.update(text.encode("utf-8", "surrogatepass"))
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def encode(model, texts: list[str], batch_size: int = 64, progress: bool = False,
            dtype: str = "float32", role: str | None = None) -> np.ndarray:
     """Unit vectors of `texts`; `dtype="bfloat16"` runs the forward pass under CPU autocast (the
@@ -95,9 +101,11 @@ def encode(model, texts: list[str], batch_size: int = 64, progress: bool = False
     `role` "query" or "document" embeds by role (`encode_query` / `encode_document`): the same
     vectors as `encode` for a symmetric model, the right encoder of an asymmetric one
     (`emerge.training.query_side`); None embeds with the model's default route. A corpus embedded
-    as documents is kept (up to `DOCUMENT_CACHE_BYTES`, least recently used out) under its
+    as documents is kept (up to `DOCUMENT_CACHE_BYTES`, least recently used encoder out) under its
     document encoder's weights: a query-side model and every interpolation of it read documents
-    with the base's weights and find the base's vectors instead of embedding the corpus again."""
+    with the base's weights and find the base's vectors instead of embedding the corpus again, and
+    texts already embedded by the encoder (a seed's training documents, out of the corpus) are read
+    back, so only the others pass through the model."""
     import contextlib
 
     import torch
@@ -106,21 +114,30 @@ def encode(model, texts: list[str], batch_size: int = 64, progress: bool = False
             and str(model.device) == "cpu" else contextlib.nullcontext())
     if role not in (None, "query", "document"):
         raise ValueError(f"role must be 'query', 'document' or None, got {role!r}")
-    key = None
-    if role == "document" and len(texts) >= _CACHE_MIN_TEXTS:  # a corpus: maybe embedded already by this encoder
-        key = (*document_encoder_key(model, dtype), _texts_key(texts))
-        if key in _DOCUMENT_VECTORS:
-            _DOCUMENT_VECTORS.move_to_end(key)
-            return _DOCUMENT_VECTORS[key].copy()
     run = {None: model.encode, "query": model.encode_query, "document": model.encode_document}[role]
-    with cast:
-        vectors = run(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                      show_progress_bar=progress).astype(np.float32)
-    if key is not None and vectors.nbytes <= DOCUMENT_CACHE_BYTES:
-        _DOCUMENT_VECTORS[key] = vectors.copy()
-        while sum(v.nbytes for v in _DOCUMENT_VECTORS.values()) > DOCUMENT_CACHE_BYTES:
-            _DOCUMENT_VECTORS.popitem(last=False)
-    return vectors
+
+    def embed(batch: list[str]) -> np.ndarray:
+        with cast:
+            return run(batch, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                       show_progress_bar=progress).astype(np.float32)
+
+    if role != "document" or len(texts) < _CACHE_MIN_TEXTS:  # queries, or too few documents to be worth keying
+        return embed(texts)
+    key = document_encoder_key(model, dtype)
+    known = _DOCUMENT_VECTORS.get(key)
+    if known is None:
+        known = _DOCUMENT_VECTORS[key] = _EmbeddedTexts(np.empty((0, 0), dtype=np.float32), {})
+    _DOCUMENT_VECTORS.move_to_end(key)
+    missing = list(dict.fromkeys(t for t in texts if t not in known.rows))
+    if missing:
+        known.add(missing, embed(missing))
+    out = known.vectors[[known.rows[t] for t in texts]]
+    while len(_DOCUMENT_VECTORS) > 1 and sum(e.vectors.nbytes for e in _DOCUMENT_VECTORS.values()) \
+            > DOCUMENT_CACHE_BYTES:
+        _DOCUMENT_VECTORS.popitem(last=False)
+    if known.vectors.nbytes > DOCUMENT_CACHE_BYTES:  # one corpus over the budget: keep nothing of it
+        _DOCUMENT_VECTORS.pop(key, None)
+    return out
 
 
 # --------------------------------------------------------------------------- BEIR collections
