@@ -234,17 +234,37 @@ def test_a_step_process_reports_its_own_peak_rss_not_the_parents(tmp_path):
     assert float(child.stdout) < 0.2
     del held
 
-def test_domain_adaptation_script(tmp_path, tiny_model_dir):
-    """A BEIR folder built from the planted corpus: each topic's name is a query, its documents relevant."""
+def _planted_beir(folder):
+    """A BEIR folder built from the planted corpus: each topic's name is a query, its documents
+    relevant, plus one query without judgments."""
     rows = [json.loads(line) for line in PLANTED.read_text().splitlines()]
-    beir = tmp_path / "beir"
-    (beir / "qrels").mkdir(parents=True)
-    (beir / "corpus.jsonl").write_text("\n".join(json.dumps({"_id": f"d{i}", "title": "", "text": r["text"]})
-                                                 for i, r in enumerate(rows)))
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("\n".join(json.dumps({"_id": f"d{i}", "title": "", "text": r["text"]})
+                                                   for i, r in enumerate(rows)))
     topics = sorted({r["topic"] for r in rows})
-    (beir / "queries.jsonl").write_text("\n".join(json.dumps({"_id": t, "text": t}) for t in topics + ["orphan"]))
-    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+    (folder / "queries.jsonl").write_text("\n".join(json.dumps({"_id": t, "text": t}) for t in topics + ["orphan"]))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
         f"{r['topic']}\td{i}\t1\n" for i, r in enumerate(rows)))
+    return folder
+
+
+def test_query_adapter_script(tmp_path, tiny_model_dir):
+    """A map fitted with a zero learning rate stays the identity (the base's metrics, every epoch);
+    a real fit lowers the training queries' KL below the base's."""
+    beir = _planted_beir(tmp_path / "beir")
+    r = run_script("query_adapter.py", "--beir", str(beir), "--model", str(tiny_model_dir), "--lrs", "0", "0.01",
+                   "--epochs", "2", "--kinds", "linear", "--out", str(tmp_path / "r.json"))
+    assert r["queries"] > r["held_out_queries"] > 0
+    assert set(r["runs"]) == {"linear_lr0", "linear_lr0.01"}
+    for epoch in r["runs"]["linear_lr0"]:
+        assert {k: epoch[k] for k in ("ndcg@10", "mrr@10", "recall@100")} == pytest.approx(
+            {k: r["base"][k] for k in ("ndcg@10", "mrr@10", "recall@100")}, abs=1e-5)
+        assert epoch["train_kl"] == pytest.approx(r["base"]["train_kl"], abs=1e-3)
+    assert r["runs"]["linear_lr0.01"][-1]["train_kl"] < r["base"]["train_kl"]
+
+
+def test_domain_adaptation_script(tmp_path, tiny_model_dir):
+    beir = _planted_beir(tmp_path / "beir")
     out = tmp_path / "r.json"
     r = run_script("domain_adaptation.py", "--beir", str(beir), "--batch-size", "8", "--max-seq-length", "64",
                    "--eval-fraction", "0.3", "--seeds", "2", "--query-source", "spans", "--out", str(out),

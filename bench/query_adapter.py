@@ -1,0 +1,144 @@
+"""Can a linear map on the base's query vectors do what query-side training does? (a dev exploration)
+
+    python bench/query_adapter.py --beir ../shared/data/nfcorpus --cache /tmp/da_cache --seed 0 --out r.json
+
+The query side (`trained_side: query`) fine-tunes the whole query encoder on keyword pseudo-queries
+against the teacher's softmax over every training document. This script fits only a map on the
+base's query vectors, q' = normalize(A(q)), to the same queries, teacher, documents and loss
+(`corpus_kl`): a full 384x384 matrix from the identity, or a residual rank-64 map from zero; no
+transformer is trained, so it costs seconds. One tenth of the training documents' queries are held
+out of the fit: their KL says whether what the map learnt carries over to documents it was not
+fitted on (a label-free signal). The real queries are read only for the per-epoch metrics. The
+curation is `bench/domain_adaptation.py`'s (the same `--cache` entry). Last stdout line: the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cached_stage, emit, machine, warm_up_numba  # noqa: E402
+from domain_adaptation import _dump_curation, _load_curation, curate_corpus  # noqa: E402
+
+
+def fit_adapter(kind: str, queries, documents, teacher, train, held, scale: float, lr: float, epochs: int,
+                seed: int, evaluate) -> list[dict]:
+    """Fit a `kind` ("linear" or "lowrank") map on `queries[train]` with Adam (batches of 32); after
+    every epoch, the KL of the train and held-out queries and `evaluate(map)`'s metrics."""
+    import numpy as np
+    import torch
+
+    from emerge.training.query_side import corpus_kl
+
+    generator = torch.Generator().manual_seed(seed)
+    dim = queries.shape[1]
+    if kind == "linear":
+        matrix = torch.nn.Parameter(torch.eye(dim))
+        params = [matrix]
+
+        def apply(x):
+            return x @ matrix.T
+    else:
+        down = torch.nn.Parameter(torch.randn(dim, 64, generator=generator) * 0.01)
+        up = torch.nn.Parameter(torch.zeros(64, dim))
+        params = [down, up]
+
+        def apply(x):
+            return x + (x @ down) @ up
+    optimizer = torch.optim.Adam(params, lr=lr)
+    rows = np.flatnonzero(train)
+    curve = []
+    for epoch in range(epochs):
+        order = rows[torch.randperm(len(rows), generator=generator).numpy()]
+        for start in range(0, len(order), 32):
+            batch = order[start:start + 32]
+            optimizer.zero_grad()
+            corpus_kl(apply(queries[batch]), documents, teacher[batch], scale).backward()
+            optimizer.step()
+        with torch.no_grad():
+            curve.append({"epoch": epoch + 1,
+                          "train_kl": round(corpus_kl(apply(queries[train]), documents, teacher[train], scale).item(), 4),
+                          "held_kl": round(corpus_kl(apply(queries[held]), documents, teacher[held], scale).item(), 4),
+                          **evaluate(apply)})
+    return curve
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--beir", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--model", default=None, help="base model directory (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--cache", default=None, help="bench/domain_adaptation.py's cache: its curation is reused")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kinds", nargs="+", default=["linear", "lowrank"], choices=["linear", "lowrank"])
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from emerge.config import TrainingConfig
+    from emerge.encoder import resolve_model_path
+    from emerge.training.pairs import split_by_document
+    from emerge.training.query_side import corpus_kl, query_side_set
+    from emerge.training.retrieval import encode, load_beir, retrieval_metrics, top_k
+    from emerge.training.trainer import load_sentence_transformer
+
+    t0 = time.perf_counter()
+    base_model = resolve_model_path(args.model)
+    collection = load_beir(args.beir, args.split)
+    if args.limit:
+        collection = collection.limited(args.limit)
+    warm_up_numba(0)
+    source = {"collection": str(Path(args.beir).resolve()), "split": args.split, "limit": args.limit,
+              "model": str(base_model)}
+    dataset, _, texts = cached_stage(args.cache, "curation", source | {"span": (16, 64, 8)},
+                                     lambda: curate_corpus(collection.corpus_texts, 16, 64, 8, 0),
+                                     _dump_curation, _load_curation, [], code_skip=("training",))
+    base = load_sentence_transformer(base_model, "cpu")  # its own window, as evaluation reads
+    documents = encode(base, collection.corpus_texts, 64, True, role="document")
+    real = torch.from_numpy(encode(base, collection.query_texts, 64, role="query"))
+    qrels = [collection.qrels[q] for q in collection.query_ids]
+
+    def evaluate(apply) -> dict:
+        vectors = torch.nn.functional.normalize(apply(real), dim=-1).numpy()
+        ranked = [[collection.corpus_ids[i] for i in row] for row in top_k(vectors @ documents.T, 100)]
+        metrics = retrieval_metrics(ranked, qrels)
+        return {k: round(metrics[k], 5) for k in ("ndcg@10", "mrr@10", "recall@100")}
+
+    config = TrainingConfig(seed=args.seed)
+    train_rows, _ = split_by_document(dataset, config.eval_fraction, args.seed)
+    qset = query_side_set(train_rows, texts, base, queries_per_document=config.train_queries_per_document,
+                          window_chars=config.context_chars, lexical_weight=config.lexical_weight, seed=args.seed,
+                          keyword_terms=tuple(config.keyword_terms), max_queries=config.train_query_cap)
+    teacher = torch.from_numpy(qset.teacher_scores(np.arange(qset.height)))
+    queries, docs = torch.from_numpy(qset.query_vectors), torch.from_numpy(qset.document_vectors)
+    rng = np.random.default_rng(args.seed)
+    held_docs = rng.choice(len(qset.doc_ids), len(qset.doc_ids) // 10, replace=False)
+    held = np.isin(qset.query_docs, held_docs)
+    with torch.no_grad():
+        base_kl = {"train_kl": round(corpus_kl(queries[~held], docs, teacher[~held], config.scale).item(), 4),
+                   "held_kl": round(corpus_kl(queries[held], docs, teacher[held], config.scale).item(), 4)}
+    runs = {}
+    for kind in args.kinds:
+        for lr in args.lrs:
+            runs[f"{kind}_lr{lr:g}"] = curve = fit_adapter(kind, queries, docs, teacher, ~held, held, config.scale,
+                                                          lr, args.epochs, args.seed, evaluate)
+            print(f"{kind} lr {lr:g}: " + ", ".join(f"ep{c['epoch']} held {c['held_kl']:.3f} nDCG {c['ndcg@10']:.4f}"
+                                                   for c in curve), file=sys.stderr, flush=True)
+    return emit({"benchmark": "query_adapter", "collection": str(args.beir), "seed": args.seed,
+                 "queries": qset.height, "held_out_queries": int(held.sum()),
+                 "base": evaluate(lambda x: x) | base_kl, "runs": runs,
+                 "wall_s": round(time.perf_counter() - t0, 1), "machine": machine()}, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
