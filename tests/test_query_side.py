@@ -211,6 +211,14 @@ def test_a_subset_of_an_embedded_corpus_is_read_back_and_only_new_texts_are_embe
     assert np.allclose(retrieval.encode(base, ["another new one"], role="document"), fresh["another new one"],
                        atol=1e-5)
     assert len(embedded) == 2
+    # over the budget: the answer is still right, and what did not fit is not kept
+    monkeypatch.setattr(retrieval, "DOCUMENT_CACHE_BYTES", retrieval._DOCUMENT_VECTORS[
+        next(iter(retrieval._DOCUMENT_VECTORS))].vectors.nbytes)
+    over = [corpus[3], "a third new text", "a fourth"]
+    assert np.allclose(retrieval.encode(base, over, role="document"),
+                       base.encode_document(over, normalize_embeddings=True), atol=1e-5)
+    retrieval.encode(base, ["a fourth"], role="document")
+    assert embedded[-1] == ["a fourth"]  # not kept, so embedded again
 
 
 def test_sentence_keywords_shorten_the_opening_and_other_sentences_of_each_document(tiny_model_dir):

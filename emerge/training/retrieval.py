@@ -75,7 +75,7 @@ class _EmbeddedTexts:
     def add(self, texts: list[str], vectors: np.ndarray) -> None:
         offset = len(self.rows)
         self.rows.update((t, offset + i) for i, t in enumerate(texts))
-        self.vectors = np.concatenate([self.vectors, vectors]) if len(self.vectors) else vectors.copy()
+        self.vectors = np.concatenate([self.vectors, vectors]) if len(self.vectors) else vectors
 
 
 def document_encoder_key(model, dtype: str = "float32") -> tuple:
@@ -124,20 +124,22 @@ def encode(model, texts: list[str], batch_size: int = 64, progress: bool = False
     if role != "document" or len(texts) < _CACHE_MIN_TEXTS:  # queries, or too few documents to be worth keying
         return embed(texts)
     key = document_encoder_key(model, dtype)
-    known = _DOCUMENT_VECTORS.get(key)
-    if known is None:
-        known = _DOCUMENT_VECTORS[key] = _EmbeddedTexts(np.empty((0, 0), dtype=np.float32), {})
-    _DOCUMENT_VECTORS.move_to_end(key)
+    known = _DOCUMENT_VECTORS.pop(key, None) or _EmbeddedTexts(np.empty((0, 0), dtype=np.float32), {})
     missing = list(dict.fromkeys(t for t in texts if t not in known.rows))
+    fresh = embed(missing) if missing else np.empty((0, 0), dtype=np.float32)
+    if known.vectors.nbytes + fresh.nbytes > DOCUMENT_CACHE_BYTES:  # over the budget: answer, keep nothing new
+        if known.rows:
+            _DOCUMENT_VECTORS[key] = known
+        if missing == texts:
+            return fresh
+        new_rows = {t: i for i, t in enumerate(missing)}
+        return np.stack([fresh[new_rows[t]] if t in new_rows else known.vectors[known.rows[t]] for t in texts])
     if missing:
-        known.add(missing, embed(missing))
-    out = known.vectors[[known.rows[t] for t in texts]]
-    while len(_DOCUMENT_VECTORS) > 1 and sum(e.vectors.nbytes for e in _DOCUMENT_VECTORS.values()) \
-            > DOCUMENT_CACHE_BYTES:
+        known.add(missing, fresh)
+    _DOCUMENT_VECTORS[key] = known  # the most recently used encoder last
+    while sum(e.vectors.nbytes for e in _DOCUMENT_VECTORS.values()) > DOCUMENT_CACHE_BYTES:
         _DOCUMENT_VECTORS.popitem(last=False)
-    if known.vectors.nbytes > DOCUMENT_CACHE_BYTES:  # one corpus over the budget: keep nothing of it
-        _DOCUMENT_VECTORS.pop(key, None)
-    return out
+    return known.vectors[[known.rows[t] for t in texts]]
 
 
 # --------------------------------------------------------------------------- BEIR collections
