@@ -248,21 +248,6 @@ def _planted_beir(folder):
     return folder
 
 
-def test_query_adapter_script(tmp_path, tiny_model_dir):
-    """A map fitted with a zero learning rate stays the identity (the base's metrics, every epoch);
-    a real fit lowers the training queries' KL below the base's."""
-    beir = _planted_beir(tmp_path / "beir")
-    r = run_script("query_adapter.py", "--beir", str(beir), "--model", str(tiny_model_dir), "--lrs", "0", "0.01",
-                   "--epochs", "2", "--kinds", "linear", "--out", str(tmp_path / "r.json"))
-    assert r["queries"] > r["held_out_queries"] > 0
-    assert set(r["runs"]) == {"linear_lr0", "linear_lr0.01"}
-    for epoch in r["runs"]["linear_lr0"]:
-        assert {k: epoch[k] for k in ("ndcg@10", "mrr@10", "recall@100")} == pytest.approx(
-            {k: r["base"][k] for k in ("ndcg@10", "mrr@10", "recall@100")}, abs=1e-5)
-        assert epoch["train_kl"] == pytest.approx(r["base"]["train_kl"], abs=1e-3)
-    assert r["runs"]["linear_lr0.01"][-1]["train_kl"] < r["base"]["train_kl"]
-
-
 def test_domain_adaptation_script(tmp_path, tiny_model_dir):
     beir = _planted_beir(tmp_path / "beir")
     out = tmp_path / "r.json"
@@ -294,6 +279,27 @@ def test_domain_adaptation_script(tmp_path, tiny_model_dir):
     assert r["reused_stages"] == []  # a first run computes both stages and keeps them
     kept = sorted(done.parent.name.split("-")[0] for done in (tmp_path / "cache").glob("*/complete"))
     assert kept == ["base_evaluation", "curation"]
+    _query_adapter_reuses_the_curation(tmp_path, beir, tiny_model_dir)
+
+
+def _query_adapter_reuses_the_curation(tmp_path, beir, tiny_model_dir):
+    """bench/query_adapter.py on the domain adaptation run's cache: its curation is reused; a map
+    fitted with a zero learning rate stays the identity (the base's metrics, every epoch); a real fit
+    lowers the training queries' KL below the base's."""
+    (curated,) = (tmp_path / "cache").glob("curation-*/complete")
+    made = curated.stat().st_mtime_ns
+    r = run_script("query_adapter.py", "--beir", str(beir), "--model", str(tiny_model_dir), "--lrs", "0", "0.01",
+                   "--epochs", "2", "--kinds", "linear", "--cache", str(tmp_path / "cache"),
+                   "--out", str(tmp_path / "adapter.json"))
+    assert list((tmp_path / "cache").glob("curation-*/complete")) == [curated]
+    assert curated.stat().st_mtime_ns == made  # reused, not curated again
+    assert r["queries"] > r["held_out_queries"] > 0
+    assert set(r["runs"]) == {"linear_lr0", "linear_lr0.01"}
+    for epoch in r["runs"]["linear_lr0"]:
+        assert {k: epoch[k] for k in ("ndcg@10", "mrr@10", "recall@100")} == pytest.approx(
+            {k: r["base"][k] for k in ("ndcg@10", "mrr@10", "recall@100")}, abs=1e-5)
+        assert epoch["train_kl"] == pytest.approx(r["base"]["train_kl"], abs=1e-3)
+    assert r["runs"]["linear_lr0.01"][-1]["train_kl"] < r["base"]["train_kl"]
 
 
 def test_gate_diagnostics_take_what_the_gate_measured_and_score_only_the_rest(tiny_model_dir):
