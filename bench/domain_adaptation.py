@@ -53,6 +53,20 @@ def _load_curation(folder: Path):
             json.loads((folder / "texts.json").read_text()))
 
 
+def collection_key(beir: str, split: str, limit: int | None, base_model) -> dict:
+    """What a cached stage of a collection depends on besides the engine's code."""
+    return {"collection": str(Path(beir).resolve()), "split": split, "limit": limit, "model": str(base_model)}
+
+
+def cached_curation(cache, key: dict, collection, span: tuple[int, int, int], reused: list):
+    """The collection's curated dataset, report and texts, from `cache` when this collection, model,
+    span shape and curation code made it before (curation never runs `emerge.training`, so its edits
+    keep the entry): shared by the benches that train on the same curation."""
+    return cached_stage(cache, "curation", key | {"span": span},
+                        lambda: curate_corpus(collection.corpus_texts, *span, 0),
+                        _dump_curation, _load_curation, reused, code_skip=("training",))
+
+
 def _mean_sd(per_seed: list[dict], keys) -> tuple[dict, dict]:
     import numpy as np
 
@@ -215,8 +229,7 @@ def main(argv=None) -> int:
             "teacher_model": args.teacher_model,
             "collection": str(args.beir), "wall_s": round(time.perf_counter() - t0, 1), "machine": machine()}, args.out)
     reused: list[str] = []
-    source = {"collection": str(Path(args.beir).resolve()), "split": args.split, "limit": args.limit,
-              "model": str(base_model)}
+    source = collection_key(args.beir, args.split, args.limit, base_model)
     base_metrics = cached_stage(args.cache, "base_evaluation", source | {"eval_max_seq_length": args.eval_max_seq_length},
                                 lambda: evaluate_beir(base, collection, progress=True),
                                 lambda m, d: (d / "metrics.json").write_text(json.dumps(m)),
@@ -226,10 +239,8 @@ def main(argv=None) -> int:
     # the curated dataset once: its embedding pass is deterministic and the distill recipe reads no
     # cluster label, so the seeds vary what is drawn from it (queries, negatives, split, training order)
     t = time.perf_counter()
-    dataset, report, texts = cached_stage(
-        args.cache, "curation", source | {"span": (args.span_min, args.span_max, args.stride)},
-        lambda: curate_corpus(collection.corpus_texts, args.span_min, args.span_max, args.stride, 0),
-        _dump_curation, _load_curation, reused, code_skip=("training",))  # curation never runs emerge.training
+    dataset, report, texts = cached_curation(args.cache, source, collection, (args.span_min, args.span_max, args.stride),
+                                             reused)
     timings["curate"] = time.perf_counter() - t
 
     def summary() -> dict:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cached_stage, emit, machine, warm_up_numba  # noqa: E402
-from domain_adaptation import _dump_curation, _load_curation, curate_corpus  # noqa: E402
+from _common import emit, machine, warm_up_numba  # noqa: E402
+from domain_adaptation import cached_curation, collection_key  # noqa: E402
 
 
 def fit_adapter(kind: str, queries, documents, teacher, train, held, scale: float, lr: float, epochs: int,
@@ -98,11 +98,8 @@ def main(argv=None) -> int:
     if args.limit:
         collection = collection.limited(args.limit)
     warm_up_numba(0)
-    source = {"collection": str(Path(args.beir).resolve()), "split": args.split, "limit": args.limit,
-              "model": str(base_model)}
-    dataset, _, texts = cached_stage(args.cache, "curation", source | {"span": (16, 64, 8)},
-                                     lambda: curate_corpus(collection.corpus_texts, 16, 64, 8, 0),
-                                     _dump_curation, _load_curation, [], code_skip=("training",))
+    dataset, _, texts = cached_curation(args.cache, collection_key(args.beir, args.split, args.limit, base_model),
+                                        collection, (16, 64, 8), [])  # domain_adaptation.py's default spans
     base = load_sentence_transformer(base_model, "cpu")  # its own window, as evaluation reads
     documents = encode(base, collection.corpus_texts, 64, True, role="document")
     real = torch.from_numpy(encode(base, collection.query_texts, 64, role="query"))
