@@ -81,6 +81,9 @@ def warm_up_numba(seed: int = 0) -> None:
     import numpy as np
     from umap import UMAP
 
+    from emerge.discovery.umap_kernels import cache_umap_kernels
+
+    cache_umap_kernels()  # a later process loads them instead of compiling them again
     x = np.random.default_rng(seed).normal(size=(300, 16)).astype(np.float32)
     coords = UMAP(n_components=5, metric="cosine", random_state=seed).fit_transform(x)
     hdbscan.HDBSCAN(min_cluster_size=10, prediction_data=True).fit(coords)

@@ -46,6 +46,10 @@ def cluster_scores(vectors, gold: list, seed: int) -> dict:
     from sklearn.metrics import normalized_mutual_info_score, v_measure_score
     from umap import UMAP
 
+    from emerge.discovery.umap_kernels import cache_umap_kernels
+
+    cache_umap_kernels()
+
     k = len(set(gold))
     nmi, vm = [], []
     for s in range(5):  # n_init 10: with 3, one of the base's five BBC News seeds fell into a poor optimum

@@ -16,9 +16,12 @@ if _workers > 1:
 
 from pathlib import Path  # noqa: E402
 
-import pytest  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
+# One numba cache for the whole run, whatever EMERGE_HOME a test or its subprocess uses: UMAP's and
+# pynndescent's kernels compile once (`emerge.discovery.umap_kernels`), not once per temporary home.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".emerge_home" / "numba_cache"))
+
+import pytest  # noqa: E402
 SAMPLE_CORPUS = REPO / "sample_data" / "corpus"
 
 

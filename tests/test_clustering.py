@@ -266,3 +266,41 @@ def test_labelling_progress_shows_a_span_count_and_changes_nothing(fitted, capsy
         np.testing.assert_array_equal(a, b)
     err = capsys.readouterr().err
     assert "labelling spans" in err and f"{len(x)}/{len(x)}" in err
+
+
+_KERNEL_PROBE = """
+import json, sys
+import numpy as np
+from emerge.discovery.umap_kernels import cache_umap_kernels
+from umap.umap_ import smooth_knn_dist
+enabled = cache_umap_kernels()
+dist = np.sort(np.random.default_rng(0).random((6, 4)).astype(np.float32), axis=1)
+smooth_knn_dist(dist, 4.0, local_connectivity=1.0)
+print(json.dumps({"enabled": enabled, "hits": sum(smooth_knn_dist.stats.cache_hits.values()),
+                  "misses": sum(smooth_knn_dist.stats.cache_misses.values())}))
+"""
+
+
+def test_umaps_kernels_compile_once_and_later_processes_load_them():
+    """umap jit-compiles `smooth_knn_dist` & co. without numba's cache: every step process paid
+    ~6 s before projecting a single span. After `cache_umap_kernels` a process compiles it at most
+    once into NUMBA_CACHE_DIR (the suite's shared one: a fresh directory would make pynndescent
+    recompile all of its kernels first) and the next process loads it instead of compiling."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cache_dir = os.environ["NUMBA_CACHE_DIR"]  # tests/conftest.py
+
+    def probe() -> dict:
+        out = subprocess.run([sys.executable, "-c", _KERNEL_PROBE], capture_output=True, text=True,
+                             check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first, second = probe(), probe()
+    assert "umap.umap_.smooth_knn_dist" in first["enabled"]
+    assert first["hits"] + first["misses"] == 1  # compiled and saved here, or by an earlier test
+    assert list(Path(cache_dir).rglob("umap_.smooth_knn_dist-*.nbi"))
+    assert (second["hits"], second["misses"]) == (1, 0)  # loaded, not compiled

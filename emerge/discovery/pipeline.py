@@ -156,6 +156,10 @@ class ClusteringPipeline:
     def fit_reducer(self, vectors: np.ndarray) -> "ClusteringPipeline":
         import umap
 
+        from emerge.discovery.umap_kernels import cache_umap_kernels
+
+        cache_umap_kernels()
+
         vectors = _check_vectors(vectors).astype(np.float32, copy=False)
         n = len(vectors)
         if n < _MIN_FIT_POINTS:
@@ -306,6 +310,9 @@ class ClusteringPipeline:
         n_out = self.reducer.embedding_.shape[1]
         if len(vectors) == 0:
             return np.zeros((0, n_out), np.float32)
+        from emerge.discovery.umap_kernels import cache_umap_kernels
+
+        cache_umap_kernels()
         if self.config.transform == "umap" or self.config.metric not in ("cosine", "euclidean"):
             parts = [self.reducer.transform(vectors[lo:lo + batch_size]) for lo in range(0, len(vectors), batch_size)]
             return np.concatenate(parts).astype(np.float32)
