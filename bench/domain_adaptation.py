@@ -168,6 +168,8 @@ def main(argv=None) -> int:
                    help="distill: KL to the teacher's ranking of every text of the batch, raw margins to every "
                         "text (mse), or MarginMSE on each row's own negatives (pairwise)")
     p.add_argument("--lexical-weight", type=float, default=defaults.lexical_weight)
+    p.add_argument("--scale", type=float, default=defaults.scale,
+                   help="softmax scale of the distillation losses, teacher and student alike (cosine x scale)")
     p.add_argument("--teacher-model", default=None,
                    help="dense half of the distillation teacher (a local sentence-transformers directory, e.g. "
                         "all-mpnet-base-v2 unpacked from its PyPI wheels); default: the base model")
@@ -284,7 +286,7 @@ def main(argv=None) -> int:
                                 query_generator=args.query_generator, query_generator_gguf=args.query_generator_gguf,
                                 query_generation_budget_s=args.query_generation_budget_s,
                                 interpolation_weights=tuple(args.interpolation_weights),
-                                gate_criterion=args.gate_criterion, dropout=args.dropout)
+                                gate_criterion=args.gate_criterion, dropout=args.dropout, scale=args.scale)
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             result = fine_tune_and_evaluate(dataset, "cluster_id", base_model, Path(tmp) / "model", config,
