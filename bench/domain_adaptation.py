@@ -67,6 +67,12 @@ def cached_curation(cache, key: dict, collection, span: tuple[int, int, int], re
                         _dump_curation, _load_curation, reused, code_skip=("training",))
 
 
+def delta_over_2sd(delta: dict, sd: dict, seeds: int) -> dict:
+    """Per metric, whether the mean gain is beyond 2 sd of the seeds (outside a tie); None with
+    one seed, whose sd of 0 would call any difference real."""
+    return {k: (abs(delta[k]) > 2 * sd[k]) if seeds > 1 else None for k in delta}
+
+
 def _mean_sd(per_seed: list[dict], keys) -> tuple[dict, dict]:
     import numpy as np
 
@@ -252,7 +258,7 @@ def main(argv=None) -> int:
         return {
             "benchmark": "domain_adaptation", "collection": str(args.beir), "split": args.split,
             "base": base_out, "fine_tuned": mean, "fine_tuned_sd": sd, "delta": delta,
-            "delta_over_2sd": {k: (abs(delta[k]) > 2 * sd[k]) for k in keys},
+            "delta_over_2sd": delta_over_2sd(delta, sd, len(per_seed)),
             "bm25": {k: round(bm25[k], 5) for k in keys}, "per_seed": per_seed, "seeds": len(per_seed),
             "wall_s": round(time.perf_counter() - t0, 1), "stage_wall_s": {k: round(v, 1) for k, v in timings.items()},
             "collection_stats": collection.stats(), "curation": report | {"dataset_rows": dataset.height,

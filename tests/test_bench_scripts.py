@@ -282,6 +282,15 @@ def test_domain_adaptation_script(tmp_path, tiny_model_dir):
     _query_adapter_reuses_the_curation(tmp_path, beir, tiny_model_dir)
 
 
+def test_a_single_seed_calls_no_difference_beyond_noise():
+    sys.path.insert(0, str(REPO / "bench"))
+    from domain_adaptation import delta_over_2sd
+
+    delta, sd = {"ndcg@10": 0.01, "mrr@10": 0.001}, {"ndcg@10": 0.002, "mrr@10": 0.002}
+    assert delta_over_2sd(delta, sd, 3) == {"ndcg@10": True, "mrr@10": False}  # 0.001 is within 2 sd: a tie
+    assert delta_over_2sd(delta, {"ndcg@10": 0.0, "mrr@10": 0.0}, 1) == {"ndcg@10": None, "mrr@10": None}
+
+
 def _query_adapter_reuses_the_curation(tmp_path, beir, tiny_model_dir):
     """bench/query_adapter.py on the domain adaptation run's cache: its curation is reused; a map
     fitted with a zero learning rate stays the identity (the base's metrics, every epoch); a real fit
