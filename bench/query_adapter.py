@@ -10,6 +10,12 @@ transformer is trained, so it costs seconds. One tenth of the training documents
 out of the fit: their KL says whether what the map learnt carries over to documents it was not
 fitted on (a label-free signal). The real queries are read only for the per-epoch metrics. The
 curation is `bench/domain_adaptation.py`'s (the same `--cache` entry). Last stdout line: the JSON.
+
+`--query-log-fraction F` asks what a log of real user queries (texts only, no judgments) would teach:
+a fraction F of the collection's queries becomes the "log" (their texts scored by the same teacher
+against the training documents, like any pseudo-query), every metric is then computed on the other
+queries only, and each map is fitted three ways: keyword queries (the product's), the log alone, and
+both. This is a product question, not the issue's benchmark: Emerge's default reads no query.
 """
 
 from __future__ import annotations
@@ -68,6 +74,21 @@ def fit_adapter(kind: str, queries, documents, teacher, train, held, scale: floa
     return curve
 
 
+def log_teacher_scores(qset, log_texts: list[str], log_vectors, texts: dict[str, str], lexical_weight: float):
+    """The hybrid teacher's scores of real query texts against the training documents, as
+    `query_side_set` scores the keyword queries (BM25 z-scaled to the dense spread per query)."""
+    import numpy as np
+
+    from emerge.training.distillation import _top_stats
+    from emerge.training.lexical import BM25Index
+
+    bm25 = BM25Index.build([texts[d] for d in qset.doc_ids])
+    dense = log_vectors @ qset.document_vectors.T
+    lexical = (bm25.query_terms(log_texts) @ bm25.weights.T).toarray()
+    scale = lexical_weight * _top_stats(dense)[1] / _top_stats(lexical)[1]
+    return (dense + scale * lexical).astype(np.float32)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--beir", required=True)
@@ -79,6 +100,8 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", nargs="+", default=["linear", "lowrank"], choices=["linear", "lowrank"])
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--query-log-fraction", type=float, default=None,
+                   help="this fraction of the real queries' texts is a user's query log, the rest the evaluation")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -103,10 +126,14 @@ def main(argv=None) -> int:
     base = load_sentence_transformer(base_model, "cpu")  # its own window, as evaluation reads
     documents = encode(base, collection.corpus_texts, 64, True, role="document")
     real = torch.from_numpy(encode(base, collection.query_texts, 64, role="query"))
-    qrels = [collection.qrels[q] for q in collection.query_ids]
+    log_rows = np.zeros(len(real), dtype=bool)
+    if args.query_log_fraction:  # a fixed split (not the seed's): every seed is scored on the same queries
+        log_rows[np.random.default_rng(12345).permutation(len(real))[:round(args.query_log_fraction * len(real))]] = True
+    scored = np.flatnonzero(~log_rows)
+    qrels = [collection.qrels[collection.query_ids[i]] for i in scored]
 
     def evaluate(apply) -> dict:
-        vectors = torch.nn.functional.normalize(apply(real), dim=-1).numpy()
+        vectors = torch.nn.functional.normalize(apply(real[scored]), dim=-1).numpy()
         ranked = [[collection.corpus_ids[i] for i in row] for row in top_k(vectors @ documents.T, 100)]
         metrics = retrieval_metrics(ranked, qrels)
         return {k: round(metrics[k], 5) for k in ("ndcg@10", "mrr@10", "recall@100")}
@@ -124,15 +151,27 @@ def main(argv=None) -> int:
     with torch.no_grad():
         base_kl = {"train_kl": round(corpus_kl(queries[~held], docs, teacher[~held], config.scale).item(), 4),
                    "held_kl": round(corpus_kl(queries[held], docs, teacher[held], config.scale).item(), 4)}
+    fits = {"": ~held}
+    if log_rows.any():  # the log's texts, scored by the same hybrid teacher against the training documents
+        log_teacher = torch.from_numpy(log_teacher_scores(qset, [collection.query_texts[i] for i in
+                                                                 np.flatnonzero(log_rows)],
+                                                          real[log_rows].numpy(), texts, config.lexical_weight))
+        queries, teacher = torch.cat([queries, real[log_rows]]), torch.cat([teacher, log_teacher])
+        log = np.r_[np.zeros(len(held), dtype=bool), np.ones(int(log_rows.sum()), dtype=bool)]
+        held = np.r_[held, np.zeros(int(log_rows.sum()), dtype=bool)]
+        fits = {"keywords_": ~held & ~log, "log_": log, "keywords+log_": ~held}
     runs = {}
-    for kind in args.kinds:
-        for lr in args.lrs:
-            runs[f"{kind}_lr{lr:g}"] = curve = fit_adapter(kind, queries, docs, teacher, ~held, held, config.scale,
-                                                          lr, args.epochs, args.seed, evaluate)
-            print(f"{kind} lr {lr:g}: " + ", ".join(f"ep{c['epoch']} held {c['held_kl']:.3f} nDCG {c['ndcg@10']:.4f}"
-                                                   for c in curve), file=sys.stderr, flush=True)
+    for name, train in fits.items():
+        for kind in args.kinds:
+            for lr in args.lrs:
+                runs[f"{name}{kind}_lr{lr:g}"] = curve = fit_adapter(kind, queries, docs, teacher, train, held,
+                                                                     config.scale, lr, args.epochs, args.seed, evaluate)
+                print(f"{name}{kind} lr {lr:g}: " + ", ".join(
+                    f"ep{c['epoch']} held {c['held_kl']:.3f} nDCG {c['ndcg@10']:.4f}" for c in curve),
+                    file=sys.stderr, flush=True)
     return emit({"benchmark": "query_adapter", "collection": str(args.beir), "seed": args.seed,
-                 "queries": qset.height, "held_out_queries": int(held.sum()),
+                 "queries": qset.height, "held_out_queries": int(held.sum()), "log_queries": int(log_rows.sum()),
+                 "scored_queries": len(scored),
                  "base": evaluate(lambda x: x) | base_kl, "runs": runs,
                  "wall_s": round(time.perf_counter() - t0, 1), "machine": machine()}, args.out)
 

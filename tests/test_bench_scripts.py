@@ -309,6 +309,19 @@ def _query_adapter_reuses_the_curation(tmp_path, beir, tiny_model_dir):
             {k: r["base"][k] for k in ("ndcg@10", "mrr@10", "recall@100")}, abs=1e-5)
         assert epoch["train_kl"] == pytest.approx(r["base"]["train_kl"], abs=1e-3)
     assert r["runs"]["linear_lr0.01"][-1]["train_kl"] < r["base"]["train_kl"]
+    assert r["log_queries"] == 0 and r["scored_queries"] > 0
+    # half of the real queries as a user's query log: the other half is scored, three fits per map
+    log = run_script("query_adapter.py", "--beir", str(beir), "--model", str(tiny_model_dir), "--lrs", "0", "0.01",
+                     "--epochs", "1", "--kinds", "linear", "--cache", str(tmp_path / "cache"),
+                     "--query-log-fraction", "0.5")
+    assert log["log_queries"] + log["scored_queries"] == r["scored_queries"] and log["log_queries"] > 0
+    assert set(log["runs"]) == {f"{fit}_linear_lr{lr}" for fit in ("keywords", "log", "keywords+log")
+                                for lr in ("0", "0.01")}
+    for fit in ("keywords", "log", "keywords+log"):  # the identity scores the scored half as the base does
+        (identity,) = log["runs"][f"{fit}_linear_lr0"]
+        assert {k: identity[k] for k in ("ndcg@10", "mrr@10", "recall@100")} == pytest.approx(
+            {k: log["base"][k] for k in ("ndcg@10", "mrr@10", "recall@100")}, abs=1e-5)
+    assert log["runs"]["log_linear_lr0.01"][0]["train_kl"] < log["runs"]["log_linear_lr0"][0]["train_kl"]
 
 
 def test_gate_diagnostics_take_what_the_gate_measured_and_score_only_the_rest(tiny_model_dir):
