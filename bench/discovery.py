@@ -49,10 +49,7 @@ def fit_bertopic(texts: list[str], seed: int, encoder, embedded: tuple[np.ndarra
     from sentence_transformers import SentenceTransformer
     from umap import UMAP
 
-    from emerge.discovery.umap_kernels import cache_umap_kernels
     from emerge.encoder import packaged_model_path
-
-    cache_umap_kernels()  # BERTopic's UMAP runs the same kernels
 
     st = SentenceTransformer(str(packaged_model_path()), device=encoder.device)
     if embedded is None:

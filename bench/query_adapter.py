@@ -79,14 +79,13 @@ def log_teacher_scores(qset, log_texts: list[str], log_vectors, texts: dict[str,
     `query_side_set` scores the keyword queries (BM25 z-scaled to the dense spread per query)."""
     import numpy as np
 
-    from emerge.training.distillation import _top_stats
     from emerge.training.lexical import BM25Index
+    from emerge.training.query_side import lexical_scale
 
     bm25 = BM25Index.build([texts[d] for d in qset.doc_ids])
     dense = log_vectors @ qset.document_vectors.T
     lexical = (bm25.query_terms(log_texts) @ bm25.weights.T).toarray()
-    scale = lexical_weight * _top_stats(dense)[1] / _top_stats(lexical)[1]
-    return (dense + scale * lexical).astype(np.float32)
+    return (dense + lexical_scale(dense, lexical, lexical_weight)[:, None] * lexical).astype(np.float32)
 
 
 def main(argv=None) -> int:

@@ -108,11 +108,16 @@ def query_side_set(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_
     scale = np.empty(len(q_texts), dtype=np.float64)
     for start in range(0, len(q_texts), 512):  # z-normalisation statistics, a block of queries at a time
         block = slice(start, start + 512)
-        dense = vectors[block] @ documents.T
-        lexical = (terms[block] @ bm25.weights.T).toarray()
-        scale[block] = (lexical_weight * _top_stats(dense)[1] / _top_stats(lexical)[1]).ravel()
+        scale[block] = lexical_scale(vectors[block] @ documents.T, (terms[block] @ bm25.weights.T).toarray(),
+                                     lexical_weight)
     return QuerySideSet(q_texts, np.array([doc_index[d] for d in queries["doc_id"]]), vectors, terms, scale,
                         documents, bm25.weights, doc_ids)
+
+
+def lexical_scale(dense: np.ndarray, lexical: np.ndarray, lexical_weight: float) -> np.ndarray:
+    """Per query, the factor that puts its BM25 scores on its dense scores' spread (over each
+    one's top documents) times `lexical_weight`: the hybrid teacher is dense + factor x BM25."""
+    return (lexical_weight * _top_stats(dense)[1] / _top_stats(lexical)[1]).ravel()
 
 
 def corpus_kl(queries: torch.Tensor, documents: torch.Tensor, teacher: torch.Tensor, scale: float) -> torch.Tensor:
