@@ -104,13 +104,43 @@ def _transformer_dir(path: Path) -> Path:
 
 
 def load_tokenizer(model_name_or_path: str | None = None):
-    """Only the tokenizer: the spans stage needs no model weights."""
-    from transformers import AutoTokenizer
+    """Only the tokenizer: the spans stage needs no model weights.
 
+    The class that the folder's `tokenizer_config.json` names is loaded directly, which gives the
+    object `AutoTokenizer` would. `AutoTokenizer` first reads the model config through
+    transformers' modelling utilities, which import torch: ~2 s more in every process that only
+    cuts spans (each per-source `spans` step). Folders that name no class, or one transformers
+    does not export, go through `AutoTokenizer` as before."""
     path = _transformer_dir(resolve_model_path(model_name_or_path))
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    named = _named_tokenizer_class(path)
+    if named is not None:
+        tok = named.from_pretrained(str(path), local_files_only=True)
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     require_fast_tokenizer(tok)
     return tok
+
+
+def _named_tokenizer_class(path: Path):
+    """The transformers tokenizer class named in `path/tokenizer_config.json`, or None (no file,
+    no name, remote code, or a name transformers does not export)."""
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = config.get("tokenizer_class") if isinstance(config, dict) else None
+    if not isinstance(name, str) or not name.isidentifier() or config.get("auto_map"):
+        return None
+    import transformers
+    from transformers import PreTrainedTokenizerBase
+
+    try:
+        cls = getattr(transformers, name, None)
+    except Exception:  # a lazily imported module that fails on this install: let AutoTokenizer decide
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, PreTrainedTokenizerBase) else None
 
 
 @dataclass

@@ -220,3 +220,42 @@ def test_span_order_does_not_change_any_span_vector(tiny_encoder):
     by_idx = dict(zip(spans["span_idx"].to_list(), grouped))
     for idx, vec in zip(shuffled["span_idx"].to_list(), mixed):
         np.testing.assert_allclose(vec, by_idx[idx], atol=1e-6)
+
+
+def test_the_tokenizer_loads_without_torch_and_as_autotokenizer_would(tmp_path):
+    """A process that only cuts spans (each per-source `spans` step) must not pay torch's import
+    for its tokenizer, and must get what AutoTokenizer gives: same class, ids and offsets."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from emerge.encoder import _transformer_dir, load_tokenizer, resolve_model_path
+
+    code = ("import sys; from emerge.encoder import load_tokenizer; tok = load_tokenizer(None); "
+            "print(type(tok).__name__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert out.stdout.split()[-2:] == ["BertTokenizer", "False"], out.stdout + out.stderr[-2000:]
+
+    path = _transformer_dir(resolve_model_path(None))
+    texts = ["Naïve café — résumé, 12,345 co-operate!", "  Spaces\tand\nlines  ", TEXT * 3]
+    kwargs = dict(add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+    auto = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    ours = load_tokenizer(None)
+    assert type(ours) is type(auto) and ours.model_max_length == auto.model_max_length
+    assert ours(texts, **kwargs) == auto(texts, **kwargs)
+    assert (ours.cls_token_id, ours.sep_token_id, ours.pad_token_id) == (auto.cls_token_id, auto.sep_token_id,
+                                                                          auto.pad_token_id)
+    # a folder whose tokenizer_config names no class still loads, through AutoTokenizer
+    unnamed = tmp_path / "unnamed"
+    unnamed.mkdir()
+    for name in ("config.json", "tokenizer.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(path / name, unnamed / name)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config.pop("tokenizer_class")
+    (unnamed / "tokenizer_config.json").write_text(json.dumps(config))
+    assert load_tokenizer(str(unnamed))(texts, **kwargs) == auto(texts, **kwargs)
