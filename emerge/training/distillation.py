@@ -207,9 +207,7 @@ class HybridTeacher:
         return self._fuse(dense, lexical, dense_stats, lexical_stats), dense_stats, lexical_stats, q
 
     def _fuse(self, dense, lexical, dense_stats, lexical_stats):
-        _, d_std = dense_stats
-        l_mean, l_std = lexical_stats
-        return dense + self.lexical_weight * d_std * (lexical - l_mean) / l_std
+        return dense + lexical_factor(dense_stats, lexical_stats, self.lexical_weight) * (lexical - lexical_stats[0])
 
 
 def _consistent(queries: pl.DataFrame, teacher: HybridTeacher, doc_index: dict[str, int], top_k: int,
@@ -235,6 +233,14 @@ def _top_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     top = -np.partition(-scores, k - 1, axis=1)[:, :k]
     std = top.std(axis=1, keepdims=True)
     return top.mean(axis=1, keepdims=True), np.where(std > 1e-6, std, 1.0)
+
+
+def lexical_factor(dense_stats: tuple[np.ndarray, np.ndarray], lexical_stats: tuple[np.ndarray, np.ndarray],
+                   lexical_weight: float) -> np.ndarray:
+    """Per query (a column), what puts its BM25 scores on its dense scores' spread over each one's
+    top documents (`_top_stats`), times `lexical_weight`: the hybrid teacher is dense + factor x BM25,
+    up to a constant per query."""
+    return lexical_weight * dense_stats[1] / lexical_stats[1]
 
 
 @dataclass
@@ -364,7 +370,7 @@ def distillation_triplets(rows: pl.DataFrame, texts: dict[str, str], model, *, q
         dense = np.einsum("ij,ij->i", q_vectors[sl], pos_vectors[sl])[:, None]
         lexical = np.asarray(q_terms[sl].multiply(pos_weights[sl]).sum(axis=1))
         pos_scores[sl] = teacher._fuse(dense, lexical, d_stats, l_stats).ravel()
-        scale[sl] = (lexical_weight * d_stats[1] / l_stats[1]).ravel()
+        scale[sl] = lexical_factor(d_stats, l_stats, lexical_weight).ravel()
         say(f"distillation: teacher scored {sl.stop}/{n_q} pseudo-queries")
     in_batch = InBatchTeacher(q_vectors, np.vstack([pos_vectors, teacher.corpus_vectors]),
                               q_terms, sparse.vstack([pos_weights, teacher.bm25.weights]).tocsr(),

@@ -37,7 +37,7 @@ from torch import nn
 from emerge.atomic import atomic_write_dir
 from emerge.config import TrainingConfig
 from emerge.errors import InputError
-from emerge.training.distillation import _top_stats, document_sentences, keyword_queries
+from emerge.training.distillation import _top_stats, document_sentences, keyword_queries, lexical_factor
 from emerge.training.lexical import BM25Index
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def query_side_set(rows: pl.DataFrame, texts: dict[str, str], model, *, queries_
 def lexical_scale(dense: np.ndarray, lexical: np.ndarray, lexical_weight: float) -> np.ndarray:
     """Per query, the factor that puts its BM25 scores on its dense scores' spread (over each
     one's top documents) times `lexical_weight`: the hybrid teacher is dense + factor x BM25."""
-    return (lexical_weight * _top_stats(dense)[1] / _top_stats(lexical)[1]).ravel()
+    return lexical_factor(_top_stats(dense), _top_stats(lexical), lexical_weight).ravel()
 
 
 def corpus_kl(queries: torch.Tensor, documents: torch.Tensor, teacher: torch.Tensor, scale: float) -> torch.Tensor:
